@@ -1,0 +1,213 @@
+//! A busy run: the span during which one loop thread did not return to its selector. The run
+//! accumulates bounded evidence (stack counts, culprit counts, cause evidence); when the loop
+//! goes idle again, a run that lasted at least the threshold becomes an [`Incident`].
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::cause::{Cause, CauseEvidence};
+use super::intern::{FrameId, StackId};
+use super::loop_detect::LoopKind;
+
+/// Blocking (one callback held the loop) or saturation (many callbacks in one iteration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentKind {
+    /// The same callback (coroutine or plain callback) throughout.
+    Blocking,
+    /// Several callbacks ran back to back without the loop polling for I/O.
+    Saturation,
+}
+
+/// A stall of an event loop at least as long as the threshold.
+#[derive(Debug, Clone)]
+pub struct Incident {
+    /// Wall-clock start, seconds since the epoch.
+    pub start_unix: f64,
+    /// Estimated duration in milliseconds (boundaries are midpoints between samples).
+    pub duration_ms: f64,
+    /// Busy samples inside the incident.
+    pub samples: u32,
+    /// Kernel thread id of the loop thread.
+    pub thread_id: u64,
+    /// Python thread name, when known.
+    pub thread_name: Option<String>,
+    /// Loop implementation.
+    pub loop_kind: LoopKind,
+    /// Blocking or saturation.
+    pub kind: IncidentKind,
+    /// Innermost user-code frame, most frequent over the incident.
+    pub culprit: FrameId,
+    /// Root of the running callback (the coroutine or callback function), at its most
+    /// frequent line.
+    pub callback: FrameId,
+    /// Most frequent full stack.
+    pub stack: StackId,
+    /// Why.
+    pub cause: Cause,
+    /// The recording ended (or the thread stopped running its loop) while still busy.
+    pub truncated: bool,
+}
+
+/// One busy span in progress.
+#[derive(Debug)]
+pub struct BusyRun {
+    /// Estimated start (midpoint between the last idle and first busy sample).
+    pub start_at: Instant,
+    /// Time of the latest busy sample.
+    pub last_busy_at: Instant,
+    /// Busy samples so far.
+    pub samples: u32,
+    stacks: HashMap<StackId, u32>,
+    culprits: HashMap<FrameId, u32>,
+    callbacks: HashMap<FrameId, u32>,
+    /// (function, file) of the first callback root seen, to notice when another callback runs.
+    first_root: Option<(String, String)>,
+    root_changed: bool,
+    seen_callback: bool,
+    pending_internal: u32,
+    interior_internal: u32,
+    /// Cause evidence.
+    pub evidence: CauseEvidence,
+    /// Stacks seen, with their sample counts (what `blocking.svg` aggregates).
+    pub stack_weights_us: HashMap<StackId, u64>,
+}
+
+/// What one busy sample contributes to a run.
+pub struct BusyObservation<'a> {
+    /// Sample time.
+    pub at: Instant,
+    /// Interned full stack.
+    pub stack: StackId,
+    /// Real time this sample stands for, microseconds.
+    pub weight_us: u64,
+    /// For a callback sample: culprit frame, root frame, and the root's (function, file).
+    pub callback: Option<(FrameId, FrameId, (&'a str, &'a str))>,
+}
+
+impl BusyRun {
+    /// Starts a run whose estimated start is `start_at`.
+    pub fn new(start_at: Instant, first_at: Instant) -> Self {
+        BusyRun {
+            start_at,
+            last_busy_at: first_at,
+            samples: 0,
+            stacks: HashMap::new(),
+            culprits: HashMap::new(),
+            callbacks: HashMap::new(),
+            first_root: None,
+            root_changed: false,
+            seen_callback: false,
+            pending_internal: 0,
+            interior_internal: 0,
+            evidence: CauseEvidence::default(),
+            stack_weights_us: HashMap::new(),
+        }
+    }
+
+    /// Adds a busy sample.
+    pub fn observe(&mut self, obs: BusyObservation<'_>) {
+        self.samples += 1;
+        self.last_busy_at = obs.at;
+        *self.stacks.entry(obs.stack).or_default() += 1;
+        *self.stack_weights_us.entry(obs.stack).or_default() += obs.weight_us;
+        match obs.callback {
+            Some((culprit, root, (function, file))) => {
+                *self.culprits.entry(culprit).or_default() += 1;
+                *self.callbacks.entry(root).or_default() += 1;
+                match &self.first_root {
+                    None => self.first_root = Some((function.to_string(), file.to_string())),
+                    Some((f, p)) if f != function || p != file => self.root_changed = true,
+                    Some(_) => {}
+                }
+                if self.seen_callback {
+                    self.interior_internal += self.pending_internal;
+                }
+                self.pending_internal = 0;
+                self.seen_callback = true;
+            }
+            None => self.pending_internal += 1,
+        }
+    }
+
+    /// Blocking when one callback ran throughout: the same root, and no loop bookkeeping
+    /// between two of its samples.
+    pub fn kind(&self) -> IncidentKind {
+        if self.root_changed || self.interior_internal > 0 {
+            IncidentKind::Saturation
+        } else {
+            IncidentKind::Blocking
+        }
+    }
+
+    /// Most frequent stack.
+    pub fn top_stack(&self) -> Option<StackId> {
+        most_frequent(&self.stacks)
+    }
+
+    /// Most frequent culprit frame.
+    pub fn top_culprit(&self) -> Option<FrameId> {
+        most_frequent(&self.culprits)
+    }
+
+    /// Most frequent callback root frame.
+    pub fn top_callback(&self) -> Option<FrameId> {
+        most_frequent(&self.callbacks)
+    }
+}
+
+/// Highest count wins; ties go to the lowest id (first interned), so results are stable.
+fn most_frequent(counts: &HashMap<u32, u32>) -> Option<u32> {
+    counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(id, _)| *id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn obs(at: Instant, root: Option<&'static str>) -> BusyObservation<'static> {
+        BusyObservation {
+            at,
+            stack: 0,
+            weight_us: 1000,
+            callback: root.map(|r| (1, 2, (r, "app.py"))),
+        }
+    }
+
+    #[test]
+    fn one_root_is_blocking_even_with_bookkeeping_at_the_edges() {
+        let t = Instant::now();
+        let mut run = BusyRun::new(t, t);
+        run.observe(obs(t, None));
+        for i in 1..10 {
+            run.observe(obs(t + Duration::from_millis(i), Some("handler")));
+        }
+        run.observe(obs(t + Duration::from_millis(11), None));
+        assert_eq!(run.kind(), IncidentKind::Blocking);
+    }
+
+    #[test]
+    fn bookkeeping_between_callbacks_is_saturation() {
+        let t = Instant::now();
+        let mut run = BusyRun::new(t, t);
+        run.observe(obs(t, Some("tiny")));
+        run.observe(obs(t, None));
+        run.observe(obs(t, Some("tiny")));
+        assert_eq!(run.kind(), IncidentKind::Saturation);
+    }
+
+    #[test]
+    fn different_roots_is_saturation() {
+        let t = Instant::now();
+        let mut run = BusyRun::new(t, t);
+        run.observe(obs(t, Some("a")));
+        run.observe(obs(t, Some("b")));
+        assert_eq!(run.kind(), IncidentKind::Saturation);
+    }
+}

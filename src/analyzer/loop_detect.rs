@@ -1,0 +1,252 @@
+//! Where is an event loop in a stack, and what is it doing? Decided from the frames alone
+//! (the kernel's running/sleeping view is wrong both ways for loops; see
+//! `shared/OBSERVED-STACKS.md`).
+//!
+//! * Selector loops (CPython's own, 3.8–3.13): the anchor is `BaseEventLoop._run_once` in
+//!   `asyncio/base_events.py`. Directly above it, `selectors.py`'s `select` means idle;
+//!   `Handle._run` with a frame above it means a callback is running, whose root is that frame;
+//!   anything else (bare `_run_once`, `_process_events`, ...) is the loop's own bookkeeping
+//!   between callbacks.
+//! * uvloop: its loop runs in C, so the anchor is the Python runner that called into it
+//!   (`asyncio.run`/`Runner.run` in `asyncio/runners.py`, or `uvloop.run`); with nothing above
+//!   the runner the loop is idle (or between callbacks — the two look alike from outside), and
+//!   a frame above it is a callback's root. uvloop's own `wrapper` coroutine is skipped.
+
+use crate::sampler::Frame;
+
+/// Which loop implementation a thread runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoopKind {
+    /// asyncio's pure-Python selector loop.
+    Selector,
+    /// uvloop (or another C loop driven through `asyncio.run`).
+    Uvloop,
+}
+
+/// The loop's position in one stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopPosition {
+    /// No event loop anywhere in the stack.
+    NoLoop,
+    /// Waiting for I/O or timers in the selector.
+    Idle(LoopKind),
+    /// In the loop's own code between callbacks (still busy: the loop is not waiting).
+    Internal(LoopKind),
+    /// Running a callback. `root` indexes (leaf-first) the callback's outermost frame: the
+    /// coroutine a task is stepping, or the plain callback function.
+    Callback {
+        /// Loop implementation.
+        kind: LoopKind,
+        /// Index of the callback's root frame in the leaf-first frame list.
+        root: usize,
+    },
+}
+
+impl LoopPosition {
+    /// The loop kind, if there is a loop.
+    pub fn kind(self) -> Option<LoopKind> {
+        match self {
+            LoopPosition::NoLoop => None,
+            LoopPosition::Idle(k) | LoopPosition::Internal(k) => Some(k),
+            LoopPosition::Callback { kind, .. } => Some(kind),
+        }
+    }
+
+    /// Busy means the loop is not waiting in its selector.
+    pub fn is_busy(self) -> bool {
+        matches!(
+            self,
+            LoopPosition::Internal(_) | LoopPosition::Callback { .. }
+        )
+    }
+}
+
+/// `Class.method` (3.11+) or `method` (before): the bare method name.
+fn bare(function: &str) -> &str {
+    function.rsplit('.').next().unwrap_or(function)
+}
+
+fn in_file(frame: &Frame, suffix: &str) -> bool {
+    frame.file.ends_with(suffix)
+}
+
+fn is_selector_anchor(frame: &Frame) -> bool {
+    bare(&frame.function) == "_run_once" && in_file(frame, "asyncio/base_events.py")
+}
+
+fn is_runner_anchor(frame: &Frame) -> bool {
+    let name = bare(&frame.function);
+    (name == "run" && (in_file(frame, "asyncio/runners.py") || in_file(frame, "uvloop/__init__.py")))
+        || (frame.function == "Runner.run" && in_file(frame, "asyncio/runners.py"))
+}
+
+fn is_asyncio_machinery(frame: &Frame) -> bool {
+    frame.file.contains("/asyncio/")
+}
+
+fn is_uvloop_wrapper(frame: &Frame) -> bool {
+    in_file(frame, "uvloop/__init__.py")
+}
+
+/// Classifies a leaf-first stack.
+pub fn classify(frames: &[Frame]) -> LoopPosition {
+    // The innermost selector anchor wins: a loop nested in a callback (nest_asyncio) is the one
+    // actually running.
+    if let Some(anchor) = frames.iter().position(is_selector_anchor) {
+        return classify_selector(frames, anchor);
+    }
+    // uvloop: the innermost runner frame whose next frame up is not asyncio's own Python loop
+    // machinery (which would mean a selector loop starting up or shutting down).
+    for (idx, frame) in frames.iter().enumerate() {
+        if !is_runner_anchor(frame) {
+            continue;
+        }
+        let above = &frames[..idx];
+        // Skip uvloop's `wrapper` coroutine around main().
+        let first_user = above.iter().rposition(|f| !is_uvloop_wrapper(f));
+        return match first_user {
+            None if above.is_empty() => LoopPosition::Idle(LoopKind::Uvloop),
+            None => LoopPosition::Internal(LoopKind::Uvloop),
+            Some(root) if is_asyncio_machinery(&above[root]) => LoopPosition::NoLoop,
+            Some(root) => LoopPosition::Callback {
+                kind: LoopKind::Uvloop,
+                root,
+            },
+        };
+    }
+    LoopPosition::NoLoop
+}
+
+fn classify_selector(frames: &[Frame], anchor: usize) -> LoopPosition {
+    let kind = LoopKind::Selector;
+    if anchor == 0 {
+        return LoopPosition::Internal(kind);
+    }
+    let above = &frames[anchor - 1];
+    if in_file(above, "selectors.py") {
+        return LoopPosition::Idle(kind);
+    }
+    if bare(&above.function) == "_run" && in_file(above, "asyncio/events.py") {
+        if anchor >= 2 {
+            return LoopPosition::Callback {
+                kind,
+                root: anchor - 2,
+            };
+        }
+        return LoopPosition::Internal(kind);
+    }
+    LoopPosition::Internal(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(function: &str, file: &str) -> Frame {
+        Frame {
+            function: function.into(),
+            file: file.into(),
+            line: 1,
+        }
+    }
+
+    const BASE: &str = "/py/lib/python3.11/asyncio/base_events.py";
+
+    fn selector_base() -> Vec<Frame> {
+        vec![
+            f("BaseEventLoop._run_once", BASE),
+            f("BaseEventLoop.run_forever", BASE),
+            f("BaseEventLoop.run_until_complete", BASE),
+            f("Runner.run", "/py/lib/python3.11/asyncio/runners.py"),
+            f("run", "/py/lib/python3.11/asyncio/runners.py"),
+            f("<module>", "/app/app.py"),
+        ]
+    }
+
+    #[test]
+    fn selector_idle_in_select() {
+        let mut s = selector_base();
+        s.insert(0, f("EpollSelector.select", "/py/lib/python3.11/selectors.py"));
+        assert_eq!(classify(&s), LoopPosition::Idle(LoopKind::Selector));
+    }
+
+    #[test]
+    fn selector_callback_root_is_the_coroutine() {
+        let mut s = selector_base();
+        s.insert(0, f("Handle._run", "/py/lib/python3.11/asyncio/events.py"));
+        s.insert(0, f("handler", "/app/app.py"));
+        s.insert(0, f("helper", "/app/app.py"));
+        assert_eq!(
+            classify(&s),
+            LoopPosition::Callback {
+                kind: LoopKind::Selector,
+                root: 1
+            }
+        );
+    }
+
+    #[test]
+    fn selector_bookkeeping_is_internal_busy() {
+        let s = selector_base();
+        assert_eq!(classify(&s), LoopPosition::Internal(LoopKind::Selector));
+        assert!(classify(&s).is_busy());
+    }
+
+    #[test]
+    fn python38_unqualified_names() {
+        let base = "/py/lib/python3.8/asyncio/base_events.py";
+        let s = vec![
+            f("select", "/py/lib/python3.8/selectors.py"),
+            f("_run_once", base),
+            f("run_forever", base),
+            f("run", "/py/lib/python3.8/asyncio/runners.py"),
+        ];
+        assert_eq!(classify(&s), LoopPosition::Idle(LoopKind::Selector));
+    }
+
+    #[test]
+    fn uvloop_idle_and_busy() {
+        let runner = f("Runner.run", "/py/lib/python3.12/asyncio/runners.py");
+        let uv = f("run", "/site-packages/uvloop/__init__.py");
+        let idle = vec![runner.clone(), uv.clone(), f("<module>", "/app/app.py")];
+        assert_eq!(classify(&idle), LoopPosition::Idle(LoopKind::Uvloop));
+        let busy = vec![
+            f("busy", "/app/app.py"),
+            f("cruncher", "/app/app.py"),
+            runner,
+            uv,
+        ];
+        assert_eq!(
+            classify(&busy),
+            LoopPosition::Callback {
+                kind: LoopKind::Uvloop,
+                root: 1
+            }
+        );
+    }
+
+    #[test]
+    fn uvloop_wrapper_is_skipped_on_old_pythons() {
+        let uv = "/site-packages/uvloop/__init__.py";
+        let s = vec![
+            f("main", "/app/app.py"),
+            f("wrapper", uv),
+            f("run", uv),
+            f("<module>", "/app/app.py"),
+        ];
+        assert_eq!(
+            classify(&s),
+            LoopPosition::Callback {
+                kind: LoopKind::Uvloop,
+                root: 0
+            }
+        );
+    }
+
+    #[test]
+    fn plain_thread_has_no_loop() {
+        let s = vec![f("wait", "/py/lib/python3.11/threading.py"), f("<module>", "/app/x.py")];
+        assert_eq!(classify(&s), LoopPosition::NoLoop);
+    }
+}

@@ -1,0 +1,409 @@
+//! The analyzer: consumes samples in order and keeps everything the outputs need, in bounded
+//! memory — per loop thread, whether the loop is idle or busy and for how long; the busy runs
+//! that became incidents; and time-weighted stack aggregates for the flame graphs.
+//!
+//! It never reads the target: all it knows arrived in [`Sample`]s.
+
+pub mod cause;
+pub mod culprit;
+pub mod incident;
+pub mod intern;
+pub mod loop_detect;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::sampler::{Frame, Sample, SamplerMessage, ThreadSample};
+use incident::{BusyObservation, BusyRun, Incident};
+use intern::{StackId, Symbols};
+use loop_detect::{LoopKind, LoopPosition};
+
+/// What the analyzer needs to know.
+#[derive(Debug, Clone)]
+pub struct AnalyzerSettings {
+    /// A busy run at least this long is an incident.
+    pub threshold: Duration,
+    /// The sampling interval (to weight samples and bound boundary estimates).
+    pub interval: Duration,
+    /// Only treat this kernel thread id as a loop thread (`--thread`).
+    pub only_thread: Option<u64>,
+}
+
+/// Per-thread time-weighted stack totals, microseconds.
+pub type Profile = HashMap<(u64, StackId), u64>;
+
+/// One event-loop thread's state and totals.
+#[derive(Debug)]
+pub struct LoopThread {
+    /// Kernel thread id.
+    pub thread_id: u64,
+    /// Python thread name.
+    pub name: Option<String>,
+    /// Loop implementation.
+    pub kind: LoopKind,
+    /// Time covered by this thread's loop samples.
+    pub observed: Duration,
+    /// Part of `observed` in which the loop was busy.
+    pub busy: Duration,
+    /// Incidents found on this thread.
+    pub incidents: u32,
+    /// Busy-run durations (ms) of every stall, incident or not, for percentiles (bounded: a
+    /// log-scale histogram).
+    pub stall_histogram: StallHistogram,
+    last_sample_at: Option<Instant>,
+    last_idle_at: Option<Instant>,
+    run: Option<BusyRun>,
+}
+
+/// Busy-run durations in 1-ms buckets up to 10 s, constant memory.
+#[derive(Debug, Clone)]
+pub struct StallHistogram {
+    buckets: Vec<u32>,
+    /// Longest seen, ms.
+    pub max_ms: f64,
+    /// Number of runs recorded.
+    pub count: u64,
+}
+
+impl Default for StallHistogram {
+    fn default() -> Self {
+        StallHistogram {
+            buckets: vec![0; 10_001],
+            max_ms: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl StallHistogram {
+    fn record(&mut self, ms: f64) {
+        self.count += 1;
+        self.max_ms = self.max_ms.max(ms);
+        let idx = (ms.max(0.0) as usize).min(self.buckets.len() - 1);
+        self.buckets[idx] += 1;
+    }
+}
+
+/// Everything the analysis produced; outputs render from this.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    /// Interned frames and stacks.
+    pub symbols: Symbols,
+    /// Loop threads by kernel thread id.
+    pub loops: BTreeMap<u64, LoopThread>,
+    /// Incidents in the order they ended.
+    pub incidents: Vec<Incident>,
+    /// Busy samples of loop threads.
+    pub busy_profile: Profile,
+    /// Samples inside incidents.
+    pub blocking_profile: Profile,
+    /// Samples of every thread the kernel saw running (used when no loop is found).
+    pub active_profile: Profile,
+    /// Thread names seen, by kernel thread id.
+    pub thread_names: HashMap<u64, String>,
+    /// Samples received.
+    pub samples: u64,
+    /// Failed reads reported by the sampler.
+    pub sample_errors: u64,
+    /// Time of the first and last sample.
+    pub first_at: Option<Instant>,
+    /// See `first_at`.
+    pub last_at: Option<Instant>,
+    /// Wall-clock time of the first sample.
+    pub first_unix: f64,
+}
+
+impl Analysis {
+    /// Busy fraction over all loop threads' observed time (None when no loop was seen).
+    pub fn loop_utilization(&self) -> Option<f64> {
+        let observed: Duration = self.loops.values().map(|l| l.observed).sum();
+        let busy: Duration = self.loops.values().map(|l| l.busy).sum();
+        (!observed.is_zero()).then(|| busy.as_secs_f64() / observed.as_secs_f64())
+    }
+
+    /// Converts a monotonic instant to wall-clock seconds.
+    pub fn unix_at(&self, at: Instant) -> f64 {
+        match self.first_at {
+            Some(first) if at >= first => self.first_unix + at.duration_since(first).as_secs_f64(),
+            Some(first) => self.first_unix - first.duration_since(at).as_secs_f64(),
+            None => self.first_unix,
+        }
+    }
+}
+
+/// Consumes samples; call [`Analyzer::finish`] at the end.
+pub struct Analyzer {
+    settings: AnalyzerSettings,
+    analysis: Analysis,
+    last_seen: HashMap<u64, Instant>,
+    /// Called with each incident as it closes (streaming sinks, live views).
+    on_incident: Option<Box<dyn FnMut(&Incident, &Analysis) + Send>>,
+}
+
+impl Analyzer {
+    /// A fresh analyzer.
+    pub fn new(settings: AnalyzerSettings) -> Self {
+        Analyzer {
+            settings,
+            analysis: Analysis::default(),
+            last_seen: HashMap::new(),
+            on_incident: None,
+        }
+    }
+
+    /// Registers a callback run for every incident as soon as it closes.
+    pub fn on_incident(&mut self, f: impl FnMut(&Incident, &Analysis) + Send + 'static) {
+        self.on_incident = Some(Box::new(f));
+    }
+
+    /// The analysis so far.
+    pub fn analysis(&self) -> &Analysis {
+        &self.analysis
+    }
+
+    /// Feeds one message from the sampler.
+    pub fn feed(&mut self, message: SamplerMessage) {
+        match message {
+            SamplerMessage::Sample(sample) => self.add_sample(&sample),
+            SamplerMessage::ReadError => self.analysis.sample_errors += 1,
+        }
+    }
+
+    fn weight(&mut self, thread_id: u64, at: Instant) -> Duration {
+        let cap = self.settings.interval * 5;
+        let weight = match self.last_seen.insert(thread_id, at) {
+            Some(prev) => at.saturating_duration_since(prev).min(cap),
+            None => self.settings.interval,
+        };
+        weight
+    }
+
+    fn add_sample(&mut self, sample: &Sample) {
+        let a = &mut self.analysis;
+        a.samples += 1;
+        if a.first_at.is_none() {
+            a.first_at = Some(sample.at);
+            a.first_unix = sample.unix;
+        }
+        a.last_at = Some(sample.at);
+        let gil_holder = sample.threads.iter().find(|t| t.owns_gil);
+        for thread in &sample.threads {
+            let weight = self.weight(thread.os_tid, sample.at);
+            self.add_thread(sample.at, thread, gil_holder, weight);
+        }
+    }
+
+    fn add_thread(
+        &mut self,
+        at: Instant,
+        thread: &ThreadSample,
+        gil_holder: Option<&ThreadSample>,
+        weight: Duration,
+    ) {
+        let weight_us = weight.as_micros() as u64;
+        let tid = thread.os_tid;
+        let a = &mut self.analysis;
+        if let Some(name) = &thread.name {
+            if !a.thread_names.contains_key(&tid) {
+                a.thread_names.insert(tid, name.clone());
+            }
+        }
+        let stack = (!thread.frames.is_empty()).then(|| a.symbols.intern_stack(&thread.frames));
+        if let (Some(stack), crate::sampler::OsState::Running) = (stack, &thread.os_state) {
+            *a.active_profile.entry((tid, stack)).or_default() += weight_us;
+        }
+        if self.settings.only_thread.is_some_and(|only| only != tid) {
+            return;
+        }
+        let position = loop_detect::classify(&thread.frames);
+        let known = a.loops.contains_key(&tid);
+        let kind = match position.kind() {
+            Some(kind) => kind,
+            None if known => {
+                // The thread stopped running its loop (loop closed, or between two loops).
+                self.close_run(tid, at, true);
+                return;
+            }
+            None => return,
+        };
+        let loop_thread = a.loops.entry(tid).or_insert_with(|| LoopThread {
+            thread_id: tid,
+            name: thread.name.clone(),
+            kind,
+            observed: Duration::ZERO,
+            busy: Duration::ZERO,
+            incidents: 0,
+            stall_histogram: StallHistogram::default(),
+            last_sample_at: None,
+            last_idle_at: None,
+            run: None,
+        });
+        loop_thread.observed += weight;
+        loop_thread.kind = kind;
+        let first_sample = loop_thread.last_sample_at.is_none();
+        loop_thread.last_sample_at = Some(at);
+
+        if !position.is_busy() {
+            self.close_run(tid, at, false);
+            if let Some(l) = self.analysis.loops.get_mut(&tid) {
+                l.last_idle_at = Some(at);
+            }
+            return;
+        }
+
+        loop_thread.busy += weight;
+        let stack = stack.expect("a busy loop has frames");
+        *a.busy_profile.entry((tid, stack)).or_default() += weight_us;
+        let interval = self.settings.interval;
+        let run = loop_thread.run.get_or_insert_with(|| {
+            // Start halfway between the last idle sample and this one, unless the gap says we
+            // missed reads (then the first busy sample is the best honest bound).
+            let start_at = match loop_thread.last_idle_at {
+                Some(idle) if !first_sample && at.duration_since(idle) <= interval * 5 => {
+                    idle + at.duration_since(idle) / 2
+                }
+                _ => at,
+            };
+            BusyRun::new(start_at, at)
+        });
+        let callback = match position {
+            LoopPosition::Callback { root, .. } => {
+                let culprit_idx = culprit::culprit_index(&thread.frames, root);
+                let culprit = a.symbols.frames.intern(&thread.frames[culprit_idx]);
+                let root_frame = &thread.frames[root];
+                let root_id = a.symbols.frames.intern(root_frame);
+                Some((
+                    culprit,
+                    root_id,
+                    (root_frame.function.as_str(), root_frame.file.as_str()),
+                ))
+            }
+            _ => None,
+        };
+        run.observe(BusyObservation {
+            at,
+            stack,
+            weight_us,
+            callback,
+        });
+        run.evidence.add(thread, gil_holder.filter(|h| h.os_tid != tid));
+    }
+
+    /// Ends the busy run of `tid`, if any, at `idle_at` (the first non-busy sample). A run
+    /// reaching the threshold becomes an incident.
+    fn close_run(&mut self, tid: u64, idle_at: Instant, truncated: bool) {
+        let a = &mut self.analysis;
+        let Some(loop_thread) = a.loops.get_mut(&tid) else {
+            return;
+        };
+        let Some(run) = loop_thread.run.take() else {
+            return;
+        };
+        let end_at = if truncated {
+            run.last_busy_at
+        } else if idle_at.duration_since(run.last_busy_at) <= self.settings.interval * 5 {
+            run.last_busy_at + idle_at.duration_since(run.last_busy_at) / 2
+        } else {
+            run.last_busy_at
+        };
+        let duration = end_at.saturating_duration_since(run.start_at);
+        let duration_ms = duration.as_secs_f64() * 1000.0;
+        loop_thread.stall_histogram.record(duration_ms);
+        if duration < self.settings.threshold || run.samples == 0 {
+            return;
+        }
+        let (Some(stack), Some(culprit), Some(callback)) =
+            (run.top_stack(), run.top_culprit(), run.top_callback())
+        else {
+            // Only loop bookkeeping, no callback seen: attribute to the top stack's leaf.
+            let Some(stack) = run.top_stack() else { return };
+            let leaf = a.symbols.stacks.get(stack)[0];
+            self.emit(tid, &run, stack, leaf, leaf, duration_ms, truncated);
+            return;
+        };
+        self.emit(tid, &run, stack, culprit, callback, duration_ms, truncated);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        tid: u64,
+        run: &BusyRun,
+        stack: StackId,
+        culprit: u32,
+        callback: u32,
+        duration_ms: f64,
+        truncated: bool,
+    ) {
+        let a = &mut self.analysis;
+        let loop_thread = a.loops.get_mut(&tid).expect("closing a known loop");
+        loop_thread.incidents += 1;
+        let incident = Incident {
+            start_unix: 0.0,
+            duration_ms,
+            samples: run.samples,
+            thread_id: tid,
+            thread_name: loop_thread.name.clone(),
+            loop_kind: loop_thread.kind,
+            kind: run.kind(),
+            culprit,
+            callback,
+            stack,
+            cause: run.evidence.decide(),
+            truncated,
+        };
+        let incident = Incident {
+            start_unix: a.unix_at(run.start_at),
+            ..incident
+        };
+        for (&stack, &us) in &run.stack_weights_us {
+            *a.blocking_profile.entry((tid, stack)).or_default() += us;
+        }
+        if let Some(callback) = self.on_incident.as_mut() {
+            callback(&incident, a);
+        }
+        a.incidents.push(incident);
+    }
+
+    /// Closes what is still open (a loop busy when the recording stopped) and returns the
+    /// analysis.
+    pub fn finish(mut self) -> Analysis {
+        let open: Vec<(u64, Instant)> = self
+            .analysis
+            .loops
+            .values()
+            .filter_map(|l| l.run.as_ref().map(|r| (l.thread_id, r.last_busy_at)))
+            .collect();
+        for (tid, at) in open {
+            self.close_run(tid, at, true);
+        }
+        self.analysis
+    }
+}
+
+/// A frame as written in collapsed stacks and reports: `function (file:line)`.
+pub fn frame_label(frame: &Frame, short: bool) -> String {
+    let file = if short {
+        short_path(&frame.file)
+    } else {
+        &frame.file
+    };
+    format!("{} ({}:{})", frame.function, file, frame.line)
+}
+
+/// The tail of a path worth showing: from the package or stdlib root when recognisable,
+/// otherwise the file name.
+pub fn short_path(path: &str) -> &str {
+    for marker in ["/site-packages/", "/dist-packages/"] {
+        if let Some(pos) = path.rfind(marker) {
+            return &path[pos + marker.len()..];
+        }
+    }
+    if let Some(pos) = path.find("/lib/python3.") {
+        let rest = &path[pos + "/lib/python3.".len()..];
+        if let Some(slash) = rest.find('/') {
+            return &rest[slash + 1..];
+        }
+    }
+    path.rsplit('/').next().unwrap_or(path)
+}

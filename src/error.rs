@@ -1,0 +1,99 @@
+//! The errors a user can meet, each with the exit code `main` maps it to and a message that
+//! says what to do about it. Codes are documented in `docs/usage.md`; keep the two in step.
+
+use std::path::PathBuf;
+
+/// Everything that ends a loopspy command early, in the words the user will read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopspyError {
+    /// No process with this PID exists (or it exited before we attached).
+    #[error("no process with PID {0} exists (check the PID with `ps`; it may have exited)")]
+    NoSuchProcess(i32),
+
+    /// The process exists but does not look like a CPython interpreter.
+    #[error("process {pid} ({command}) is not a Python process: no CPython interpreter was found in it ({detail})")]
+    NotPython {
+        /// Target process id.
+        pid: i32,
+        /// Its command line, to help the user see which process they named.
+        command: String,
+        /// What went wrong while looking for the interpreter.
+        detail: String,
+    },
+
+    /// The interpreter is a CPython version loopspy has no support for.
+    #[error("process {pid} runs Python {version}, which loopspy does not support (supported: CPython 3.8 to 3.13)")]
+    UnsupportedPython {
+        /// Target process id.
+        pid: i32,
+        /// Version found in the target.
+        version: String,
+    },
+
+    /// The kernel refused to let us read the target's memory.
+    #[error("permission denied reading process {pid}: run loopspy as the same user as the target or as root; in a container add CAP_SYS_PTRACE (docker run --cap-add SYS_PTRACE); if kernel.yama.ptrace_scope is 1 or more, run as root or `sysctl kernel.yama.ptrace_scope=0`")]
+    PermissionDenied {
+        /// Target process id.
+        pid: i32,
+    },
+
+    /// The output directory cannot be created or written.
+    #[error("cannot write to output directory {path}: {reason} (choose another with -o DIR)")]
+    OutputNotWritable {
+        /// Directory the user asked for (or the default one).
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+
+    /// The command to launch could not be started.
+    #[error("could not start `{command}`: {reason}")]
+    LaunchFailed {
+        /// The command line.
+        command: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// Something else; the message carries the context.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Exit codes. 0 is success; 2 is reserved for usage errors (clap's own code).
+pub mod exit_code {
+    /// Generic failure.
+    pub const FAILURE: i32 = 1;
+    /// Bad command-line usage (clap).
+    pub const USAGE: i32 = 2;
+    /// No such process.
+    pub const NO_SUCH_PROCESS: i32 = 3;
+    /// Not a Python process.
+    pub const NOT_PYTHON: i32 = 4;
+    /// Python found but its version is unsupported.
+    pub const UNSUPPORTED_PYTHON: i32 = 5;
+    /// ptrace / memory read permission denied.
+    pub const PERMISSION_DENIED: i32 = 6;
+    /// Output directory not writable.
+    pub const OUTPUT_NOT_WRITABLE: i32 = 7;
+    /// Recording done and written, but no asyncio event loop was ever seen in the target.
+    pub const NO_EVENT_LOOP: i32 = 8;
+    /// The command to launch could not be started.
+    pub const LAUNCH_FAILED: i32 = 9;
+}
+
+impl LoopspyError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        use exit_code::*;
+        match self {
+            LoopspyError::NoSuchProcess(_) => NO_SUCH_PROCESS,
+            LoopspyError::NotPython { .. } => NOT_PYTHON,
+            LoopspyError::UnsupportedPython { .. } => UNSUPPORTED_PYTHON,
+            LoopspyError::PermissionDenied { .. } => PERMISSION_DENIED,
+            LoopspyError::OutputNotWritable { .. } => OUTPUT_NOT_WRITABLE,
+            LoopspyError::LaunchFailed { .. } => LAUNCH_FAILED,
+            LoopspyError::Other(_) => FAILURE,
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The `loopspy` binary: parse the command line, run the command, map errors to exit codes.
+
+use clap::Parser;
+
+use loopspy::cli::{Cli, Command};
+use loopspy::error::exit_code;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Record(raw) => match raw.validate() {
+            Err(message) => {
+                eprintln!("loopspy: error: {message}");
+                exit_code::USAGE
+            }
+            Ok(settings) => match loopspy::record::run(settings) {
+                Ok(code) => code,
+                Err(err) => {
+                    eprintln!("loopspy: error: {err}");
+                    err.exit_code()
+                }
+            },
+        },
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,143 @@
+//! `incidents.json`: the machine contract. Field names under `target`, `recording` and
+//! `incidents[]` are stable (schema 1); new fields may be added, none renamed or removed.
+//! Stacks are innermost frame first.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::{RecordingInfo, SourceLines};
+use crate::analyzer::cause::suggestion;
+use crate::analyzer::incident::Incident;
+use crate::analyzer::intern::FrameId;
+use crate::analyzer::Analysis;
+use crate::sampler::StopReason;
+
+/// Schema version of `incidents.json`.
+pub const SCHEMA: u32 = 1;
+
+/// A frame as JSON, with its source line text when `sources` can read it.
+pub fn frame_json(analysis: &Analysis, id: FrameId, sources: Option<&mut SourceLines>) -> Value {
+    let f = analysis.symbols.frames.get(id);
+    let mut value = json!({ "function": f.function, "file": f.file, "line": f.line });
+    if let Some(sources) = sources {
+        if let Some(text) = sources.get(analysis, id) {
+            value["source"] = Value::String(text);
+        }
+    }
+    value
+}
+
+/// One incident as JSON (also the line format of streaming outputs).
+pub fn incident_json(analysis: &Analysis, incident: &Incident, sources: &mut SourceLines) -> Value {
+    let stack_ids = analysis.symbols.stacks.get(incident.stack);
+    let stack: Vec<Value> = stack_ids
+        .iter()
+        .map(|&id| frame_json(analysis, id, None))
+        .collect();
+    let leaf = stack.first().cloned().unwrap_or(Value::Null);
+    json!({
+        "start_unix": round(incident.start_unix, 6),
+        "end_unix": round(incident.start_unix + incident.duration_ms / 1000.0, 6),
+        "duration_ms": round(incident.duration_ms, 2),
+        "samples": incident.samples,
+        "thread_id": incident.thread_id,
+        "thread_name": incident.thread_name,
+        "loop": incident.loop_kind,
+        "kind": incident.kind,
+        "culprit": frame_json(analysis, incident.culprit, Some(sources)),
+        "callback": frame_json(analysis, incident.callback, None),
+        "leaf": leaf,
+        "stack": stack,
+        "cause": incident.cause,
+        "suggestion": suggestion(incident.cause.category),
+        "truncated": incident.truncated,
+    })
+}
+
+/// Stop reason as written in JSON and reports.
+pub fn stop_reason_str(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::DurationElapsed => "duration_elapsed",
+        StopReason::Interrupted => "interrupted",
+        StopReason::TargetExited => "target_exited",
+    }
+}
+
+/// The whole document.
+pub fn document(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceLines) -> Value {
+    let s = &info.sampler;
+    let loops: Vec<Value> = analysis
+        .loops
+        .values()
+        .map(|l| {
+            json!({
+                "thread_id": l.thread_id,
+                "thread_name": l.name,
+                "loop": l.kind,
+                "utilization": round(ratio(l.busy.as_secs_f64(), l.observed.as_secs_f64()), 4),
+                "observed_s": round(l.observed.as_secs_f64(), 3),
+                "incidents": l.incidents,
+                "stalls": l.stall_histogram.count,
+                "max_stall_ms": round(l.stall_histogram.max_ms, 2),
+            })
+        })
+        .collect();
+    let incidents: Vec<Value> = analysis
+        .incidents
+        .iter()
+        .map(|i| incident_json(analysis, i, sources))
+        .collect();
+    json!({
+        "schema": SCHEMA,
+        "target": {
+            "pid": info.pid,
+            "python_version": info.python_version,
+            "command": info.command,
+        },
+        "recording": {
+            "start_unix": round(info.start_unix, 6),
+            "duration_s": round(s.elapsed.as_secs_f64(), 3),
+            "rate_hz": info.rate_hz,
+            "achieved_rate_hz": round(s.achieved_rate(), 1),
+            "interval_us": { "p50": s.interval_p50_us, "p99": s.interval_p99_us, "max": s.interval_max_us },
+            "missed_ticks": s.missed_ticks,
+            "dropped_samples": s.dropped_analyzer_lag,
+            "threshold_ms": info.threshold_ms,
+            "blocking_reads": info.blocking,
+            "samples": analysis.samples,
+            "sample_errors": analysis.sample_errors,
+            "loop_utilization": analysis.loop_utilization().map(|u| round(u, 4)),
+            "stop_reason": stop_reason_str(info.stop_reason),
+        },
+        "loops": loops,
+        "incidents": incidents,
+    })
+}
+
+/// Writes `incidents.json`.
+pub fn write(
+    path: &Path,
+    analysis: &Analysis,
+    info: &RecordingInfo,
+    sources: &mut SourceLines,
+) -> anyhow::Result<()> {
+    let doc = document(analysis, info, sources);
+    let mut text = serde_json::to_string_pretty(&doc)?;
+    text.push('\n');
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}

@@ -1,0 +1,161 @@
+//! Sinks: everything loopspy writes. Each file format is one module that renders from the
+//! finished [`Analysis`](crate::analyzer::Analysis) plus the [`RecordingInfo`] describing the
+//! run; none of them reads the target.
+
+pub mod flamegraph;
+pub mod json;
+pub mod report;
+pub mod sites;
+pub mod summary;
+
+use std::path::{Path, PathBuf};
+
+use crate::analyzer::intern::FrameId;
+use crate::analyzer::Analysis;
+use crate::sampler::{SamplerStats, StopReason};
+use crate::target::procfs;
+
+/// Facts about the run that are not in the samples.
+#[derive(Debug, Clone)]
+pub struct RecordingInfo {
+    /// Target interpreter pid.
+    pub pid: i32,
+    /// Its Python version.
+    pub python_version: String,
+    /// Its command line.
+    pub command: String,
+    /// Requested rate.
+    pub rate_hz: u32,
+    /// Incident threshold.
+    pub threshold_ms: f64,
+    /// Whether the target was paused for each read.
+    pub blocking: bool,
+    /// Why the recording stopped.
+    pub stop_reason: StopReason,
+    /// The sampler's own measurements.
+    pub sampler: SamplerStats,
+    /// Wall-clock start, seconds since the epoch.
+    pub start_unix: f64,
+}
+
+/// The files a recording produced.
+#[derive(Debug, Clone)]
+pub struct WrittenFiles {
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Paths written, in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// Writes every output of a recording into `dir`. Each file is attempted even if an earlier
+/// one failed; the first error is returned after all were tried.
+pub fn write_all(
+    dir: &Path,
+    analysis: &Analysis,
+    info: &RecordingInfo,
+) -> anyhow::Result<WrittenFiles> {
+    let mut sources = SourceLines::new(info.pid);
+    let mut files = Vec::new();
+    let mut first_error = None;
+    let mut attempt = |name: &str, result: anyhow::Result<()>| match result {
+        Ok(()) => files.push(dir.join(name)),
+        Err(err) => {
+            if first_error.is_none() {
+                first_error = Some(err.context(format!("writing {}", dir.join(name).display())));
+            }
+        }
+    };
+    let flame_source = if analysis.loops.is_empty() {
+        &analysis.active_profile
+    } else {
+        &analysis.busy_profile
+    };
+    attempt(
+        "flamegraph.svg",
+        flamegraph::write(
+            &dir.join("flamegraph.svg"),
+            analysis,
+            flame_source,
+            &flamegraph_title(analysis, info),
+        ),
+    );
+    attempt(
+        "blocking.svg",
+        flamegraph::write(
+            &dir.join("blocking.svg"),
+            analysis,
+            &analysis.blocking_profile,
+            &format!(
+                "loopspy: what blocked the event loop (incidents >= {} ms)",
+                info.threshold_ms
+            ),
+        ),
+    );
+    attempt(
+        "incidents.json",
+        json::write(&dir.join("incidents.json"), analysis, info, &mut sources),
+    );
+    attempt(
+        "report.md",
+        report::write(&dir.join("report.md"), analysis, info, &mut sources),
+    );
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok(WrittenFiles {
+            dir: dir.to_path_buf(),
+            files,
+        }),
+    }
+}
+
+fn flamegraph_title(analysis: &Analysis, info: &RecordingInfo) -> String {
+    if analysis.loops.is_empty() {
+        format!(
+            "loopspy: pid {} — no event loop found; all threads while running",
+            info.pid
+        )
+    } else {
+        format!("loopspy: pid {} — event loop busy time", info.pid)
+    }
+}
+
+/// Source text of culprit lines, read once per (file, line) through the target's root.
+pub struct SourceLines {
+    pid: i32,
+    cache: std::collections::HashMap<FrameId, Option<String>>,
+}
+
+impl SourceLines {
+    /// Reads from `pid`'s filesystem view.
+    pub fn new(pid: i32) -> Self {
+        SourceLines {
+            pid,
+            cache: Default::default(),
+        }
+    }
+
+    /// The trimmed text of a frame's line, when readable.
+    pub fn get(&mut self, analysis: &Analysis, frame: FrameId) -> Option<String> {
+        let pid = self.pid;
+        self.cache
+            .entry(frame)
+            .or_insert_with(|| {
+                let f = analysis.symbols.frames.get(frame);
+                procfs::source_line(pid, &f.file, f.line)
+            })
+            .clone()
+    }
+}
+
+/// Makes sure `dir` exists and is writable, before any sampling starts.
+pub fn prepare_dir(dir: &Path) -> Result<(), crate::error::LoopspyError> {
+    let fail = |reason: String| crate::error::LoopspyError::OutputNotWritable {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    let probe = dir.join(".loopspy-write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| fail(e.to_string()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}

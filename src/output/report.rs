@@ -1,0 +1,206 @@
+//! `report.md`: the human report — summary, loop utilization, incidents ranked by site, then
+//! each incident with time, duration, culprit, cause, suggestion and stack.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::json::stop_reason_str;
+use super::{sites, RecordingInfo, SourceLines};
+use crate::analyzer::cause::suggestion;
+use crate::analyzer::{frame_label, Analysis};
+
+/// Incidents shown in full; the rest are counted in their site's row.
+const DETAILED_INCIDENTS: usize = 200;
+
+/// Local wall-clock time with milliseconds.
+pub fn format_time(unix: f64) -> String {
+    let secs = unix.floor() as i64;
+    let nanos = ((unix - unix.floor()) * 1e9) as u32;
+    chrono::DateTime::from_timestamp(secs, nanos)
+        .map(|utc| {
+            utc.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string()
+        })
+        .unwrap_or_else(|| format!("{unix:.3}"))
+}
+
+/// Renders the report.
+pub fn render(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceLines) -> String {
+    let mut md = String::new();
+    let s = &info.sampler;
+    let _ = writeln!(md, "# loopspy report: pid {}\n", info.pid);
+    let _ = writeln!(md, "- Command: `{}`", info.command);
+    let _ = writeln!(md, "- Python: {}", info.python_version);
+    let _ = writeln!(
+        md,
+        "- Recorded: {} for {:.1} s ({}), {} at {} Hz asked, {:.0} Hz achieved",
+        format_time(info.start_unix),
+        s.elapsed.as_secs_f64(),
+        stop_reason_str(info.stop_reason),
+        if info.blocking {
+            "pausing the target for each read"
+        } else {
+            "never pausing the target"
+        },
+        info.rate_hz,
+        s.achieved_rate()
+    );
+    let _ = writeln!(
+        md,
+        "- Samples: {} ({} failed reads dropped, {} ticks missed, {} dropped for analyzer lag); sample interval p50 {} µs, p99 {} µs, max {} µs",
+        analysis.samples,
+        analysis.sample_errors,
+        s.missed_ticks,
+        s.dropped_analyzer_lag,
+        s.interval_p50_us,
+        s.interval_p99_us,
+        s.interval_max_us
+    );
+    let _ = writeln!(md, "- Threshold: {} ms\n", info.threshold_ms);
+
+    let _ = writeln!(md, "## Event loops\n");
+    if analysis.loops.is_empty() {
+        let _ = writeln!(
+            md,
+            "No asyncio event loop was seen in this process. `flamegraph.svg` shows what its threads did while running.\n"
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "| thread | name | loop | busy (utilization) | stalls | incidents | longest stall |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for l in analysis.loops.values() {
+            let util = if l.observed.is_zero() {
+                0.0
+            } else {
+                l.busy.as_secs_f64() / l.observed.as_secs_f64()
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:?} | {:.1}% | {} | {} | {:.1} ms |",
+                l.thread_id,
+                l.name.as_deref().unwrap_or("?"),
+                l.kind,
+                util * 100.0,
+                l.stall_histogram.count,
+                l.incidents,
+                l.stall_histogram.max_ms
+            );
+        }
+        let _ = writeln!(md);
+    }
+
+    let total_ms: f64 = analysis.incidents.iter().map(|i| i.duration_ms).sum();
+    let _ = writeln!(
+        md,
+        "## Blocking sites\n\n{} incidents, loop blocked {:.1} ms in total.\n",
+        analysis.incidents.len(),
+        total_ms
+    );
+    let ranked = sites::group(&analysis.incidents);
+    if !ranked.is_empty() {
+        let _ = writeln!(
+            md,
+            "| # | site | code | count | total ms | max ms | p95 ms | cause | fix |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for (rank, site) in ranked.iter().enumerate() {
+            let f = analysis.symbols.frames.get(site.culprit);
+            let code = sources
+                .get(analysis, site.culprit)
+                .map(|t| format!("`{}`", t.replace('|', "\\|")))
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {} | `{}` {}:{} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                rank + 1,
+                f.function,
+                f.file,
+                f.line,
+                code,
+                site.incidents.len(),
+                site.total_ms,
+                site.max_ms,
+                site.p95_ms,
+                site.category,
+                suggestion(site.category)
+            );
+        }
+        let _ = writeln!(md);
+    }
+
+    if !analysis.incidents.is_empty() {
+        let _ = writeln!(md, "## Incidents\n");
+        let mut order: Vec<usize> = (0..analysis.incidents.len()).collect();
+        order.sort_by(|&a, &b| {
+            analysis.incidents[a]
+                .start_unix
+                .total_cmp(&analysis.incidents[b].start_unix)
+        });
+        for (n, &i) in order.iter().enumerate().take(DETAILED_INCIDENTS) {
+            let inc = &analysis.incidents[i];
+            let culprit = analysis.symbols.frames.get(inc.culprit);
+            let callback = analysis.symbols.frames.get(inc.callback);
+            let _ = writeln!(
+                md,
+                "### {}. {} — {:.1} ms {:?}{} in `{}`\n",
+                n + 1,
+                format_time(inc.start_unix),
+                inc.duration_ms,
+                inc.kind,
+                if inc.truncated { " (still busy at the end)" } else { "" },
+                culprit.function
+            );
+            let _ = writeln!(
+                md,
+                "- Thread: {} ({}), {:?} loop, {} samples",
+                inc.thread_id,
+                inc.thread_name.as_deref().unwrap_or("?"),
+                inc.loop_kind,
+                inc.samples
+            );
+            let _ = writeln!(md, "- Culprit: {}", frame_label(culprit, false));
+            if let Some(text) = sources.get(analysis, inc.culprit) {
+                let _ = writeln!(md, "  `{text}`");
+            }
+            let _ = writeln!(md, "- Callback: {}", frame_label(callback, false));
+            let _ = writeln!(
+                md,
+                "- Cause: **{}** — {}",
+                inc.cause.category, inc.cause.detail
+            );
+            let _ = writeln!(md, "- Fix: {}", suggestion(inc.cause.category));
+            let _ = writeln!(md, "\n```");
+            for frame in analysis.symbols.stack_frames(inc.stack) {
+                let _ = writeln!(md, "{}", frame_label(frame, false));
+            }
+            let _ = writeln!(md, "```\n");
+        }
+        if order.len() > DETAILED_INCIDENTS {
+            let _ = writeln!(
+                md,
+                "{} more incidents are in incidents.json.\n",
+                order.len() - DETAILED_INCIDENTS
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "## Files\n\n- `flamegraph.svg`: every busy sample of the loop thread(s), weighted by time\n- `blocking.svg`: only the samples inside incidents\n- `incidents.json`: the same data for machines (schema {})",
+        super::json::SCHEMA
+    );
+    md
+}
+
+/// Writes `report.md`.
+pub fn write(
+    path: &Path,
+    analysis: &Analysis,
+    info: &RecordingInfo,
+    sources: &mut SourceLines,
+) -> anyhow::Result<()> {
+    std::fs::write(path, render(analysis, info, sources))?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The short text printed when a recording ends: incidents, total blocked time, the top sites
+//! and where the files are.
+
+use std::fmt::Write;
+
+use super::sites;
+use super::{RecordingInfo, WrittenFiles};
+use crate::analyzer::{short_path, Analysis};
+
+/// How many sites the summary lists.
+const TOP_SITES: usize = 5;
+
+/// Renders the summary.
+pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&WrittenFiles>) -> String {
+    let mut out = String::new();
+    let s = &info.sampler;
+    let _ = writeln!(
+        out,
+        "loopspy: recorded pid {} (Python {}) for {:.1}s: {} samples at {:.0} Hz (asked {}), {} read errors, {} dropped",
+        info.pid,
+        info.python_version,
+        s.elapsed.as_secs_f64(),
+        analysis.samples,
+        s.achieved_rate(),
+        info.rate_hz,
+        analysis.sample_errors,
+        s.dropped_analyzer_lag + s.missed_ticks,
+    );
+    if analysis.loops.is_empty() {
+        let _ = writeln!(
+            out,
+            "No asyncio event loop was seen in pid {}: no incidents can be found; the flame graph shows what its threads did.",
+            info.pid
+        );
+    } else {
+        for l in analysis.loops.values() {
+            let util = if l.observed.is_zero() {
+                0.0
+            } else {
+                l.busy.as_secs_f64() / l.observed.as_secs_f64()
+            };
+            let _ = writeln!(
+                out,
+                "Event loop in thread {} ({}, {:?}): busy {:.1}% of the time, {} incidents, longest stall {:.0} ms",
+                l.thread_id,
+                l.name.as_deref().unwrap_or("?"),
+                l.kind,
+                util * 100.0,
+                l.incidents,
+                l.stall_histogram.max_ms
+            );
+        }
+        let total_ms: f64 = analysis.incidents.iter().map(|i| i.duration_ms).sum();
+        let _ = writeln!(
+            out,
+            "{} blocking incidents (>= {} ms), loop blocked {:.0} ms in total",
+            analysis.incidents.len(),
+            info.threshold_ms,
+            total_ms
+        );
+        let ranked = sites::group(&analysis.incidents);
+        if !ranked.is_empty() {
+            let _ = writeln!(
+                out,
+                "Top blocking sites:\n  {:>9} {:>5} {:>8} {:>8}  {:<10} site",
+                "total ms", "count", "max ms", "p95 ms", "cause"
+            );
+            for site in ranked.iter().take(TOP_SITES) {
+                let f = analysis.symbols.frames.get(site.culprit);
+                let _ = writeln!(
+                    out,
+                    "  {:>9.0} {:>5} {:>8.0} {:>8.0}  {:<10} {} ({}:{})",
+                    site.total_ms,
+                    site.incidents.len(),
+                    site.max_ms,
+                    site.p95_ms,
+                    site.category,
+                    f.function,
+                    short_path(&f.file),
+                    f.line
+                );
+            }
+        }
+    }
+    if let Some(written) = written {
+        let _ = writeln!(out, "Wrote {}:", written.dir.display());
+        for file in &written.files {
+            let _ = writeln!(
+                out,
+                "  {}",
+                file.file_name().unwrap_or_default().to_string_lossy()
+            );
+        }
+    }
+    out
+}

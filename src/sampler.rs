@@ -1,0 +1,348 @@
+//! The sampling thread. It owns the interpreter reader, wakes on an absolute schedule
+//! (`start + k * interval`, so it never drifts), reads every Python thread's stack plus the
+//! kernel's view of each thread (running or the syscall it waits in), and sends one [`Sample`]
+//! per tick over a bounded channel. It never waits on the analyzer: when the channel is full
+//! the sample is dropped and counted. A read that fails in non-blocking mode (the target changed
+//! its frames under us) is counted and dropped, never sent half-read.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Sender, TrySendError};
+use py_spy::PythonSpy;
+
+use crate::target::procfs::{self, Syscall};
+
+/// One Python frame, as read from the target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// Function name; qualified (`Class.method`) on CPython 3.11+.
+    pub function: String,
+    /// Source file path as the target sees it.
+    pub file: String,
+    /// Line number being executed (0 when unknown).
+    pub line: u32,
+}
+
+/// What the kernel says a thread was doing at the sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OsState {
+    /// On a CPU (or runnable).
+    Running,
+    /// Off CPU, inside `syscall` when it could be read; `fd_target` names the file or socket
+    /// for syscalls whose first argument is a file descriptor.
+    Waiting {
+        /// The system call, if `/proc/<pid>/task/<tid>/syscall` could be read.
+        syscall: Option<Syscall>,
+        /// `readlink /proc/<pid>/fd/<n>` for fd-taking syscalls.
+        fd_target: Option<String>,
+    },
+}
+
+/// One thread in one sample.
+#[derive(Debug, Clone)]
+pub struct ThreadSample {
+    /// Kernel thread id (what `threading.get_native_id()` returns).
+    pub os_tid: u64,
+    /// Python's thread name when known (`MainThread`, ...).
+    pub name: Option<String>,
+    /// Frames, innermost (leaf) first.
+    pub frames: Vec<Frame>,
+    /// Kernel view of the thread.
+    pub os_state: OsState,
+    /// Whether this thread held the GIL.
+    pub owns_gil: bool,
+}
+
+/// Every Python thread of the target at one instant.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Monotonic time of the read.
+    pub at: Instant,
+    /// Wall-clock seconds since the epoch (same clock as the target's `time.time()`).
+    pub unix: f64,
+    /// The threads.
+    pub threads: Vec<ThreadSample>,
+}
+
+/// What the sampler sends.
+#[derive(Debug)]
+pub enum SamplerMessage {
+    /// A complete sample.
+    Sample(Sample),
+    /// A read failed (torn state in non-blocking mode); counted and dropped.
+    ReadError,
+}
+
+/// Why the sampler stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `--duration` elapsed.
+    DurationElapsed,
+    /// Ctrl-C or another stop request.
+    Interrupted,
+    /// The target process exited.
+    TargetExited,
+}
+
+/// What the sampler measured about itself, reported to the user and in `incidents.json`.
+#[derive(Debug, Clone, Default)]
+pub struct SamplerStats {
+    /// Ticks on which a read was attempted.
+    pub ticks: u64,
+    /// Samples read successfully and sent.
+    pub samples_sent: u64,
+    /// Reads that failed (torn state, thread vanished).
+    pub read_errors: u64,
+    /// Samples dropped because the analyzer lagged behind (channel full).
+    pub dropped_analyzer_lag: u64,
+    /// Scheduled ticks skipped because the sampler itself ran late.
+    pub missed_ticks: u64,
+    /// Wall time from the first to the last tick.
+    pub elapsed: Duration,
+    /// Interval between consecutive reads, microseconds: p50, p99, max.
+    pub interval_p50_us: u64,
+    /// See `interval_p50_us`.
+    pub interval_p99_us: u64,
+    /// See `interval_p50_us`.
+    pub interval_max_us: u64,
+}
+
+impl SamplerStats {
+    /// Reads per second actually achieved.
+    pub fn achieved_rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.ticks as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// How the sampler runs.
+#[derive(Debug, Clone)]
+pub struct SamplerSettings {
+    /// Reads per second.
+    pub rate_hz: u32,
+    /// Stop after this long (None: until stopped or the target exits).
+    pub duration: Option<Duration>,
+}
+
+/// The sampler's result, once it has stopped.
+#[derive(Debug, Clone)]
+pub struct SamplerOutcome {
+    /// Why it stopped.
+    pub reason: StopReason,
+    /// Its own measurements.
+    pub stats: SamplerStats,
+}
+
+/// Intervals are kept in a fixed histogram (1 µs buckets up to 100 ms, then one overflow
+/// bucket), so hours of sampling cost constant memory.
+struct IntervalHistogram {
+    buckets: Vec<u32>,
+    max_us: u64,
+}
+
+impl IntervalHistogram {
+    const LIMIT_US: usize = 100_000;
+
+    fn new() -> Self {
+        IntervalHistogram {
+            buckets: vec![0; Self::LIMIT_US + 1],
+            max_us: 0,
+        }
+    }
+
+    fn record(&mut self, us: u64) {
+        self.max_us = self.max_us.max(us);
+        let idx = (us as usize).min(Self::LIMIT_US);
+        self.buckets[idx] = self.buckets[idx].saturating_add(1);
+    }
+
+    fn quantile(&self, q: f64) -> u64 {
+        let total: u64 = self.buckets.iter().map(|&c| c as u64).sum();
+        if total == 0 {
+            return 0;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (us, &count) in self.buckets.iter().enumerate() {
+            seen += count as u64;
+            if seen >= want {
+                return us as u64;
+            }
+        }
+        self.max_us
+    }
+}
+
+/// Syscalls (x86_64) whose first argument is a file descriptor worth naming.
+fn first_arg_is_fd(nr: i64) -> bool {
+    matches!(
+        nr,
+        0 | 1 | 17 | 18 | 19 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 74 | 75 | 288 | 295 | 296
+    )
+}
+
+/// Starts the sampler thread. It stops when `stop` is set, the duration elapses, or the target
+/// exits; the channel is closed when it returns.
+pub fn spawn(
+    mut spy: PythonSpy,
+    settings: SamplerSettings,
+    stop: Arc<AtomicBool>,
+    tx: Sender<SamplerMessage>,
+) -> JoinHandle<SamplerOutcome> {
+    std::thread::Builder::new()
+        .name("loopspy-sampler".into())
+        .spawn(move || run(&mut spy, &settings, &stop, &tx))
+        .expect("spawning the sampler thread")
+}
+
+fn run(
+    spy: &mut PythonSpy,
+    settings: &SamplerSettings,
+    stop: &AtomicBool,
+    tx: &Sender<SamplerMessage>,
+) -> SamplerOutcome {
+    let pid = spy.pid;
+    let interval = Duration::from_secs_f64(1.0 / settings.rate_hz.max(1) as f64);
+    let start = Instant::now();
+    let unix_start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let mut stats = SamplerStats::default();
+    let mut intervals = IntervalHistogram::new();
+    let mut next_tick = start;
+    let mut last_read: Option<Instant> = None;
+    let mut consecutive_errors = 0u32;
+
+    let reason = loop {
+        if stop.load(Ordering::Relaxed) {
+            break StopReason::Interrupted;
+        }
+        let now = Instant::now();
+        if let Some(limit) = settings.duration {
+            if now.duration_since(start) >= limit {
+                break StopReason::DurationElapsed;
+            }
+        }
+        if now < next_tick {
+            std::thread::sleep(next_tick - now);
+        } else {
+            // Behind schedule by more than a tick: skip the missed ticks rather than bursting.
+            let behind = now.duration_since(next_tick);
+            if behind >= interval {
+                let missed = (behind.as_nanos() / interval.as_nanos()) as u32;
+                stats.missed_ticks += missed as u64;
+                next_tick += interval * missed;
+            }
+        }
+        next_tick += interval;
+
+        let read_at = Instant::now();
+        if let Some(prev) = last_read {
+            intervals.record(read_at.duration_since(prev).as_micros() as u64);
+        }
+        last_read = Some(read_at);
+        stats.ticks += 1;
+
+        match spy.get_stack_traces() {
+            Ok(traces) => {
+                consecutive_errors = 0;
+                let unix = unix_start + read_at.duration_since(start).as_secs_f64();
+                let threads = traces
+                    .into_iter()
+                    .map(|trace| thread_sample(pid, trace))
+                    .collect();
+                let sample = Sample {
+                    at: read_at,
+                    unix,
+                    threads,
+                };
+                match tx.try_send(SamplerMessage::Sample(sample)) {
+                    Ok(()) => stats.samples_sent += 1,
+                    Err(TrySendError::Full(_)) => stats.dropped_analyzer_lag += 1,
+                    Err(TrySendError::Disconnected(_)) => break StopReason::Interrupted,
+                }
+            }
+            Err(_) => {
+                if !procfs::is_alive(pid) {
+                    stats.ticks -= 1;
+                    break StopReason::TargetExited;
+                }
+                consecutive_errors += 1;
+                stats.read_errors += 1;
+                let _ = tx.try_send(SamplerMessage::ReadError);
+                // An interpreter that has finalized (but whose process lingers) fails every read.
+                if consecutive_errors > settings.rate_hz.max(50) * 2 && interpreter_gone(pid) {
+                    break StopReason::TargetExited;
+                }
+            }
+        }
+    };
+    stats.elapsed = last_read.map(|t| t.duration_since(start)).unwrap_or_default();
+    stats.interval_p50_us = intervals.quantile(0.50);
+    stats.interval_p99_us = intervals.quantile(0.99);
+    stats.interval_max_us = intervals.max_us;
+    SamplerOutcome { reason, stats }
+}
+
+/// A process whose reads have failed for seconds and which has no threads left that could run
+/// Python is as good as exited for our purposes.
+fn interpreter_gone(pid: i32) -> bool {
+    !procfs::is_alive(pid)
+        || std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+}
+
+fn thread_sample(pid: i32, trace: py_spy::StackTrace) -> ThreadSample {
+    let os_tid = trace.os_thread_id.unwrap_or(trace.thread_id);
+    let os_state = if trace.active {
+        OsState::Running
+    } else {
+        let syscall = procfs::read_syscall(pid, os_tid);
+        let fd_target = syscall
+            .filter(|s| first_arg_is_fd(s.nr))
+            .and_then(|s| procfs::fd_target(pid, s.args[0]));
+        OsState::Waiting { syscall, fd_target }
+    };
+    let frames = trace
+        .frames
+        .into_iter()
+        .map(|f| Frame {
+            function: f.name,
+            file: f.filename,
+            line: f.line.max(0) as u32,
+        })
+        .collect();
+    ThreadSample {
+        os_tid,
+        name: trace.thread_name,
+        frames,
+        os_state,
+        owns_gil: trace.owns_gil,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = IntervalHistogram::new();
+        for us in 1..=100 {
+            h.record(us);
+        }
+        h.record(500_000);
+        assert_eq!(h.quantile(0.5), 51);
+        assert_eq!(h.max_us, 500_000);
+        assert_eq!(h.quantile(1.0), 100_000);
+    }
+}

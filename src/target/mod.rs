@@ -1,0 +1,11 @@
+//! Everything that touches the other process: finding it, checking we may read it, attaching
+//! py-spy's interpreter reader to it, launching a new one, and reading the kernel's view of its
+//! threads from `/proc`. Nothing here ever writes to the target or pauses it (py-spy's
+//! non-blocking mode) unless the user asked for `--blocking`.
+
+pub mod attach;
+pub mod launch;
+pub mod procfs;
+
+pub use attach::{attach, AttachedTarget};
+pub use launch::{launch, LaunchedProcess};

@@ -1,0 +1,156 @@
+//! Small readers of `/proc/<pid>/...`: the kernel's view of a process and its threads. These are
+//! cheap (one `read` each) and read-only, so the sampler may call them every tick.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+
+/// The system call a thread is blocked in, as `/proc/<pid>/task/<tid>/syscall` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Syscall {
+    /// x86_64 syscall number.
+    pub nr: i64,
+    /// The six argument registers.
+    pub args: [u64; 6],
+}
+
+/// Reads the syscall a (non-running) thread sits in. `None` when the thread is running in user
+/// space (`running` in the file), has exited, or the file cannot be read.
+pub fn read_syscall(pid: i32, tid: u64) -> Option<Syscall> {
+    let mut buf = [0u8; 256];
+    let n = fs::File::open(format!("/proc/{pid}/task/{tid}/syscall"))
+        .and_then(|mut f| f.read(&mut buf))
+        .ok()?;
+    parse_syscall(std::str::from_utf8(&buf[..n]).ok()?)
+}
+
+/// Parses the text of a `syscall` file: `NR ARG1 .. ARG6 SP PC` in hex after the number.
+pub fn parse_syscall(text: &str) -> Option<Syscall> {
+    let mut fields = text.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    if nr < 0 {
+        return None;
+    }
+    let mut args = [0u64; 6];
+    for arg in args.iter_mut() {
+        let field = fields.next()?;
+        *arg = u64::from_str_radix(field.trim_start_matches("0x"), 16).ok()?;
+    }
+    Some(Syscall { nr, args })
+}
+
+/// What file descriptor `fd` of `pid` points at (`/path`, `socket:[inode]`, `pipe:[..]`).
+pub fn fd_target(pid: i32, fd: u64) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The one-letter scheduler state of a process (`R`, `S`, `D`, `Z`, ...), `None` if it is gone.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain spaces or parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().next()?.chars().next()
+}
+
+/// True while the process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    !matches!(process_state(pid), None | Some('Z') | Some('X'))
+}
+
+/// The process's command line, arguments joined by spaces (empty if unreadable).
+pub fn command_line(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// Parent pid of every process on the machine.
+pub fn parent_map() -> HashMap<i32, i32> {
+    let mut parents = HashMap::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return parents;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if let Some(close) = stat.rfind(')') {
+                let mut fields = stat[close + 1..].split_whitespace();
+                let _state = fields.next();
+                if let Some(ppid) = fields.next().and_then(|s| s.parse().ok()) {
+                    parents.insert(pid, ppid);
+                }
+            }
+        }
+    }
+    parents
+}
+
+/// `pid` followed by all its descendants, breadth first.
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let parents = parent_map();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        let mut children: Vec<i32> = parents
+            .iter()
+            .filter(|(_, p)| **p == parent)
+            .map(|(c, _)| *c)
+            .collect();
+        children.sort_unstable();
+        tree.extend(children);
+        i += 1;
+    }
+    tree
+}
+
+/// Reads line `line` (1-based) of a source file as the target sees it: through
+/// `/proc/<pid>/root`, so a containerised target's files are found.
+pub fn source_line(pid: i32, file: &str, line: u32) -> Option<String> {
+    if line == 0 || !file.starts_with('/') {
+        return None;
+    }
+    let text = fs::read_to_string(format!("/proc/{pid}/root{file}"))
+        .or_else(|_| fs::read_to_string(file))
+        .ok()?;
+    text.lines()
+        .nth(line as usize - 1)
+        .map(|l| l.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_blocked_syscall_line() {
+        let s = parse_syscall("45 0x4 0x7f00 0x10000 0x0 0x0 0x0 0x7ffd 0x7f12\n").unwrap();
+        assert_eq!(s.nr, 45);
+        assert_eq!(s.args[0], 4);
+        assert_eq!(s.args[2], 0x10000);
+    }
+
+    #[test]
+    fn running_thread_has_no_syscall() {
+        assert_eq!(parse_syscall("running\n"), None);
+        assert_eq!(parse_syscall("-1 0x7ffd 0x7f12\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive_and_has_a_command_line() {
+        let me = std::process::id() as i32;
+        assert!(is_alive(me));
+        assert!(!command_line(me).is_empty());
+        assert!(process_tree(me).contains(&me));
+    }
+}
