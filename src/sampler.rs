@@ -14,6 +14,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use py_spy::PythonSpy;
 
 use crate::target::procfs::{self, Syscall};
+use crate::target::threads::ThreadIdMap;
 
 /// One Python frame, as read from the target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -220,6 +221,7 @@ fn run(
     let mut next_tick = start;
     let mut last_read: Option<Instant> = None;
     let mut consecutive_errors = 0u32;
+    let mut thread_ids = ThreadIdMap::default();
 
     let reason = loop {
         if stop.load(Ordering::Relaxed) {
@@ -257,7 +259,7 @@ fn run(
                 let unix = unix_start + read_at.duration_since(start).as_secs_f64();
                 let threads = traces
                     .into_iter()
-                    .map(|trace| thread_sample(pid, trace))
+                    .map(|trace| thread_sample(pid, trace, &mut thread_ids))
                     .collect();
                 let sample = Sample {
                     at: read_at,
@@ -301,9 +303,17 @@ fn interpreter_gone(pid: i32) -> bool {
             .unwrap_or(true)
 }
 
-fn thread_sample(pid: i32, trace: py_spy::StackTrace) -> ThreadSample {
-    let os_tid = trace.os_thread_id.unwrap_or(trace.thread_id);
-    let os_state = if trace.active {
+fn thread_sample(pid: i32, trace: py_spy::StackTrace, thread_ids: &mut ThreadIdMap) -> ThreadSample {
+    // CPython 3.11+ records the kernel tid (py-spy reads it, with the running state); before
+    // that we map the pthread_t ourselves and ask the kernel whether the thread runs.
+    let (os_tid, running) = match trace.os_thread_id {
+        Some(tid) => (tid, trace.active),
+        None => match thread_ids.resolve(pid, trace.thread_id) {
+            Some(tid) => (tid, procfs::thread_state(pid, tid) == Some('R')),
+            None => (trace.thread_id, trace.active),
+        },
+    };
+    let os_state = if running {
         OsState::Running
     } else {
         let syscall = procfs::read_syscall(pid, os_tid);

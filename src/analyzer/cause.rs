@@ -97,9 +97,15 @@ const LIBRARY_HINTS: &[(&str, &str, &str)] = &[
 ];
 
 impl CauseEvidence {
-    /// Adds one busy sample of the loop thread; `gil_holder` names the thread that held the GIL
-    /// in the same sample, when it was another thread.
-    pub fn add(&mut self, thread: &ThreadSample, gil_holder: Option<&ThreadSample>) {
+    /// Adds one busy sample of the loop thread. `callback_frames` are the frames of the running
+    /// callback (above the loop), where library hints are looked for; `gil_holder` is the thread
+    /// that held the GIL in the same sample, when it was another thread.
+    pub fn add(
+        &mut self,
+        thread: &ThreadSample,
+        callback_frames: &[Frame],
+        gil_holder: Option<&ThreadSample>,
+    ) {
         self.samples += 1;
         match &thread.os_state {
             OsState::Running => self.running += 1,
@@ -120,7 +126,7 @@ impl CauseEvidence {
                 }
             }
         }
-        if let Some(lib) = library_on_stack(&thread.frames) {
+        if let Some(lib) = library_on_stack(callback_frames) {
             *self.library_hits.entry(lib).or_default() += 1;
         }
     }
@@ -194,6 +200,7 @@ impl CauseEvidence {
         let detail = format!("{name}(){on}{via} in {share}% of samples");
         let category = match nr {
             35 | 230 => "sleep",
+            // CPython before 3.11 sleeps with select() on no file descriptors.
             23 | 270 if wait.zero_fds => "sleep",
             61 | 247 => "subprocess",
             74 | 75 => "file",
@@ -280,10 +287,10 @@ mod tests {
     #[test]
     fn sleep_from_clock_nanosleep_and_empty_select() {
         let mut e = CauseEvidence::default();
-        e.add(&waiting(230, 0, None), None);
+        e.add(&waiting(230, 0, None), &[], None);
         assert_eq!(e.decide().category, "sleep");
         let mut e = CauseEvidence::default();
-        e.add(&waiting(23, 0, None), None);
+        e.add(&waiting(23, 0, None), &[], None);
         assert_eq!(e.decide().category, "sleep");
     }
 
@@ -292,9 +299,9 @@ mod tests {
         let mut e = CauseEvidence::default();
         let mut running = waiting(0, 0, None);
         running.os_state = OsState::Running;
-        e.add(&running, None);
-        e.add(&running, None);
-        e.add(&waiting(230, 0, None), None);
+        e.add(&running, &[], None);
+        e.add(&running, &[], None);
+        e.add(&waiting(230, 0, None), &[], None);
         let cause = e.decide();
         assert_eq!(cause.category, "cpu");
         assert!(cause.detail.contains("67%"), "{}", cause.detail);
@@ -303,7 +310,7 @@ mod tests {
     #[test]
     fn socket_read_is_network() {
         let mut e = CauseEvidence::default();
-        e.add(&waiting(45, 4, Some("socket:[9539]")), None);
+        e.add(&waiting(45, 4, Some("socket:[9539]")), &[], None);
         let cause = e.decide();
         assert_eq!(cause.category, "network");
         assert!(cause.detail.contains("recvfrom() on socket:[9539]"));

@@ -65,7 +65,7 @@ pub struct BusyRun {
     callbacks: HashMap<FrameId, u32>,
     /// (function, file) of the first callback root seen, to notice when another callback runs.
     first_root: Option<(String, String)>,
-    root_changed: bool,
+    other_root_samples: u32,
     seen_callback: bool,
     pending_internal: u32,
     interior_internal: u32,
@@ -98,7 +98,7 @@ impl BusyRun {
             culprits: HashMap::new(),
             callbacks: HashMap::new(),
             first_root: None,
-            root_changed: false,
+            other_root_samples: 0,
             seen_callback: false,
             pending_internal: 0,
             interior_internal: 0,
@@ -119,7 +119,7 @@ impl BusyRun {
                 *self.callbacks.entry(root).or_default() += 1;
                 match &self.first_root {
                     None => self.first_root = Some((function.to_string(), file.to_string())),
-                    Some((f, p)) if f != function || p != file => self.root_changed = true,
+                    Some((f, p)) if f != function || p != file => self.other_root_samples += 1,
                     Some(_) => {}
                 }
                 if self.seen_callback {
@@ -133,9 +133,10 @@ impl BusyRun {
     }
 
     /// Blocking when one callback ran throughout: the same root, and no loop bookkeeping
-    /// between two of its samples.
+    /// between two of its samples. A single odd root is tolerated: non-blocking reads are
+    /// occasionally torn, and one torn frame must not turn a blocking call into saturation.
     pub fn kind(&self) -> IncidentKind {
-        if self.root_changed || self.interior_internal > 0 {
+        if self.other_root_samples >= 2 || self.interior_internal > 0 {
             IncidentKind::Saturation
         } else {
             IncidentKind::Blocking
@@ -208,6 +209,8 @@ mod tests {
         let mut run = BusyRun::new(t, t);
         run.observe(obs(t, Some("a")));
         run.observe(obs(t, Some("b")));
+        assert_eq!(run.kind(), IncidentKind::Blocking, "one odd sample is noise");
+        run.observe(obs(t, Some("c")));
         assert_eq!(run.kind(), IncidentKind::Saturation);
     }
 }

@@ -29,6 +29,10 @@ pub struct AnalyzerSettings {
     pub only_thread: Option<u64>,
 }
 
+/// Consecutive samples of a loop thread without a loop in its stack that end a busy run. One
+/// such sample in a busy run is almost always a torn read, not the loop stopping.
+const LOOPLESS_SAMPLES_TO_END: u32 = 3;
+
 /// Per-thread time-weighted stack totals, microseconds.
 pub type Profile = HashMap<(u64, StackId), u64>;
 
@@ -52,6 +56,7 @@ pub struct LoopThread {
     pub stall_histogram: StallHistogram,
     last_sample_at: Option<Instant>,
     last_idle_at: Option<Instant>,
+    loopless_streak: u32,
     run: Option<BusyRun>,
 }
 
@@ -215,13 +220,28 @@ impl Analyzer {
         if self.settings.only_thread.is_some_and(|only| only != tid) {
             return;
         }
-        let position = loop_detect::classify(&thread.frames);
+        let position = match loop_detect::classify(&thread.frames) {
+            // uvloop's idle wait and its C code between callbacks look alike in the frames; the
+            // kernel tells them apart: a thread waiting in epoll is not running.
+            LoopPosition::Idle(LoopKind::Uvloop)
+                if thread.os_state == crate::sampler::OsState::Running =>
+            {
+                LoopPosition::Internal(LoopKind::Uvloop)
+            }
+            position => position,
+        };
         let known = a.loops.contains_key(&tid);
         let kind = match position.kind() {
             Some(kind) => kind,
             None if known => {
-                // The thread stopped running its loop (loop closed, or between two loops).
-                self.close_run(tid, at, true);
+                // Either the thread stopped running its loop (loop closed, or between two
+                // loops), or this one read was torn (non-blocking reads race the target). Only a
+                // streak of loop-less samples ends a busy run.
+                let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
+                loop_thread.loopless_streak += 1;
+                if loop_thread.loopless_streak >= LOOPLESS_SAMPLES_TO_END {
+                    self.close_run(tid, at, true);
+                }
                 return;
             }
             None => return,
@@ -236,10 +256,12 @@ impl Analyzer {
             stall_histogram: StallHistogram::default(),
             last_sample_at: None,
             last_idle_at: None,
+            loopless_streak: 0,
             run: None,
         });
         loop_thread.observed += weight;
         loop_thread.kind = kind;
+        loop_thread.loopless_streak = 0;
         let first_sample = loop_thread.last_sample_at.is_none();
         loop_thread.last_sample_at = Some(at);
 
@@ -266,6 +288,10 @@ impl Analyzer {
             };
             BusyRun::new(start_at, at)
         });
+        let callback_frames = match position {
+            LoopPosition::Callback { root, .. } => &thread.frames[..=root],
+            _ => &[],
+        };
         let callback = match position {
             LoopPosition::Callback { root, .. } => {
                 let culprit_idx = culprit::culprit_index(&thread.frames, root);
@@ -286,7 +312,8 @@ impl Analyzer {
             weight_us,
             callback,
         });
-        run.evidence.add(thread, gil_holder.filter(|h| h.os_tid != tid));
+        run.evidence
+            .add(thread, callback_frames, gil_holder.filter(|h| h.os_tid != tid));
     }
 
     /// Ends the busy run of `tid`, if any, at `idle_at` (the first non-busy sample). A run

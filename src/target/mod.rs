@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod launch;
 pub mod procfs;
+pub mod threads;
 
 pub use attach::{attach, AttachedTarget};
 pub use launch::{launch, LaunchedProcess};

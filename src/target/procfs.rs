@@ -54,6 +54,13 @@ pub fn process_state(pid: i32) -> Option<char> {
     after.split_whitespace().next()?.chars().next()
 }
 
+/// The scheduler state of one thread of `pid`.
+pub fn thread_state(pid: i32, tid: u64) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().next()?.chars().next()
+}
+
 /// True while the process exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
     !matches!(process_state(pid), None | Some('Z') | Some('X'))
