@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::sampler::{Frame, Sample, SamplerMessage, ThreadSample};
 use incident::{BusyObservation, BusyRun, Incident};
-use intern::{StackId, Symbols};
+use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
 
 /// What the analyzer needs to know.
@@ -28,10 +28,6 @@ pub struct AnalyzerSettings {
     /// Only treat this kernel thread id as a loop thread (`--thread`).
     pub only_thread: Option<u64>,
 }
-
-/// Consecutive samples of a loop thread without a loop in its stack that end a busy run. One
-/// such sample in a busy run is almost always a torn read, not the loop stopping.
-const LOOPLESS_SAMPLES_TO_END: u32 = 3;
 
 /// Per-thread time-weighted stack totals, microseconds.
 pub type Profile = HashMap<(u64, StackId), u64>;
@@ -55,8 +51,12 @@ pub struct LoopThread {
     /// log-scale histogram).
     pub stall_histogram: StallHistogram,
     last_sample_at: Option<Instant>,
+    /// Loop-thread samples dropped as torn: the stack neither held the loop nor started at
+    /// the thread's usual outermost frame.
+    pub torn_samples: u64,
     last_idle_at: Option<Instant>,
-    loopless_streak: u32,
+    /// Outermost frame of this thread when it was first seen running its loop.
+    base_frame: FrameId,
     run: Option<BusyRun>,
 }
 
@@ -234,18 +234,20 @@ impl Analyzer {
         let kind = match position.kind() {
             Some(kind) => kind,
             None if known => {
-                // Either the thread stopped running its loop (loop closed, or between two
-                // loops), or this one read was torn (non-blocking reads race the target). Only a
-                // streak of loop-less samples ends a busy run.
+                // Either the thread stopped running its loop (its stack still starts where the
+                // loop's did), or the read was torn: non-blocking reads race the target, and a
+                // coroutine switching in or out leaves a stack cut short, e.g. [crunch, step].
                 let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
-                loop_thread.loopless_streak += 1;
-                if loop_thread.loopless_streak >= LOOPLESS_SAMPLES_TO_END {
-                    self.close_run(tid, at, true);
+                if thread.frames.last() == Some(a.symbols.frames.get(loop_thread.base_frame)) {
+                    self.close_run(tid, at, false);
+                } else {
+                    loop_thread.torn_samples += 1;
                 }
                 return;
             }
             None => return,
         };
+        let base_frame = a.symbols.frames.intern(thread.frames.last().expect("a loop has frames"));
         let loop_thread = a.loops.entry(tid).or_insert_with(|| LoopThread {
             thread_id: tid,
             name: thread.name.clone(),
@@ -256,12 +258,12 @@ impl Analyzer {
             stall_histogram: StallHistogram::default(),
             last_sample_at: None,
             last_idle_at: None,
-            loopless_streak: 0,
+            torn_samples: 0,
+            base_frame,
             run: None,
         });
         loop_thread.observed += weight;
         loop_thread.kind = kind;
-        loop_thread.loopless_streak = 0;
         let first_sample = loop_thread.last_sample_at.is_none();
         loop_thread.last_sample_at = Some(at);
 

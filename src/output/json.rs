@@ -80,6 +80,7 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceL
                 "incidents": l.incidents,
                 "stalls": l.stall_histogram.count,
                 "max_stall_ms": round(l.stall_histogram.max_ms, 2),
+                "torn_samples": l.torn_samples,
             })
         })
         .collect();

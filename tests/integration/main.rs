@@ -1,0 +1,6 @@
+//! loopspy's integration tests, one binary: every test starts real CPython processes, attaches
+//! the real `loopspy` binary, and checks what it reports against what the target did.
+
+mod bad_input;
+mod common;
+mod record;

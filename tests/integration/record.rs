@@ -1,0 +1,377 @@
+//! `loopspy record` against real interpreters that block their loops in known ways: every
+//! incident is compared with the ground truth the target logged itself.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Threshold the tests record with; blocks of >= threshold + 10 ms must be found.
+const THRESHOLD_MS: f64 = 50.0;
+/// Duration error allowed.
+const TOLERANCE_MS: f64 = 10.0;
+const ALL_SCENARIOS: &str = "sleep,cpu,short,callback,saturation,healthy";
+
+/// What a recording of the blocker fixture produced.
+pub struct Recorded {
+    pub _dir: tempfile::TempDir,
+    pub out: std::path::PathBuf,
+    pub json: Value,
+    pub truth: Vec<Value>,
+    pub run: Run,
+}
+
+/// Starts `blocker.py` with `python`, attaches `loopspy record --pid` (plus `extra` flags), lets
+/// the scenarios run once loopspy samples, and collects everything.
+pub fn record_blocker(python: &Path, fixture_args: &[&str], extra: &[&str]) -> Recorded {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let truth = dir.path().join("truth.json");
+    let out = dir.path().join("out");
+    let mut args = vec![
+        fixture("blocker.py").to_string_lossy().into_owned(),
+        "--truth".into(),
+        truth.to_string_lossy().into_owned(),
+        "--go-file".into(),
+        go.to_string_lossy().into_owned(),
+    ];
+    args.extend(fixture_args.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let target = start_python(python, &args);
+
+    let mut cmd = loopspy();
+    cmd.args(["record", "--pid", &target.pid().to_string(), "--rate", "500", "-o"])
+        .arg(&out)
+        .args(extra);
+    let mut running = Running::start(cmd);
+    running.wait_for_stderr("sampling pid", Duration::from_secs(20));
+    // Let the sampler see the idle loop first, then start the scenarios.
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&go, b"go").unwrap();
+    let run = running.finish(Duration::from_secs(90));
+    assert_eq!(run.code(), 0, "loopspy failed:\n{}\n{}", run.stdout, run.stderr);
+    drop(target);
+    let truth_json = read_json(&truth);
+    Recorded {
+        json: read_json(&out.join("incidents.json")),
+        truth: truth_json.as_array().cloned().unwrap_or_default(),
+        out,
+        _dir: dir,
+        run,
+    }
+}
+
+fn f64_of(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+fn overlaps(incident: &Value, start: f64, end: f64) -> bool {
+    let s = f64_of(incident, "start_unix");
+    let e = s + f64_of(incident, "duration_ms") / 1000.0;
+    s < end && e > start
+}
+
+fn describe(incidents: &[Value]) -> String {
+    incidents
+        .iter()
+        .map(|i| {
+            format!(
+                "  {:.3} {:.1}ms {} {} tid={} cause={}",
+                f64_of(i, "start_unix"),
+                f64_of(i, "duration_ms"),
+                i["kind"],
+                i["culprit"]["function"],
+                i["thread_id"],
+                i["cause"]["category"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Compares incidents with the fixture's ground truth, scenario by scenario.
+pub fn check_against_truth(rec: &Recorded, check_saturation: bool) {
+    let incidents = rec.json["incidents"].as_array().expect("incidents array");
+    let context = format!(
+        "incidents:\n{}\ntruth:\n{}\nloopspy stdout:\n{}",
+        describe(incidents),
+        serde_json::to_string_pretty(&rec.truth).unwrap(),
+        rec.run.stdout
+    );
+    assert!(!rec.truth.is_empty(), "the fixture logged no truth");
+    let mut explained = vec![false; incidents.len()];
+    for t in &rec.truth {
+        let (start, end) = (f64_of(t, "start"), f64_of(t, "end"));
+        let truth_ms = (end - start) * 1000.0;
+        let tid = t["thread_id"].as_u64().unwrap();
+        let name = t["name"].as_str().unwrap();
+        let function = t["function"].as_str().unwrap();
+        let matching: Vec<usize> = incidents
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i["thread_id"].as_u64() == Some(tid))
+            .filter(|(_, i)| overlaps(i, start - 0.005, end + 0.005))
+            .map(|(n, _)| n)
+            .collect();
+        match t["kind"].as_str().unwrap() {
+            "blocking" => {
+                assert!(truth_ms >= THRESHOLD_MS + 10.0, "fixture block too short");
+                assert_eq!(matching.len(), 1, "{name}: expected one incident\n{context}");
+                let inc = &incidents[matching[0]];
+                explained[matching[0]] = true;
+                let got = f64_of(inc, "duration_ms");
+                assert!(
+                    (got - truth_ms).abs() <= TOLERANCE_MS,
+                    "{name}: duration {got:.1} ms, truth {truth_ms:.1} ms\n{context}"
+                );
+                assert_eq!(inc["kind"], "blocking", "{name}\n{context}");
+                let culprit = inc["culprit"]["function"].as_str().unwrap();
+                assert!(
+                    culprit == function || culprit.ends_with(&format!(".{function}")),
+                    "{name}: culprit {culprit}, expected {function}\n{context}"
+                );
+                assert_eq!(
+                    inc["cause"]["category"],
+                    t["cause"],
+                    "{name}: wrong cause\n{context}"
+                );
+                assert!(
+                    inc["culprit"]["source"].as_str().is_some_and(|s| !s.is_empty()),
+                    "{name}: culprit source line missing\n{context}"
+                );
+                assert_eq!(inc["stack"][0], inc["leaf"], "{name}: leaf is stack[0]");
+            }
+            "short" | "healthy" => {
+                assert!(
+                    matching.is_empty(),
+                    "{name}: no incident expected during it\n{context}"
+                );
+            }
+            "saturation" if check_saturation => {
+                let sat: Vec<usize> = matching
+                    .iter()
+                    .copied()
+                    .filter(|&n| incidents[n]["kind"] == "saturation")
+                    .collect();
+                assert_eq!(sat.len(), 1, "{name}: one saturation incident\n{context}");
+                let inc = &incidents[sat[0]];
+                let got = f64_of(inc, "duration_ms");
+                assert!(
+                    got >= truth_ms - TOLERANCE_MS && got <= truth_ms + 3.0 * TOLERANCE_MS,
+                    "{name}: duration {got:.1} ms vs iteration {truth_ms:.1} ms\n{context}"
+                );
+                assert!(
+                    inc["callback"]["function"]
+                        .as_str()
+                        .is_some_and(|f| f.starts_with("tiny_")),
+                    "{name}: callback\n{context}"
+                );
+                for n in matching {
+                    explained[n] = true;
+                }
+            }
+            _ => {
+                for n in matching {
+                    explained[n] = true;
+                }
+            }
+        }
+    }
+    for (n, ok) in explained.iter().enumerate() {
+        assert!(ok, "incident {n} matches no block the target made\n{context}");
+    }
+}
+
+fn check_files(rec: &Recorded) {
+    for name in ["flamegraph.svg", "blocking.svg", "report.md", "incidents.json"] {
+        assert!(rec.out.join(name).exists(), "{name} missing");
+    }
+    let blocking = std::fs::read_to_string(rec.out.join("blocking.svg")).unwrap();
+    assert!(blocking.contains("nap_in_handler"), "blocking.svg lacks the culprit");
+    let report = std::fs::read_to_string(rec.out.join("report.md")).unwrap();
+    assert!(report.contains("nap_in_handler") && report.contains("time.sleep(seconds)"));
+    let r = &rec.json["recording"];
+    assert_eq!(rec.json["schema"], 1);
+    assert!(r["samples"].as_u64().unwrap() > 500);
+    assert!(r["loop_utilization"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["threshold_ms"].as_f64(), Some(THRESHOLD_MS));
+    assert_eq!(r["stop_reason"], "target_exited");
+    assert!(rec.run.stdout.contains("Top blocking sites"), "{}", rec.run.stdout);
+}
+
+fn selector_loop(minor: &str) {
+    let Some(python) = require_python(minor) else { return };
+    let _serial = timing_lock();
+    let rec = record_blocker(&python, &["--scenarios", ALL_SCENARIOS], &[]);
+    let version = rec.json["target"]["python_version"].as_str().unwrap().to_string();
+    assert!(version.starts_with(&format!("{minor}.")), "{version}");
+    check_against_truth(&rec, true);
+    check_files(&rec);
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_8() {
+    selector_loop("3.8");
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_9() {
+    selector_loop("3.9");
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_10() {
+    selector_loop("3.10");
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_11() {
+    selector_loop("3.11");
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_12() {
+    selector_loop("3.12");
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_13() {
+    selector_loop("3.13");
+}
+
+fn uvloop(minor: &str) {
+    let Some(python) = require_python(minor) else { return };
+    if !require_module(&python, "uvloop") {
+        return;
+    }
+    let _serial = timing_lock();
+    let rec = record_blocker(
+        &python,
+        &["--uvloop", "--scenarios", "sleep,cpu,short,callback,healthy"],
+        &[],
+    );
+    check_against_truth(&rec, false);
+    let loops = rec.json["loops"].as_array().unwrap();
+    assert_eq!(loops.len(), 1);
+    assert_eq!(loops[0]["loop"], "uvloop");
+}
+
+#[test]
+fn finds_blocks_in_uvloop_on_cpython_3_12() {
+    uvloop("3.12");
+}
+
+#[test]
+fn finds_blocks_in_uvloop_on_cpython_3_8() {
+    uvloop("3.8");
+}
+
+#[test]
+fn attributes_incidents_to_each_of_two_loop_threads() {
+    let Some(python) = require_python("3.11") else { return };
+    let _serial = timing_lock();
+    let rec = record_blocker(&python, &["--threads", "--scenarios", "sleep,short"], &[]);
+    check_against_truth(&rec, false);
+    let loops = rec.json["loops"].as_array().unwrap();
+    assert_eq!(loops.len(), 2, "two loop threads expected: {loops:?}");
+    let side = rec.truth.iter().find(|t| t["name"] == "side").unwrap();
+    let main = rec.truth.iter().find(|t| t["name"] == "sleep").unwrap();
+    assert_ne!(side["thread_id"], main["thread_id"]);
+}
+
+#[test]
+fn thread_flag_limits_analysis_to_that_thread() {
+    let Some(python) = require_python("3.11") else { return };
+    let _serial = timing_lock();
+    // Only the main thread's loop: the side loop's block must not be reported.
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let truth = dir.path().join("truth.json");
+    let out = dir.path().join("out");
+    let target = start_python(
+        &python,
+        &[
+            fixture("blocker.py").to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--go-file",
+            go.to_str().unwrap(),
+            "--threads",
+            "--scenarios",
+            "sleep",
+        ],
+    );
+    let pid = target.pid().to_string();
+    let mut cmd = loopspy();
+    cmd.args(["record", "--pid", &pid, "--rate", "500", "--thread", &pid, "-o"])
+        .arg(&out);
+    let mut running = Running::start(cmd);
+    running.wait_for_stderr("sampling pid", Duration::from_secs(20));
+    std::fs::write(&go, b"go").unwrap();
+    let run = running.finish(Duration::from_secs(60));
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    let json = read_json(&out.join("incidents.json"));
+    let incidents = json["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0]["thread_id"].as_u64(), Some(target.pid() as u64));
+    assert!(incidents[0]["culprit"]["function"]
+        .as_str()
+        .unwrap()
+        .ends_with("nap_in_handler"));
+}
+
+fn launch(python_cmd: &[&str]) {
+    let _serial = timing_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth.json");
+    let out = dir.path().join("out");
+    let mut args = vec!["record", "--rate", "500", "-o", out.to_str().unwrap(), "--"];
+    args.extend_from_slice(python_cmd);
+    let blocker = fixture("blocker.py");
+    args.extend_from_slice(&[
+        blocker.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--delay",
+        "1.5",
+        "--scenarios",
+        "sleep,short,cpu",
+    ]);
+    let run = run_loopspy(&args, Duration::from_secs(60));
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let json = read_json(&out.join("incidents.json"));
+    let incidents = json["incidents"].as_array().unwrap();
+    let functions: Vec<&str> = incidents
+        .iter()
+        .map(|i| i["culprit"]["function"].as_str().unwrap())
+        .collect();
+    assert_eq!(incidents.len(), 2, "{functions:?}\n{}", run.stderr);
+    assert!(functions[0].ends_with("nap_in_handler"), "{functions:?}");
+    assert!(functions[1].ends_with("crunch"), "{functions:?}");
+    assert!(json["target"]["command"]
+        .as_str()
+        .unwrap()
+        .contains("blocker.py"));
+}
+
+#[test]
+fn launch_mode_records_the_started_interpreter() {
+    let Some(python) = require_python("3.12") else { return };
+    launch(&[python.to_str().unwrap()]);
+}
+
+#[test]
+fn launch_mode_finds_the_interpreter_behind_the_pyenv_shim() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let shim = std::env::var("PYENV_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(&home).join(".pyenv"))
+        .join("shims/python3");
+    if !shim.exists() {
+        missing("the pyenv python3 shim");
+        return;
+    }
+    launch(&[shim.to_str().unwrap()]);
+}
