@@ -119,7 +119,9 @@ impl RawRecordArgs {
             return Err("--threshold must be more than zero".into());
         }
         if self.rate == 0 || self.rate > MAX_RATE_HZ {
-            return Err(format!("--rate must be between 1 and {MAX_RATE_HZ} samples per second"));
+            return Err(format!(
+                "--rate must be between 1 and {MAX_RATE_HZ} samples per second"
+            ));
         }
         Ok(RecordSettings {
             target,
@@ -162,7 +164,11 @@ pub fn parse_duration(text: &str, bare_unit: Unit) -> Result<Duration, String> {
         "s" | "sec" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}` (use us, ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use us, ms, s, m or h)"
+            ))
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("`{text}` is not a valid duration"));
@@ -176,11 +182,26 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30s", Unit::Seconds).unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("50ms", Unit::Seconds).unwrap(), Duration::from_millis(50));
-        assert_eq!(parse_duration("50", Unit::Millis).unwrap(), Duration::from_millis(50));
-        assert_eq!(parse_duration("2m", Unit::Seconds).unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5", Unit::Seconds).unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_duration("30s", Unit::Seconds).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse_duration("50ms", Unit::Seconds).unwrap(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            parse_duration("50", Unit::Millis).unwrap(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            parse_duration("2m", Unit::Seconds).unwrap(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            parse_duration("1.5", Unit::Seconds).unwrap(),
+            Duration::from_millis(1500)
+        );
         assert!(parse_duration("fast", Unit::Seconds).is_err());
         assert!(parse_duration("5 parsecs", Unit::Seconds).is_err());
     }
@@ -202,6 +223,9 @@ mod tests {
     fn needs_exactly_one_target() {
         assert!(raw(None, &[]).validate().is_err());
         assert!(raw(Some(1), &["python3"]).validate().is_err());
-        assert_eq!(raw(Some(7), &[]).validate().unwrap().target, TargetSpec::Pid(7));
+        assert_eq!(
+            raw(Some(7), &[]).validate().unwrap().target,
+            TargetSpec::Pid(7)
+        );
     }
 }

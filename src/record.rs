@@ -11,7 +11,7 @@ use crate::cli::{RecordSettings, TargetSpec};
 use crate::error::{exit_code, LoopspyError};
 use crate::output::{self, RecordingInfo};
 use crate::sampler::{self, SamplerSettings, StopReason};
-use crate::target::{self, procfs, AttachedTarget};
+use crate::target::{self, AttachedTarget};
 
 /// Capacity of the sampler -> analyzer channel: a few seconds of samples at 1 kHz, so a
 /// momentarily slow analyzer loses nothing, and a stuck one cannot grow memory without bound.
@@ -128,7 +128,10 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
             reason: format!("{err:#}"),
         }
     })?;
-    print!("{}", output::summary::render(&analysis, &info, Some(&written)));
+    print!(
+        "{}",
+        output::summary::render(&analysis, &info, Some(&written))
+    );
 
     if analysis.loops.is_empty() {
         eprintln!(
@@ -160,5 +163,4 @@ fn stop_child(child: Option<&mut std::process::Child>) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
-    let _ = procfs::is_alive(child.id() as i32);
 }

@@ -287,7 +287,9 @@ fn run(
             }
         }
     };
-    stats.elapsed = last_read.map(|t| t.duration_since(start)).unwrap_or_default();
+    stats.elapsed = last_read
+        .map(|t| t.duration_since(start))
+        .unwrap_or_default();
     stats.interval_p50_us = intervals.quantile(0.50);
     stats.interval_p99_us = intervals.quantile(0.99);
     stats.interval_max_us = intervals.max_us;
@@ -303,7 +305,11 @@ fn interpreter_gone(pid: i32) -> bool {
             .unwrap_or(true)
 }
 
-fn thread_sample(pid: i32, trace: py_spy::StackTrace, thread_ids: &mut ThreadIdMap) -> ThreadSample {
+fn thread_sample(
+    pid: i32,
+    trace: py_spy::StackTrace,
+    thread_ids: &mut ThreadIdMap,
+) -> ThreadSample {
     // CPython 3.11+ records the kernel tid (py-spy reads it, with the running state); before
     // that we map the pthread_t ourselves and ask the kernel whether the thread runs.
     let (os_tid, running) = match trace.os_thread_id {

@@ -51,7 +51,11 @@ pub fn culprit_index(frames: &[Frame], root: usize) -> usize {
     callback
         .iter()
         .position(|f| origin(&f.file) == CodeOrigin::User)
-        .or_else(|| frames.iter().position(|f| origin(&f.file) == CodeOrigin::User))
+        .or_else(|| {
+            frames
+                .iter()
+                .position(|f| origin(&f.file) == CodeOrigin::User)
+        })
         .unwrap_or(root)
 }
 

@@ -209,7 +209,11 @@ mod tests {
         let mut run = BusyRun::new(t, t);
         run.observe(obs(t, Some("a")));
         run.observe(obs(t, Some("b")));
-        assert_eq!(run.kind(), IncidentKind::Blocking, "one odd sample is noise");
+        assert_eq!(
+            run.kind(),
+            IncidentKind::Blocking,
+            "one odd sample is noise"
+        );
         run.observe(obs(t, Some("c")));
         assert_eq!(run.kind(), IncidentKind::Saturation);
     }

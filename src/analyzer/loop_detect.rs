@@ -77,7 +77,8 @@ fn is_selector_anchor(frame: &Frame) -> bool {
 
 fn is_runner_anchor(frame: &Frame) -> bool {
     let name = bare(&frame.function);
-    (name == "run" && (in_file(frame, "asyncio/runners.py") || in_file(frame, "uvloop/__init__.py")))
+    (name == "run"
+        && (in_file(frame, "asyncio/runners.py") || in_file(frame, "uvloop/__init__.py")))
         || (frame.function == "Runner.run" && in_file(frame, "asyncio/runners.py"))
 }
 
@@ -167,7 +168,10 @@ mod tests {
     #[test]
     fn selector_idle_in_select() {
         let mut s = selector_base();
-        s.insert(0, f("EpollSelector.select", "/py/lib/python3.11/selectors.py"));
+        s.insert(
+            0,
+            f("EpollSelector.select", "/py/lib/python3.11/selectors.py"),
+        );
         assert_eq!(classify(&s), LoopPosition::Idle(LoopKind::Selector));
     }
 
@@ -246,7 +250,10 @@ mod tests {
 
     #[test]
     fn plain_thread_has_no_loop() {
-        let s = vec![f("wait", "/py/lib/python3.11/threading.py"), f("<module>", "/app/x.py")];
+        let s = vec![
+            f("wait", "/py/lib/python3.11/threading.py"),
+            f("<module>", "/app/x.py"),
+        ];
         assert_eq!(classify(&s), LoopPosition::NoLoop);
     }
 }

@@ -141,8 +141,6 @@ pub struct Analyzer {
     settings: AnalyzerSettings,
     analysis: Analysis,
     last_seen: HashMap<u64, Instant>,
-    /// Called with each incident as it closes (streaming sinks, live views).
-    on_incident: Option<Box<dyn FnMut(&Incident, &Analysis) + Send>>,
 }
 
 impl Analyzer {
@@ -152,13 +150,7 @@ impl Analyzer {
             settings,
             analysis: Analysis::default(),
             last_seen: HashMap::new(),
-            on_incident: None,
         }
-    }
-
-    /// Registers a callback run for every incident as soon as it closes.
-    pub fn on_incident(&mut self, f: impl FnMut(&Incident, &Analysis) + Send + 'static) {
-        self.on_incident = Some(Box::new(f));
     }
 
     /// The analysis so far.
@@ -176,11 +168,10 @@ impl Analyzer {
 
     fn weight(&mut self, thread_id: u64, at: Instant) -> Duration {
         let cap = self.settings.interval * 5;
-        let weight = match self.last_seen.insert(thread_id, at) {
+        match self.last_seen.insert(thread_id, at) {
             Some(prev) => at.saturating_duration_since(prev).min(cap),
             None => self.settings.interval,
-        };
-        weight
+        }
     }
 
     fn add_sample(&mut self, sample: &Sample) {
@@ -209,9 +200,7 @@ impl Analyzer {
         let tid = thread.os_tid;
         let a = &mut self.analysis;
         if let Some(name) = &thread.name {
-            if !a.thread_names.contains_key(&tid) {
-                a.thread_names.insert(tid, name.clone());
-            }
+            a.thread_names.entry(tid).or_insert_with(|| name.clone());
         }
         let stack = (!thread.frames.is_empty()).then(|| a.symbols.intern_stack(&thread.frames));
         if let (Some(stack), crate::sampler::OsState::Running) = (stack, &thread.os_state) {
@@ -247,7 +236,10 @@ impl Analyzer {
             }
             None => return,
         };
-        let base_frame = a.symbols.frames.intern(thread.frames.last().expect("a loop has frames"));
+        let base_frame = a
+            .symbols
+            .frames
+            .intern(thread.frames.last().expect("a loop has frames"));
         let loop_thread = a.loops.entry(tid).or_insert_with(|| LoopThread {
             thread_id: tid,
             name: thread.name.clone(),
@@ -314,8 +306,11 @@ impl Analyzer {
             weight_us,
             callback,
         });
-        run.evidence
-            .add(thread, callback_frames, gil_holder.filter(|h| h.os_tid != tid));
+        run.evidence.add(
+            thread,
+            callback_frames,
+            gil_holder.filter(|h| h.os_tid != tid),
+        );
     }
 
     /// Ends the busy run of `tid`, if any, at `idle_at` (the first non-busy sample). A run
@@ -365,10 +360,11 @@ impl Analyzer {
         truncated: bool,
     ) {
         let a = &mut self.analysis;
+        let start_unix = a.unix_at(run.start_at);
         let loop_thread = a.loops.get_mut(&tid).expect("closing a known loop");
         loop_thread.incidents += 1;
         let incident = Incident {
-            start_unix: 0.0,
+            start_unix,
             duration_ms,
             samples: run.samples,
             thread_id: tid,
@@ -381,15 +377,8 @@ impl Analyzer {
             cause: run.evidence.decide(),
             truncated,
         };
-        let incident = Incident {
-            start_unix: a.unix_at(run.start_at),
-            ..incident
-        };
         for (&stack, &us) in &run.stack_weights_us {
             *a.blocking_profile.entry((tid, stack)).or_default() += us;
-        }
-        if let Some(callback) = self.on_incident.as_mut() {
-            callback(&incident, a);
         }
         a.incidents.push(incident);
     }

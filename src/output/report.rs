@@ -150,7 +150,11 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceLin
                 format_time(inc.start_unix),
                 inc.duration_ms,
                 inc.kind,
-                if inc.truncated { " (still busy at the end)" } else { "" },
+                if inc.truncated {
+                    " (still busy at the end)"
+                } else {
+                    ""
+                },
                 culprit.function
             );
             let _ = writeln!(

@@ -54,6 +54,10 @@ pub fn group(incidents: &[Incident]) -> Vec<Site> {
             }
         })
         .collect();
-    sites.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms).then(a.culprit.cmp(&b.culprit)));
+    sites.sort_by(|a, b| {
+        b.total_ms
+            .total_cmp(&a.total_ms)
+            .then(a.culprit.cmp(&b.culprit))
+    });
     sites
 }

@@ -114,10 +114,7 @@ fn classify_spy_error(pid: i32, command: &str, err: anyhow::Error) -> LoopspyErr
 }
 
 fn is_permission(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::PermissionDenied
-    ) || err.raw_os_error() == Some(libc::EPERM)
+    matches!(err.kind(), io::ErrorKind::PermissionDenied) || err.raw_os_error() == Some(libc::EPERM)
 }
 
 fn first_readable_address(maps: &str) -> Option<usize> {

@@ -86,7 +86,11 @@ pub fn parent_map() -> HashMap<i32, i32> {
         return parents;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -70,7 +70,10 @@ fn unsupported_python_version_is_named() {
     );
     assert_eq!(run.code(), UNSUPPORTED_PYTHON, "{}", run.stderr);
     let line = error_line(&run);
-    assert!(line.contains("does not support") && line.contains("3.8 to 3.13"), "{line}");
+    assert!(
+        line.contains("does not support") && line.contains("3.8 to 3.13"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -79,13 +82,23 @@ fn permission_denied_explains_ptrace() {
         missing("root (to run loopspy as an unprivileged user against a root-owned target)");
         return;
     }
-    let Some(python) = require_python("3.11") else { return };
+    let Some(python) = require_python("3.11") else {
+        return;
+    };
     let target = start_python(&python, &["-c", "import time; time.sleep(30)"]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    Command::new("chmod").args(["777"]).arg(dir.path()).status().unwrap();
-    Command::new("chmod").args(["777"]).arg(&out).status().unwrap();
+    Command::new("chmod")
+        .args(["777"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    Command::new("chmod")
+        .args(["777"])
+        .arg(&out)
+        .status()
+        .unwrap();
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_loopspy"))
@@ -94,7 +107,10 @@ fn permission_denied_explains_ptrace() {
     let run = Running::start(cmd).finish(Duration::from_secs(20));
     assert_eq!(run.code(), PERMISSION_DENIED, "{}", run.stderr);
     let line = error_line(&run);
-    assert!(line.contains("permission denied") && line.contains("CAP_SYS_PTRACE"), "{line}");
+    assert!(
+        line.contains("permission denied") && line.contains("CAP_SYS_PTRACE"),
+        "{line}"
+    );
     assert!(line.contains("ptrace_scope"), "{line}");
 }
 
@@ -107,16 +123,27 @@ fn nix_is_root() -> bool {
 
 #[test]
 fn unwritable_output_fails_before_sampling() {
-    let Some(python) = require_python("3.11") else { return };
+    let Some(python) = require_python("3.11") else {
+        return;
+    };
     let target = start_python(&python, &[fixture("short_lived.py").to_str().unwrap()]);
     // A directory cannot be created under a regular file, whoever we are.
     let run = run_loopspy(
-        &["record", "--pid", &target.pid().to_string(), "-o", "/etc/hostname/out"],
+        &[
+            "record",
+            "--pid",
+            &target.pid().to_string(),
+            "-o",
+            "/etc/hostname/out",
+        ],
         Duration::from_secs(20),
     );
     assert_eq!(run.code(), OUTPUT_NOT_WRITABLE, "{}", run.stderr);
     assert!(error_line(&run).contains("cannot write to output directory /etc/hostname/out"));
-    assert!(!run.stderr.contains("sampling pid"), "must fail before sampling");
+    assert!(
+        !run.stderr.contains("sampling pid"),
+        "must fail before sampling"
+    );
 }
 
 #[test]
@@ -142,7 +169,10 @@ fn usage_errors_exit_2() {
     let run = run_loopspy(&["record"], Duration::from_secs(20));
     assert_eq!(run.code(), 2, "{}", run.stderr);
     assert!(error_line(&run).contains("give --pid PID"));
-    let run = run_loopspy(&["record", "--pid", "1", "--rate", "0"], Duration::from_secs(20));
+    let run = run_loopspy(
+        &["record", "--pid", "1", "--rate", "0"],
+        Duration::from_secs(20),
+    );
     assert_eq!(run.code(), 2);
     let run = run_loopspy(
         &["record", "--pid", "1", "--threshold", "soon"],
@@ -153,7 +183,9 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn target_without_event_loop_still_gets_a_flame_graph() {
-    let Some(python) = require_python("3.11") else { return };
+    let Some(python) = require_python("3.11") else {
+        return;
+    };
     let _serial = timing_lock();
     let target = start_python(&python, &[fixture("no_loop.py").to_str().unwrap(), "30"]);
     let dir = tempfile::tempdir().unwrap();
@@ -171,9 +203,16 @@ fn target_without_event_loop_still_gets_a_flame_graph() {
         Duration::from_secs(30),
     );
     assert_eq!(run.code(), NO_EVENT_LOOP, "{}", run.stderr);
-    assert!(run.stderr.contains("no asyncio event loop was seen"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no asyncio event loop was seen"),
+        "{}",
+        run.stderr
+    );
     let svg = std::fs::read_to_string(out.join("flamegraph.svg")).unwrap();
-    assert!(svg.contains("churn_without_loop"), "flame graph lacks the busy thread");
+    assert!(
+        svg.contains("churn_without_loop"),
+        "flame graph lacks the busy thread"
+    );
     let json = read_json(&out.join("incidents.json"));
     assert_eq!(json["incidents"].as_array().unwrap().len(), 0);
     assert_eq!(json["recording"]["stop_reason"], "duration_elapsed");
@@ -182,11 +221,17 @@ fn target_without_event_loop_still_gets_a_flame_graph() {
 
 #[test]
 fn target_exiting_mid_recording_keeps_everything() {
-    let Some(python) = require_python("3.12") else { return };
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
     let _serial = timing_lock();
     let target = start_python(
         &python,
-        &[fixture("short_lived.py").to_str().unwrap(), "--lifetime", "2"],
+        &[
+            fixture("short_lived.py").to_str().unwrap(),
+            "--lifetime",
+            "2",
+        ],
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -205,7 +250,11 @@ fn target_exiting_mid_recording_keeps_everything() {
         Duration::from_secs(30),
     );
     assert_eq!(run.code(), 0, "{}", run.stderr);
-    assert!(run.stderr.contains("exited; recording stopped"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("exited; recording stopped"),
+        "{}",
+        run.stderr
+    );
     let json = read_json(&out.join("incidents.json"));
     assert_eq!(json["recording"]["stop_reason"], "target_exited");
     let incidents = json["incidents"].as_array().unwrap();
@@ -220,14 +269,23 @@ fn target_exiting_mid_recording_keeps_everything() {
 
 #[test]
 fn ctrl_c_stops_and_writes_what_was_recorded() {
-    let Some(python) = require_python("3.12") else { return };
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
     let _serial = timing_lock();
     let target = start_python(&python, &[fixture("short_lived.py").to_str().unwrap()]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut cmd = loopspy();
-    cmd.args(["record", "--pid", &target.pid().to_string(), "--rate", "500", "-o"])
-        .arg(&out);
+    cmd.args([
+        "record",
+        "--pid",
+        &target.pid().to_string(),
+        "--rate",
+        "500",
+        "-o",
+    ])
+    .arg(&out);
     let mut running = Running::start(cmd);
     running.wait_for_stderr("sampling pid", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(1500));
@@ -237,7 +295,9 @@ fn ctrl_c_stops_and_writes_what_was_recorded() {
         .unwrap();
     let run = running.finish(Duration::from_secs(20));
     assert_eq!(run.code(), 0, "{}", run.stderr);
-    assert!(run.stderr.contains("interrupted; writing what was recorded"));
+    assert!(run
+        .stderr
+        .contains("interrupted; writing what was recorded"));
     let json = read_json(&out.join("incidents.json"));
     assert_eq!(json["recording"]["stop_reason"], "interrupted");
     assert_eq!(json["incidents"].as_array().unwrap().len(), 1, "{json}");

@@ -40,8 +40,9 @@ pub fn python(minor: &str) -> Option<PathBuf> {
         .flatten()
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix(minor)
-                .is_some_and(|rest| rest.starts_with('.') && rest[1..].chars().all(|c| c.is_ascii_digit()))
+            name.strip_prefix(minor).is_some_and(|rest| {
+                rest.starts_with('.') && rest[1..].chars().all(|c| c.is_ascii_digit())
+            })
         })
         .map(|e| e.path().join("bin").join(format!("python{minor}")))
         .filter(|p| p.exists())
@@ -68,7 +69,10 @@ pub fn require_module(python: &Path, module: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        missing(&format!("{module} for {} (pip install {module})", python.display()));
+        missing(&format!(
+            "{module} for {} (pip install {module})",
+            python.display()
+        ));
     }
     ok
 }
@@ -232,8 +236,8 @@ pub fn run_loopspy(args: &[&str], timeout: Duration) -> Run {
 
 /// Reads and parses a JSON file.
 pub fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 

@@ -42,16 +42,29 @@ pub fn record_blocker(python: &Path, fixture_args: &[&str], extra: &[&str]) -> R
     let target = start_python(python, &args);
 
     let mut cmd = loopspy();
-    cmd.args(["record", "--pid", &target.pid().to_string(), "--rate", "500", "-o"])
-        .arg(&out)
-        .args(extra);
+    cmd.args([
+        "record",
+        "--pid",
+        &target.pid().to_string(),
+        "--rate",
+        "500",
+        "-o",
+    ])
+    .arg(&out)
+    .args(extra);
     let mut running = Running::start(cmd);
     running.wait_for_stderr("sampling pid", Duration::from_secs(20));
     // Let the sampler see the idle loop first, then start the scenarios.
     std::thread::sleep(Duration::from_millis(200));
     std::fs::write(&go, b"go").unwrap();
     let run = running.finish(Duration::from_secs(90));
-    assert_eq!(run.code(), 0, "loopspy failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code(),
+        0,
+        "loopspy failed:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
     drop(target);
     let truth_json = read_json(&truth);
     Recorded {
@@ -64,7 +77,9 @@ pub fn record_blocker(python: &Path, fixture_args: &[&str], extra: &[&str]) -> R
 }
 
 fn f64_of(v: &Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 fn overlaps(incident: &Value, start: f64, end: f64) -> bool {
@@ -118,7 +133,11 @@ pub fn check_against_truth(rec: &Recorded, check_saturation: bool) {
         match t["kind"].as_str().unwrap() {
             "blocking" => {
                 assert!(truth_ms >= THRESHOLD_MS + 10.0, "fixture block too short");
-                assert_eq!(matching.len(), 1, "{name}: expected one incident\n{context}");
+                assert_eq!(
+                    matching.len(),
+                    1,
+                    "{name}: expected one incident\n{context}"
+                );
                 let inc = &incidents[matching[0]];
                 explained[matching[0]] = true;
                 let got = f64_of(inc, "duration_ms");
@@ -133,12 +152,13 @@ pub fn check_against_truth(rec: &Recorded, check_saturation: bool) {
                     "{name}: culprit {culprit}, expected {function}\n{context}"
                 );
                 assert_eq!(
-                    inc["cause"]["category"],
-                    t["cause"],
+                    inc["cause"]["category"], t["cause"],
                     "{name}: wrong cause\n{context}"
                 );
                 assert!(
-                    inc["culprit"]["source"].as_str().is_some_and(|s| !s.is_empty()),
+                    inc["culprit"]["source"]
+                        .as_str()
+                        .is_some_and(|s| !s.is_empty()),
                     "{name}: culprit source line missing\n{context}"
                 );
                 assert_eq!(inc["stack"][0], inc["leaf"], "{name}: leaf is stack[0]");
@@ -180,16 +200,27 @@ pub fn check_against_truth(rec: &Recorded, check_saturation: bool) {
         }
     }
     for (n, ok) in explained.iter().enumerate() {
-        assert!(ok, "incident {n} matches no block the target made\n{context}");
+        assert!(
+            ok,
+            "incident {n} matches no block the target made\n{context}"
+        );
     }
 }
 
 fn check_files(rec: &Recorded) {
-    for name in ["flamegraph.svg", "blocking.svg", "report.md", "incidents.json"] {
+    for name in [
+        "flamegraph.svg",
+        "blocking.svg",
+        "report.md",
+        "incidents.json",
+    ] {
         assert!(rec.out.join(name).exists(), "{name} missing");
     }
     let blocking = std::fs::read_to_string(rec.out.join("blocking.svg")).unwrap();
-    assert!(blocking.contains("nap_in_handler"), "blocking.svg lacks the culprit");
+    assert!(
+        blocking.contains("nap_in_handler"),
+        "blocking.svg lacks the culprit"
+    );
     let report = std::fs::read_to_string(rec.out.join("report.md")).unwrap();
     assert!(report.contains("nap_in_handler") && report.contains("time.sleep(seconds)"));
     let r = &rec.json["recording"];
@@ -198,14 +229,23 @@ fn check_files(rec: &Recorded) {
     assert!(r["loop_utilization"].as_f64().unwrap() > 0.0);
     assert_eq!(r["threshold_ms"].as_f64(), Some(THRESHOLD_MS));
     assert_eq!(r["stop_reason"], "target_exited");
-    assert!(rec.run.stdout.contains("Top blocking sites"), "{}", rec.run.stdout);
+    assert!(
+        rec.run.stdout.contains("Top blocking sites"),
+        "{}",
+        rec.run.stdout
+    );
 }
 
 fn selector_loop(minor: &str) {
-    let Some(python) = require_python(minor) else { return };
+    let Some(python) = require_python(minor) else {
+        return;
+    };
     let _serial = timing_lock();
     let rec = record_blocker(&python, &["--scenarios", ALL_SCENARIOS], &[]);
-    let version = rec.json["target"]["python_version"].as_str().unwrap().to_string();
+    let version = rec.json["target"]["python_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(version.starts_with(&format!("{minor}.")), "{version}");
     check_against_truth(&rec, true);
     check_files(&rec);
@@ -242,14 +282,20 @@ fn finds_blocks_on_cpython_3_13() {
 }
 
 fn uvloop(minor: &str) {
-    let Some(python) = require_python(minor) else { return };
+    let Some(python) = require_python(minor) else {
+        return;
+    };
     if !require_module(&python, "uvloop") {
         return;
     }
     let _serial = timing_lock();
     let rec = record_blocker(
         &python,
-        &["--uvloop", "--scenarios", "sleep,cpu,short,callback,healthy"],
+        &[
+            "--uvloop",
+            "--scenarios",
+            "sleep,cpu,short,callback,healthy",
+        ],
         &[],
     );
     check_against_truth(&rec, false);
@@ -270,7 +316,9 @@ fn finds_blocks_in_uvloop_on_cpython_3_8() {
 
 #[test]
 fn attributes_incidents_to_each_of_two_loop_threads() {
-    let Some(python) = require_python("3.11") else { return };
+    let Some(python) = require_python("3.11") else {
+        return;
+    };
     let _serial = timing_lock();
     let rec = record_blocker(&python, &["--threads", "--scenarios", "sleep,short"], &[]);
     check_against_truth(&rec, false);
@@ -283,7 +331,9 @@ fn attributes_incidents_to_each_of_two_loop_threads() {
 
 #[test]
 fn thread_flag_limits_analysis_to_that_thread() {
-    let Some(python) = require_python("3.11") else { return };
+    let Some(python) = require_python("3.11") else {
+        return;
+    };
     let _serial = timing_lock();
     // Only the main thread's loop: the side loop's block must not be reported.
     let dir = tempfile::tempdir().unwrap();
@@ -305,8 +355,10 @@ fn thread_flag_limits_analysis_to_that_thread() {
     );
     let pid = target.pid().to_string();
     let mut cmd = loopspy();
-    cmd.args(["record", "--pid", &pid, "--rate", "500", "--thread", &pid, "-o"])
-        .arg(&out);
+    cmd.args([
+        "record", "--pid", &pid, "--rate", "500", "--thread", &pid, "-o",
+    ])
+    .arg(&out);
     let mut running = Running::start(cmd);
     running.wait_for_stderr("sampling pid", Duration::from_secs(20));
     std::fs::write(&go, b"go").unwrap();
@@ -315,7 +367,10 @@ fn thread_flag_limits_analysis_to_that_thread() {
     let json = read_json(&out.join("incidents.json"));
     let incidents = json["incidents"].as_array().unwrap();
     assert_eq!(incidents.len(), 1, "{incidents:?}");
-    assert_eq!(incidents[0]["thread_id"].as_u64(), Some(target.pid() as u64));
+    assert_eq!(
+        incidents[0]["thread_id"].as_u64(),
+        Some(target.pid() as u64)
+    );
     assert!(incidents[0]["culprit"]["function"]
         .as_str()
         .unwrap()
@@ -358,7 +413,9 @@ fn launch(python_cmd: &[&str]) {
 
 #[test]
 fn launch_mode_records_the_started_interpreter() {
-    let Some(python) = require_python("3.12") else { return };
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
     launch(&[python.to_str().unwrap()]);
 }
 
