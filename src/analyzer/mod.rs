@@ -126,6 +126,12 @@ impl Analysis {
         (!observed.is_zero()).then(|| busy.as_secs_f64() / observed.as_secs_f64())
     }
 
+    /// Total time the loops were blocked in incidents, ms.
+    pub fn blocked_ms(&self) -> f64 {
+        // Adding to +0.0 keeps an empty sum from printing as "-0".
+        self.incidents.iter().map(|i| i.duration_ms).fold(0.0, |a, b| a + b)
+    }
+
     /// Converts a monotonic instant to wall-clock seconds.
     pub fn unix_at(&self, at: Instant) -> f64 {
         match self.first_at {
@@ -256,6 +262,10 @@ impl Analyzer {
         });
         loop_thread.observed += weight;
         loop_thread.kind = kind;
+        // py-spy learns thread names lazily; take the name once it is known.
+        if loop_thread.name.is_none() {
+            loop_thread.name = thread.name.clone();
+        }
         let first_sample = loop_thread.last_sample_at.is_none();
         loop_thread.last_sample_at = Some(at);
 

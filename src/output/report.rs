@@ -92,7 +92,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceLin
         let _ = writeln!(md);
     }
 
-    let total_ms: f64 = analysis.incidents.iter().map(|i| i.duration_ms).sum();
+    let total_ms = analysis.blocked_ms();
     let _ = writeln!(
         md,
         "## Blocking sites\n\n{} incidents, loop blocked {:.1} ms in total.\n",

@@ -50,7 +50,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
                 l.stall_histogram.max_ms
             );
         }
-        let total_ms: f64 = analysis.incidents.iter().map(|i| i.duration_ms).sum();
+        let total_ms = analysis.blocked_ms();
         let _ = writeln!(
             out,
             "{} blocking incidents (>= {} ms), loop blocked {:.0} ms in total",
