@@ -90,6 +90,7 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         threshold: settings.threshold,
         interval: Duration::from_secs_f64(1.0 / settings.rate_hz as f64),
         only_thread: settings.thread,
+        pid,
     });
     for message in rx.iter() {
         analyzer.feed(message);

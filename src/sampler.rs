@@ -14,6 +14,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use py_spy::PythonSpy;
 
 use crate::target::procfs::{self, Syscall};
+use crate::target::resources::{Resource, ResourceResolver};
 use crate::target::threads::ThreadIdMap;
 
 /// One Python frame, as read from the target.
@@ -32,13 +33,13 @@ pub struct Frame {
 pub enum OsState {
     /// On a CPU (or runnable).
     Running,
-    /// Off CPU, inside `syscall` when it could be read; `fd_target` names the file or socket
-    /// for syscalls whose first argument is a file descriptor.
+    /// Off CPU, inside `syscall` when it could be read, waiting on `resource` when the
+    /// syscall names a file descriptor (directly, or through a poll/select fd array).
     Waiting {
         /// The system call, if `/proc/<pid>/task/<tid>/syscall` could be read.
         syscall: Option<Syscall>,
-        /// `readlink /proc/<pid>/fd/<n>` for fd-taking syscalls.
-        fd_target: Option<String>,
+        /// What the waited-on descriptor is.
+        resource: Option<Resource>,
     },
 }
 
@@ -181,14 +182,6 @@ impl IntervalHistogram {
     }
 }
 
-/// Syscalls (x86_64) whose first argument is a file descriptor worth naming.
-fn first_arg_is_fd(nr: i64) -> bool {
-    matches!(
-        nr,
-        0 | 1 | 17 | 18 | 19 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 74 | 75 | 288 | 295 | 296
-    )
-}
-
 /// Starts the sampler thread. It stops when `stop` is set, the duration elapses, or the target
 /// exits; the channel is closed when it returns.
 pub fn spawn(
@@ -222,6 +215,7 @@ fn run(
     let mut last_read: Option<Instant> = None;
     let mut consecutive_errors = 0u32;
     let mut thread_ids = ThreadIdMap::default();
+    let mut resources = ResourceResolver::default();
 
     let reason = loop {
         if stop.load(Ordering::Relaxed) {
@@ -259,7 +253,7 @@ fn run(
                 let unix = unix_start + read_at.duration_since(start).as_secs_f64();
                 let threads = traces
                     .into_iter()
-                    .map(|trace| thread_sample(pid, trace, &mut thread_ids))
+                    .map(|trace| thread_sample(pid, trace, &mut thread_ids, &mut resources))
                     .collect();
                 let sample = Sample {
                     at: read_at,
@@ -309,6 +303,7 @@ fn thread_sample(
     pid: i32,
     trace: py_spy::StackTrace,
     thread_ids: &mut ThreadIdMap,
+    resources: &mut ResourceResolver,
 ) -> ThreadSample {
     // CPython 3.11+ records the kernel tid (py-spy reads it, with the running state); before
     // that we map the pthread_t ourselves and ask the kernel whether the thread runs.
@@ -323,10 +318,8 @@ fn thread_sample(
         OsState::Running
     } else {
         let syscall = procfs::read_syscall(pid, os_tid);
-        let fd_target = syscall
-            .filter(|s| first_arg_is_fd(s.nr))
-            .and_then(|s| procfs::fd_target(pid, s.args[0]));
-        OsState::Waiting { syscall, fd_target }
+        let resource = syscall.and_then(|s| resources.resolve(pid, &s));
+        OsState::Waiting { syscall, resource }
     };
     let frames = trace
         .frames

@@ -1,13 +1,15 @@
 //! Why did the loop block? Every busy sample of the loop thread adds evidence — was the thread
-//! on a CPU, which syscall it sat in and on which file or socket, whether it was waiting for a
-//! GIL another thread held, which library frames were on the stack — and an incident's cause is
-//! decided from the evidence of all its samples, so one odd sample does not decide it.
+//! on a CPU, which syscall it sat in and on what (file, TCP peer, pipe), whether it waited for
+//! a GIL another thread held, which libraries were on the callback's stack — and an incident's
+//! cause is decided once from the evidence of all its samples, so one odd sample decides
+//! nothing. The order of the rules is documented in `docs/how-it-works.md`.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
 use crate::sampler::{Frame, OsState, ThreadSample};
+use crate::target::resources::Resource;
 
 /// The cause of an incident. `category` is one of the documented words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -17,10 +19,43 @@ pub struct Cause {
     pub category: &'static str,
     /// One human line: syscall, resource, library.
     pub detail: String,
+    /// The syscall the loop thread waited in most, when it waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<&'static str>,
+    /// What it waited on (`TCP 127.0.0.1:40112 -> 127.0.0.1:5432 (PostgreSQL)`, `file /x`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Remote `address:port` for network waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// File path for file waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Library recognised on the callback's stack (`requests`, `sqlite3`, `logging`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<&'static str>,
+    /// For `gil`: the thread that held the GIL, and what it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gil_holder: Option<String>,
+}
+
+impl Cause {
+    fn new(category: &'static str, detail: String) -> Self {
+        Cause {
+            category,
+            detail,
+            syscall: None,
+            resource: None,
+            peer: None,
+            path: None,
+            library: None,
+            gil_holder: None,
+        }
+    }
 }
 
 /// x86_64 syscall numbers we name.
-fn syscall_name(nr: i64) -> &'static str {
+pub fn syscall_name(nr: i64) -> &'static str {
     match nr {
         0 => "read",
         1 => "write",
@@ -38,6 +73,7 @@ fn syscall_name(nr: i64) -> &'static str {
         46 => "sendmsg",
         47 => "recvmsg",
         61 => "wait4",
+        73 => "flock",
         74 => "fsync",
         75 => "fdatasync",
         202 => "futex",
@@ -54,15 +90,16 @@ fn syscall_name(nr: i64) -> &'static str {
     }
 }
 
-/// A wait, keyed by what the thread waited in: the syscall and, for an fd, what it points at.
+/// A wait, keyed by what the thread waited in: the syscall and what it waited on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct WaitKey {
     nr: Option<i64>,
     zero_fds: bool,
-    fd_target: Option<String>,
+    resource: Option<Resource>,
 }
 
-/// Evidence gathered over an incident's samples. Bounded: one entry per distinct wait.
+/// Evidence gathered over an incident's samples. Bounded: one entry per distinct wait,
+/// library and GIL holder.
 #[derive(Debug, Default, Clone)]
 pub struct CauseEvidence {
     samples: u32,
@@ -73,7 +110,8 @@ pub struct CauseEvidence {
     library_hits: HashMap<&'static str, u32>,
 }
 
-/// Libraries recognised from the files on the stack, with their category.
+/// Libraries recognised from the files on the callback's stack, with their category. The
+/// order matters: the first pattern a frame matches names it.
 const LIBRARY_HINTS: &[(&str, &str, &str)] = &[
     ("/logging/", "logging", "logging"),
     ("/sqlite3/", "database", "sqlite3"),
@@ -82,19 +120,44 @@ const LIBRARY_HINTS: &[(&str, &str, &str)] = &[
     ("/pymysql/", "database", "pymysql"),
     ("/MySQLdb/", "database", "MySQLdb"),
     ("/redis/", "database", "redis"),
+    ("/pymongo/", "database", "pymongo"),
     ("/sqlalchemy/", "database", "SQLAlchemy"),
+    ("/subprocess.py", "subprocess", "subprocess"),
     ("/requests/", "network", "requests"),
     ("/urllib3/", "network", "urllib3"),
     ("/http/client.py", "network", "http.client"),
     ("/urllib/request.py", "network", "urllib"),
     ("/botocore/", "network", "botocore"),
+    ("/boto3/", "network", "boto3"),
     ("/ssl.py", "network", "ssl"),
     ("/socket.py", "network", "socket"),
-    ("/subprocess.py", "subprocess", "subprocess"),
-    ("/threading.py", "lock", "threading"),
-    ("/queue.py", "lock", "queue"),
     ("/concurrent/futures/", "lock", "concurrent.futures"),
+    ("/queue.py", "lock", "queue"),
+    ("/threading.py", "lock", "threading"),
+    ("/json/", "cpu", "json"),
+    ("/re.py", "cpu", "re"),
+    ("/re/", "cpu", "re"),
+    ("/pickle.py", "cpu", "pickle"),
 ];
+
+/// Categories a library on the stack decides outright, whatever the syscall: a logging
+/// handler doing network I/O is a logging problem, with a logging fix.
+const DECIDING_LIBRARIES: &[&str] = &["logging", "database", "subprocess"];
+
+/// Calls that talk to a database through a C driver (sqlite3, psycopg2, ...): these leave no
+/// Python frame, so the culprit line's text is the evidence.
+const DATABASE_CALLS: &[&str] = &[
+    ".execute(",
+    ".executemany(",
+    ".executescript(",
+    ".fetchall(",
+    ".fetchone(",
+    ".fetchmany(",
+    ".commit(",
+];
+
+/// Culprit-line calls that do file I/O.
+const FILE_CALLS: &[&str] = &[".write(", ".read(", "fsync(", ".flush(", "open(", ".dump("];
 
 impl CauseEvidence {
     /// Adds one busy sample of the loop thread. `callback_frames` are the frames of the running
@@ -109,19 +172,20 @@ impl CauseEvidence {
         self.samples += 1;
         match &thread.os_state {
             OsState::Running => self.running += 1,
-            OsState::Waiting { syscall, fd_target } => {
-                let key = WaitKey {
-                    nr: syscall.map(|s| s.nr),
-                    zero_fds: syscall.is_some_and(|s| s.args[0] == 0),
-                    fd_target: fd_target.clone(),
-                };
-                *self.waits.entry(key).or_default() += 1;
+            OsState::Waiting { syscall, resource } => {
                 let futex = syscall.is_some_and(|s| s.nr == 202);
-                if futex && !thread.owns_gil {
-                    if let Some(holder) = gil_holder {
+                match gil_holder {
+                    Some(holder) if futex && !thread.owns_gil => {
                         self.gil_waits += 1;
-                        let name = describe_thread(holder);
-                        *self.gil_holders.entry(name).or_default() += 1;
+                        *self.gil_holders.entry(describe_thread(holder)).or_default() += 1;
+                    }
+                    _ => {
+                        let key = WaitKey {
+                            nr: syscall.map(|s| s.nr),
+                            zero_fds: syscall.is_some_and(|s| s.args[0] == 0),
+                            resource: resource.clone(),
+                        };
+                        *self.waits.entry(key).or_default() += 1;
                     }
                 }
             }
@@ -131,8 +195,9 @@ impl CauseEvidence {
         }
     }
 
-    /// Decides the cause from everything seen.
-    pub fn decide(&self) -> Cause {
+    /// Decides the cause from everything seen. `culprit_source` is the text of the culprit
+    /// line, when it could be read.
+    pub fn decide(&self, culprit_source: Option<&str>) -> Cause {
         let total = self.samples.max(1);
         let pct = |n: u32| (100.0 * n as f64 / total as f64).round() as u32;
         let library = self
@@ -140,106 +205,181 @@ impl CauseEvidence {
             .iter()
             .max_by_key(|(name, n)| (**n, *name))
             .map(|(name, _)| *name);
-        let (lib_category, lib_name) = library
-            .and_then(|name| {
-                LIBRARY_HINTS
-                    .iter()
-                    .find(|(_, _, n)| *n == name)
-                    .map(|(_, cat, n)| (*cat, *n))
-            })
-            .unzip();
+        let lib_category = library.and_then(|name| {
+            LIBRARY_HINTS
+                .iter()
+                .find(|(_, _, n)| *n == name)
+                .map(|(_, cat, _)| *cat)
+        });
+        let db_call = culprit_source.and_then(|text| {
+            DATABASE_CALLS
+                .iter()
+                .find(|call| text.contains(*call))
+                .map(|call| call.trim_matches(|c| c == '.' || c == '('))
+        });
+        let top_wait = self.waits.iter().max_by_key(|(k, n)| (**n, k.nr));
+        let via = library.map(|l| format!(" via {l}")).unwrap_or_default();
 
-        if self.running * 2 >= total {
-            let detail = format!("thread on CPU in {}% of samples", pct(self.running));
-            return match lib_category {
-                Some("database") | Some("logging") => Cause {
-                    category: lib_category.unwrap_or("cpu"),
-                    detail: format!("{detail}, inside {}", lib_name.unwrap_or("?")),
-                },
-                _ => Cause {
-                    category: "cpu",
-                    detail,
-                },
-            };
-        }
-        if self.gil_waits * 2 >= total {
+        // 1. Waiting for a GIL another thread holds.
+        if self.gil_waits * 3 >= total && self.gil_waits > 0 {
             let holder = self
                 .gil_holders
                 .iter()
                 .max_by_key(|(name, n)| (**n, (*name).clone()))
                 .map(|(name, _)| name.clone())
                 .unwrap_or_else(|| "another thread".into());
-            return Cause {
-                category: "gil",
-                detail: format!(
-                    "waiting for the GIL held by {holder} in {}% of samples",
+            let mut cause = Cause::new(
+                "gil",
+                format!(
+                    "waiting for the GIL in {}% of samples; held by {holder}",
                     pct(self.gil_waits)
                 ),
-            };
+            );
+            cause.syscall = Some("futex");
+            cause.gil_holder = Some(holder);
+            return cause;
         }
-        let Some((wait, count)) = self.waits.iter().max_by_key(|(k, n)| (**n, k.nr)) else {
-            return Cause {
-                category: "unknown",
-                detail: "no thread state could be read".into(),
-            };
+
+        // What the dominant wait (if any) says, to be combined below.
+        let (wait_category, mut cause) = match top_wait {
+            Some((wait, count)) if self.running * 2 < total => {
+                let (category, cause) = self.wait_cause(wait, *count, pct(*count), &via);
+                (Some(category), cause)
+            }
+            _ => (
+                None,
+                Cause::new(
+                    "cpu",
+                    format!("thread on CPU in {}% of samples{via}", pct(self.running)),
+                ),
+            ),
         };
+        cause.library = library;
+
+        // 2. Libraries and calls that decide the category whatever the thread did.
+        if let Some(category) = lib_category.filter(|c| DECIDING_LIBRARIES.contains(c)) {
+            cause.category = category;
+            return cause;
+        }
+        if let Some(call) = db_call {
+            if !matches!(wait_category, Some("network" | "sleep" | "subprocess" | "lock")) {
+                cause.category = "database";
+                cause.detail = format!("database call `{call}()`: {}", cause.detail);
+                return cause;
+            }
+        }
+        // A large write runs in the kernel (the thread shows as running, with no syscall to
+        // read); a file wait seen in some samples plus a file-I/O culprit line says "file".
+        if wait_category.is_none() {
+            if let Some((wait, _)) = self
+                .waits
+                .iter()
+                .filter(|(k, _)| matches!(k.resource, Some(Resource::File(_))))
+                .max_by_key(|(k, n)| (**n, k.nr))
+            {
+                let file_io = culprit_source.is_some_and(|text| {
+                    FILE_CALLS.iter().any(|call| text.contains(call))
+                });
+                if file_io {
+                    let on_cpu = pct(self.running);
+                    let (_, mut file) = self.wait_cause(wait, 0, pct(self.waits[wait]), &via);
+                    file.detail = format!("file I/O: in the kernel on CPU {on_cpu}% of samples, {}", file.detail);
+                    file.category = "file";
+                    file.library = library;
+                    return file;
+                }
+            }
+        }
+        // 3. On CPU, else 4. the wait itself.
+        match wait_category {
+            Some(category) => {
+                cause.category = category;
+                if category == "network"
+                    && cause.resource.as_deref().is_some_and(|r| {
+                        ["PostgreSQL", "MySQL", "Redis", "MongoDB", "memcached"]
+                            .iter()
+                            .any(|db| r.contains(db))
+                    })
+                {
+                    cause.category = "database";
+                }
+                if category == "unknown" {
+                    if let Some(lib_category) = lib_category {
+                        cause.category = lib_category;
+                    }
+                }
+            }
+            None => cause.category = "cpu",
+        }
+        cause
+    }
+
+    fn wait_cause(&self, wait: &WaitKey, count: u32, share: u32, via: &str) -> (&'static str, Cause) {
         let Some(nr) = wait.nr else {
-            return Cause {
-                category: lib_category.unwrap_or("unknown"),
-                detail: format!("off CPU in {}% of samples, syscall unreadable", pct(*count)),
-            };
+            return (
+                "unknown",
+                Cause::new(
+                    "unknown",
+                    format!("off CPU in {share}% of samples, syscall unreadable{via}"),
+                ),
+            );
         };
+        let _ = count;
         let name = syscall_name(nr);
-        let share = pct(*count);
         let on = wait
-            .fd_target
-            .as_deref()
-            .map(|t| format!(" on {t}"))
+            .resource
+            .as_ref()
+            .map(|r| format!(" on {r}"))
             .unwrap_or_default();
-        let via = lib_name.map(|l| format!(" via {l}")).unwrap_or_default();
-        let detail = format!("{name}(){on}{via} in {share}% of samples");
         let category = match nr {
             35 | 230 => "sleep",
             // CPython before 3.11 sleeps with select() on no file descriptors.
             23 | 270 if wait.zero_fds => "sleep",
             61 | 247 => "subprocess",
+            73 => "lock",
             74 | 75 => "file",
-            202 => match lib_category {
-                Some("logging") => "logging",
-                _ => "lock",
-            },
-            42 | 43 | 44 | 45 | 46 | 47 | 288 => lib_category
-                .filter(|c| *c == "database")
-                .unwrap_or("network"),
-            _ => match wait.fd_target.as_deref() {
-                Some(t) if t.starts_with("socket:") => lib_category
-                    .filter(|c| *c == "database")
-                    .unwrap_or("network"),
-                Some(t) if t.starts_with('/') => match lib_category {
-                    Some("logging") => "logging",
-                    Some("database") => "database",
-                    _ => "file",
-                },
-                Some(t) if t.starts_with("pipe:") && lib_category == Some("subprocess") => {
-                    "subprocess"
-                }
-                _ => lib_category.unwrap_or("unknown"),
+            202 => "lock",
+            _ => match &wait.resource {
+                Some(r) if r.is_socket() => "network",
+                Some(Resource::File(_)) => "file",
+                Some(Resource::Pipe) => "subprocess",
+                _ => "unknown",
             },
         };
-        Cause { category, detail }
+        let mut detail = format!("{name}(){on}{via} in {share}% of samples");
+        if category == "sleep" && nr != 35 && nr != 230 {
+            detail.push_str(" (select() on no descriptors: time.sleep)");
+        }
+        let mut cause = Cause::new(category, detail);
+        cause.syscall = Some(name);
+        if let Some(resource) = &wait.resource {
+            cause.resource = Some(resource.to_string());
+            cause.peer = resource.peer().map(String::from);
+            cause.path = resource.path().map(String::from);
+        }
+        (category, cause)
     }
 }
 
 fn describe_thread(thread: &ThreadSample) -> String {
     let name = thread.name.as_deref().unwrap_or("thread");
     match thread.frames.first() {
-        Some(leaf) => format!("{name} ({}) running {}", thread.os_tid, leaf.function),
+        Some(leaf) => format!(
+            "{name} ({}) in {} ({}:{})",
+            thread.os_tid,
+            leaf.function,
+            crate::analyzer::short_path(&leaf.file),
+            leaf.line
+        ),
         None => format!("{name} ({})", thread.os_tid),
     }
 }
 
+/// The outermost recognised library on the callback's stack: the one the user's code called
+/// (`urllib`, not the `socket` it uses underneath; `logging`, not the HTTP client its handler
+/// uses).
 fn library_on_stack(frames: &[Frame]) -> Option<&'static str> {
-    frames.iter().find_map(|frame| {
+    frames.iter().rev().find_map(|frame| {
         LIBRARY_HINTS
             .iter()
             .find(|(pattern, _, _)| frame.file.contains(pattern))
@@ -257,7 +397,7 @@ pub fn suggestion(category: &str) -> &'static str {
         "database" => "use an async driver (asyncpg, aiomysql, aiosqlite, redis.asyncio) or `await asyncio.to_thread(...)`",
         "subprocess" => "use `await asyncio.create_subprocess_exec(...)` instead of subprocess.run/check_output",
         "lock" => "don't block on threading locks, queues or `future.result()` in the loop: `await asyncio.wrap_future(fut)`, asyncio.Lock/Queue, or `await asyncio.to_thread(...)`",
-        "gil" => "another thread holds the GIL: move its CPU work to a process pool or release the GIL more often",
+        "gil" => "another thread holds the GIL: move its CPU work to a process pool (ProcessPoolExecutor) or call code that releases the GIL",
         "logging" => "log through a logging.handlers.QueueHandler + QueueListener so handlers don't run on the loop",
         _ => "inspect the stack; run blocking work with `await asyncio.to_thread(...)`",
     }
@@ -268,7 +408,7 @@ mod tests {
     use super::*;
     use crate::target::procfs::Syscall;
 
-    fn waiting(nr: i64, arg0: u64, fd: Option<&str>) -> ThreadSample {
+    fn waiting(nr: i64, arg0: u64, resource: Option<Resource>) -> ThreadSample {
         ThreadSample {
             os_tid: 1,
             name: None,
@@ -278,9 +418,17 @@ mod tests {
                     nr,
                     args: [arg0, 0, 0, 0, 0, 0],
                 }),
-                fd_target: fd.map(String::from),
+                resource,
             },
             owns_gil: false,
+        }
+    }
+
+    fn frame(file: &str) -> Frame {
+        Frame {
+            function: "f".into(),
+            file: file.into(),
+            line: 1,
         }
     }
 
@@ -288,10 +436,10 @@ mod tests {
     fn sleep_from_clock_nanosleep_and_empty_select() {
         let mut e = CauseEvidence::default();
         e.add(&waiting(230, 0, None), &[], None);
-        assert_eq!(e.decide().category, "sleep");
+        assert_eq!(e.decide(None).category, "sleep");
         let mut e = CauseEvidence::default();
         e.add(&waiting(23, 0, None), &[], None);
-        assert_eq!(e.decide().category, "sleep");
+        assert_eq!(e.decide(None).category, "sleep");
     }
 
     #[test]
@@ -302,17 +450,66 @@ mod tests {
         e.add(&running, &[], None);
         e.add(&running, &[], None);
         e.add(&waiting(230, 0, None), &[], None);
-        let cause = e.decide();
+        let cause = e.decide(None);
         assert_eq!(cause.category, "cpu");
         assert!(cause.detail.contains("67%"), "{}", cause.detail);
     }
 
     #[test]
-    fn socket_read_is_network() {
+    fn socket_wait_is_network_with_peer_and_db_ports_are_databases() {
+        let tcp = |port: u16| Resource::Tcp {
+            local: "127.0.0.1:40000".into(),
+            peer: format!("127.0.0.1:{port}"),
+            service: crate::target::resources::service_name(port),
+        };
         let mut e = CauseEvidence::default();
-        e.add(&waiting(45, 4, Some("socket:[9539]")), &[], None);
-        let cause = e.decide();
+        e.add(&waiting(45, 4, Some(tcp(8080))), &[], None);
+        let cause = e.decide(None);
         assert_eq!(cause.category, "network");
-        assert!(cause.detail.contains("recvfrom() on socket:[9539]"));
+        assert_eq!(cause.peer.as_deref(), Some("127.0.0.1:8080"));
+        assert!(cause.detail.contains("recvfrom() on TCP"), "{}", cause.detail);
+        let mut e = CauseEvidence::default();
+        e.add(&waiting(45, 4, Some(tcp(5432))), &[], None);
+        assert_eq!(e.decide(None).category, "database");
+    }
+
+    #[test]
+    fn logging_on_the_stack_decides() {
+        let mut e = CauseEvidence::default();
+        let frames = [frame("/py/lib/python3.11/logging/__init__.py")];
+        e.add(&waiting(230, 0, None), &frames, None);
+        assert_eq!(e.decide(None).category, "logging");
+    }
+
+    #[test]
+    fn database_call_line_on_cpu_is_database() {
+        let mut e = CauseEvidence::default();
+        let mut running = waiting(0, 0, None);
+        running.os_state = OsState::Running;
+        e.add(&running, &[], None);
+        let cause = e.decide(Some("cur.execute(SLOW_QUERY)"));
+        assert_eq!(cause.category, "database");
+        assert!(cause.detail.contains("execute()"), "{}", cause.detail);
+    }
+
+    #[test]
+    fn futex_with_another_gil_holder_is_gil() {
+        let mut e = CauseEvidence::default();
+        let mut holder = waiting(0, 0, None);
+        holder.os_state = OsState::Running;
+        holder.owns_gil = true;
+        holder.name = Some("hog".into());
+        holder.frames = vec![Frame {
+            function: "spin".into(),
+            file: "/app/x.py".into(),
+            line: 3,
+        }];
+        e.add(&waiting(202, 0, None), &[], Some(&holder));
+        let cause = e.decide(None);
+        assert_eq!(cause.category, "gil");
+        assert!(cause.gil_holder.unwrap().contains("hog (1) in spin (x.py:3)"));
+        let mut e = CauseEvidence::default();
+        e.add(&waiting(202, 0, None), &[], None);
+        assert_eq!(e.decide(None).category, "lock");
     }
 }

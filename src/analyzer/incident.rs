@@ -47,6 +47,8 @@ pub struct Incident {
     pub stack: StackId,
     /// Why.
     pub cause: Cause,
+    /// Text of the culprit line, when the source file could be read.
+    pub culprit_source: Option<String>,
     /// The recording ended (or the thread stopped running its loop) while still busy.
     pub truncated: bool,
 }
@@ -71,6 +73,8 @@ pub struct BusyRun {
     interior_internal: u32,
     /// Cause evidence.
     pub evidence: CauseEvidence,
+    /// Innermost user frame of the thread holding the GIL while the loop waited for it.
+    gil_culprits: HashMap<FrameId, u32>,
     /// Stacks seen, with their sample counts (what `blocking.svg` aggregates).
     pub stack_weights_us: HashMap<StackId, u64>,
 }
@@ -103,6 +107,7 @@ impl BusyRun {
             pending_internal: 0,
             interior_internal: 0,
             evidence: CauseEvidence::default(),
+            gil_culprits: HashMap::new(),
             stack_weights_us: HashMap::new(),
         }
     }
@@ -141,6 +146,16 @@ impl BusyRun {
         } else {
             IncidentKind::Blocking
         }
+    }
+
+    /// Notes the code of the thread holding the GIL while the loop thread waited for it.
+    pub fn observe_gil_holder(&mut self, culprit: FrameId) {
+        *self.gil_culprits.entry(culprit).or_default() += 1;
+    }
+
+    /// Most frequent GIL-holder frame.
+    pub fn top_gil_culprit(&self) -> Option<FrameId> {
+        most_frequent(&self.gil_culprits)
     }
 
     /// Most frequent stack.

@@ -13,7 +13,8 @@ pub mod loop_detect;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::sampler::{Frame, Sample, SamplerMessage, ThreadSample};
+use crate::sampler::{Frame, OsState, Sample, SamplerMessage, ThreadSample};
+use crate::target::source::SourceCache;
 use incident::{BusyObservation, BusyRun, Incident};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
@@ -27,6 +28,8 @@ pub struct AnalyzerSettings {
     pub interval: Duration,
     /// Only treat this kernel thread id as a loop thread (`--thread`).
     pub only_thread: Option<u64>,
+    /// The target, whose source files are read for culprit lines.
+    pub pid: i32,
 }
 
 /// Per-thread time-weighted stack totals, microseconds.
@@ -147,15 +150,17 @@ pub struct Analyzer {
     settings: AnalyzerSettings,
     analysis: Analysis,
     last_seen: HashMap<u64, Instant>,
+    sources: SourceCache,
 }
 
 impl Analyzer {
     /// A fresh analyzer.
     pub fn new(settings: AnalyzerSettings) -> Self {
         Analyzer {
-            settings,
             analysis: Analysis::default(),
             last_seen: HashMap::new(),
+            sources: SourceCache::new(settings.pid),
+            settings,
         }
     }
 
@@ -209,19 +214,25 @@ impl Analyzer {
             a.thread_names.entry(tid).or_insert_with(|| name.clone());
         }
         let stack = (!thread.frames.is_empty()).then(|| a.symbols.intern_stack(&thread.frames));
-        if let (Some(stack), crate::sampler::OsState::Running) = (stack, &thread.os_state) {
+        if let (Some(stack), OsState::Running) = (stack, &thread.os_state) {
             *a.active_profile.entry((tid, stack)).or_default() += weight_us;
         }
         if self.settings.only_thread.is_some_and(|only| only != tid) {
             return;
         }
+        let gil_holder = gil_holder.filter(|h| h.os_tid != tid);
+        let mut gil_stall = false;
         let position = match loop_detect::classify(&thread.frames) {
             // uvloop's idle wait and its C code between callbacks look alike in the frames; the
             // kernel tells them apart: a thread waiting in epoll is not running.
-            LoopPosition::Idle(LoopKind::Uvloop)
-                if thread.os_state == crate::sampler::OsState::Running =>
-            {
+            LoopPosition::Idle(LoopKind::Uvloop) if thread.os_state == OsState::Running => {
                 LoopPosition::Internal(LoopKind::Uvloop)
+            }
+            // Back from its selector but stuck taking the GIL another thread holds: the loop
+            // cannot run, whatever its frames say.
+            LoopPosition::Idle(kind) if gil_holder.is_some() && waits_for_gil(thread) => {
+                gil_stall = true;
+                LoopPosition::Internal(kind)
             }
             position => position,
         };
@@ -308,6 +319,13 @@ impl Analyzer {
                     (root_frame.function.as_str(), root_frame.file.as_str()),
                 ))
             }
+            _ if gil_stall => gil_holder.and_then(|holder| {
+                // Nothing of the loop's runs: the culprit is the holder's own code.
+                let culprit = holder_culprit(&mut a.symbols, holder)?;
+                let leaf = &thread.frames[0];
+                let leaf_id = a.symbols.frames.intern(leaf);
+                Some((culprit, leaf_id, (leaf.function.as_str(), leaf.file.as_str())))
+            }),
             _ => None,
         };
         run.observe(BusyObservation {
@@ -316,11 +334,12 @@ impl Analyzer {
             weight_us,
             callback,
         });
-        run.evidence.add(
-            thread,
-            callback_frames,
-            gil_holder.filter(|h| h.os_tid != tid),
-        );
+        if let Some(holder) = gil_holder.filter(|_| waits_for_gil(thread)) {
+            if let Some(culprit) = holder_culprit(&mut a.symbols, holder) {
+                run.observe_gil_holder(culprit);
+            }
+        }
+        run.evidence.add(thread, callback_frames, gil_holder);
     }
 
     /// Ends the busy run of `tid`, if any, at `idle_at` (the first non-busy sample). A run
@@ -371,6 +390,20 @@ impl Analyzer {
     ) {
         let a = &mut self.analysis;
         let start_unix = a.unix_at(run.start_at);
+        let source_of = |sources: &mut SourceCache, id: FrameId| {
+            let frame = a.symbols.frames.get(id);
+            sources.line(&frame.file, frame.line)
+        };
+        let mut culprit = culprit;
+        let mut culprit_source = source_of(&mut self.sources, culprit);
+        let cause = run.evidence.decide(culprit_source.as_deref());
+        // A loop starved of the GIL is fixed in the code of the thread that held it.
+        if cause.category == "gil" {
+            if let Some(holder) = run.top_gil_culprit() {
+                culprit = holder;
+                culprit_source = source_of(&mut self.sources, culprit);
+            }
+        }
         let loop_thread = a.loops.get_mut(&tid).expect("closing a known loop");
         loop_thread.incidents += 1;
         let incident = Incident {
@@ -384,7 +417,8 @@ impl Analyzer {
             culprit,
             callback,
             stack,
-            cause: run.evidence.decide(),
+            cause,
+            culprit_source,
             truncated,
         };
         for (&stack, &us) in &run.stack_weights_us {
@@ -407,6 +441,19 @@ impl Analyzer {
         }
         self.analysis
     }
+}
+
+/// The GIL holder's innermost user frame, interned.
+fn holder_culprit(symbols: &mut Symbols, holder: &ThreadSample) -> Option<FrameId> {
+    let last = holder.frames.len().checked_sub(1)?;
+    let idx = culprit::culprit_index(&holder.frames, last);
+    Some(symbols.frames.intern(&holder.frames[idx]))
+}
+
+/// Off CPU in `futex` without the GIL: how a thread waiting to take the GIL looks.
+fn waits_for_gil(thread: &ThreadSample) -> bool {
+    !thread.owns_gil
+        && matches!(&thread.os_state, OsState::Waiting { syscall: Some(s), .. } if s.nr == 202)
 }
 
 /// A frame as written in collapsed stacks and reports: `function (file:line)`.

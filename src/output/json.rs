@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{RecordingInfo, SourceLines};
+use super::RecordingInfo;
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::incident::Incident;
 use crate::analyzer::intern::FrameId;
@@ -16,20 +16,18 @@ use crate::sampler::StopReason;
 /// Schema version of `incidents.json`.
 pub const SCHEMA: u32 = 1;
 
-/// A frame as JSON, with its source line text when `sources` can read it.
-pub fn frame_json(analysis: &Analysis, id: FrameId, sources: Option<&mut SourceLines>) -> Value {
+/// A frame as JSON, with its source line text when known.
+pub fn frame_json(analysis: &Analysis, id: FrameId, source: Option<&str>) -> Value {
     let f = analysis.symbols.frames.get(id);
     let mut value = json!({ "function": f.function, "file": f.file, "line": f.line });
-    if let Some(sources) = sources {
-        if let Some(text) = sources.get(analysis, id) {
-            value["source"] = Value::String(text);
-        }
+    if let Some(text) = source {
+        value["source"] = Value::String(text.to_string());
     }
     value
 }
 
 /// One incident as JSON (also the line format of streaming outputs).
-pub fn incident_json(analysis: &Analysis, incident: &Incident, sources: &mut SourceLines) -> Value {
+pub fn incident_json(analysis: &Analysis, incident: &Incident) -> Value {
     let stack_ids = analysis.symbols.stacks.get(incident.stack);
     let stack: Vec<Value> = stack_ids
         .iter()
@@ -45,7 +43,7 @@ pub fn incident_json(analysis: &Analysis, incident: &Incident, sources: &mut Sou
         "thread_name": incident.thread_name,
         "loop": incident.loop_kind,
         "kind": incident.kind,
-        "culprit": frame_json(analysis, incident.culprit, Some(sources)),
+        "culprit": frame_json(analysis, incident.culprit, incident.culprit_source.as_deref()),
         "callback": frame_json(analysis, incident.callback, None),
         "leaf": leaf,
         "stack": stack,
@@ -65,7 +63,7 @@ pub fn stop_reason_str(reason: StopReason) -> &'static str {
 }
 
 /// The whole document.
-pub fn document(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceLines) -> Value {
+pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
     let s = &info.sampler;
     let loops: Vec<Value> = analysis
         .loops
@@ -87,7 +85,7 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceL
     let incidents: Vec<Value> = analysis
         .incidents
         .iter()
-        .map(|i| incident_json(analysis, i, sources))
+        .map(|i| incident_json(analysis, i))
         .collect();
     json!({
         "schema": SCHEMA,
@@ -121,9 +119,8 @@ pub fn write(
     path: &Path,
     analysis: &Analysis,
     info: &RecordingInfo,
-    sources: &mut SourceLines,
 ) -> anyhow::Result<()> {
-    let doc = document(analysis, info, sources);
+    let doc = document(analysis, info);
     let mut text = serde_json::to_string_pretty(&doc)?;
     text.push('\n');
     std::fs::write(path, text)?;

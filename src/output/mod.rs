@@ -10,10 +10,8 @@ pub mod summary;
 
 use std::path::{Path, PathBuf};
 
-use crate::analyzer::intern::FrameId;
 use crate::analyzer::Analysis;
 use crate::sampler::{SamplerStats, StopReason};
-use crate::target::procfs;
 
 /// Facts about the run that are not in the samples.
 #[derive(Debug, Clone)]
@@ -54,7 +52,6 @@ pub fn write_all(
     analysis: &Analysis,
     info: &RecordingInfo,
 ) -> anyhow::Result<WrittenFiles> {
-    let mut sources = SourceLines::new(info.pid);
     let mut files = Vec::new();
     let mut first_error = None;
     let mut attempt = |name: &str, result: anyhow::Result<()>| match result {
@@ -93,11 +90,11 @@ pub fn write_all(
     );
     attempt(
         "incidents.json",
-        json::write(&dir.join("incidents.json"), analysis, info, &mut sources),
+        json::write(&dir.join("incidents.json"), analysis, info),
     );
     attempt(
         "report.md",
-        report::write(&dir.join("report.md"), analysis, info, &mut sources),
+        report::write(&dir.join("report.md"), analysis, info),
     );
     match first_error {
         Some(err) => Err(err),
@@ -116,34 +113,6 @@ fn flamegraph_title(analysis: &Analysis, info: &RecordingInfo) -> String {
         )
     } else {
         format!("loopspy: pid {} — event loop busy time", info.pid)
-    }
-}
-
-/// Source text of culprit lines, read once per (file, line) through the target's root.
-pub struct SourceLines {
-    pid: i32,
-    cache: std::collections::HashMap<FrameId, Option<String>>,
-}
-
-impl SourceLines {
-    /// Reads from `pid`'s filesystem view.
-    pub fn new(pid: i32) -> Self {
-        SourceLines {
-            pid,
-            cache: Default::default(),
-        }
-    }
-
-    /// The trimmed text of a frame's line, when readable.
-    pub fn get(&mut self, analysis: &Analysis, frame: FrameId) -> Option<String> {
-        let pid = self.pid;
-        self.cache
-            .entry(frame)
-            .or_insert_with(|| {
-                let f = analysis.symbols.frames.get(frame);
-                procfs::source_line(pid, &f.file, f.line)
-            })
-            .clone()
     }
 }
 

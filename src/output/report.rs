@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::json::stop_reason_str;
-use super::{sites, RecordingInfo, SourceLines};
+use super::{sites, RecordingInfo};
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::{frame_label, Analysis};
 
@@ -26,7 +26,7 @@ pub fn format_time(unix: f64) -> String {
 }
 
 /// Renders the report.
-pub fn render(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceLines) -> String {
+pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
     let mut md = String::new();
     let s = &info.sampler;
     let _ = writeln!(md, "# loopspy report: pid {}\n", info.pid);
@@ -108,8 +108,10 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceLin
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
         for (rank, site) in ranked.iter().enumerate() {
             let f = analysis.symbols.frames.get(site.culprit);
-            let code = sources
-                .get(analysis, site.culprit)
+            let code = site
+                .incidents
+                .iter()
+                .find_map(|&i| analysis.incidents[i].culprit_source.as_deref())
                 .map(|t| format!("`{}`", t.replace('|', "\\|")))
                 .unwrap_or_default();
             let _ = writeln!(
@@ -166,7 +168,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, sources: &mut SourceLin
                 inc.samples
             );
             let _ = writeln!(md, "- Culprit: {}", frame_label(culprit, false));
-            if let Some(text) = sources.get(analysis, inc.culprit) {
+            if let Some(text) = &inc.culprit_source {
                 let _ = writeln!(md, "  `{text}`");
             }
             let _ = writeln!(md, "- Callback: {}", frame_label(callback, false));
@@ -203,8 +205,7 @@ pub fn write(
     path: &Path,
     analysis: &Analysis,
     info: &RecordingInfo,
-    sources: &mut SourceLines,
 ) -> anyhow::Result<()> {
-    std::fs::write(path, render(analysis, info, sources))?;
+    std::fs::write(path, render(analysis, info))?;
     Ok(())
 }

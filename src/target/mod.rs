@@ -6,6 +6,8 @@
 pub mod attach;
 pub mod launch;
 pub mod procfs;
+pub mod resources;
+pub mod source;
 pub mod threads;
 
 pub use attach::{attach, AttachedTarget};

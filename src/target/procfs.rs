@@ -125,20 +125,6 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
     tree
 }
 
-/// Reads line `line` (1-based) of a source file as the target sees it: through
-/// `/proc/<pid>/root`, so a containerised target's files are found.
-pub fn source_line(pid: i32, file: &str, line: u32) -> Option<String> {
-    if line == 0 || !file.starts_with('/') {
-        return None;
-    }
-    let text = fs::read_to_string(format!("/proc/{pid}/root{file}"))
-        .or_else(|_| fs::read_to_string(file))
-        .ok()?;
-    text.lines()
-        .nth(line as usize - 1)
-        .map(|l| l.trim().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
