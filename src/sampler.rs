@@ -5,6 +5,7 @@
 //! the sample is dropped and counted. A read that fails in non-blocking mode (the target changed
 //! its frames under us) is counted and dropped, never sent half-read.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -48,6 +49,8 @@ pub enum OsState {
 pub struct ThreadSample {
     /// Kernel thread id (what `threading.get_native_id()` returns).
     pub os_tid: u64,
+    /// Python's thread id (`threading.get_ident()`, the `pthread_t`).
+    pub python_tid: u64,
     /// Python's thread name when known (`MainThread`, ...).
     pub name: Option<String>,
     /// Frames, innermost (leaf) first.
@@ -216,6 +219,7 @@ fn run(
     let mut consecutive_errors = 0u32;
     let mut thread_ids = ThreadIdMap::default();
     let mut resources = ResourceResolver::default();
+    let mut python_to_os: HashMap<u64, u64> = HashMap::new();
 
     let reason = loop {
         if stop.load(Ordering::Relaxed) {
@@ -251,10 +255,11 @@ fn run(
             Ok(traces) => {
                 consecutive_errors = 0;
                 let unix = unix_start + read_at.duration_since(start).as_secs_f64();
-                let threads = traces
+                let threads: Vec<ThreadSample> = traces
                     .into_iter()
                     .map(|trace| thread_sample(pid, trace, &mut thread_ids, &mut resources))
                     .collect();
+                forget_recycled_names(spy, &mut python_to_os, &threads);
                 let sample = Sample {
                     at: read_at,
                     unix,
@@ -288,6 +293,26 @@ fn run(
     stats.interval_p99_us = intervals.quantile(0.99);
     stats.interval_max_us = intervals.max_us;
     SamplerOutcome { reason, stats }
+}
+
+/// py-spy caches thread names by Python thread id (the `pthread_t`), which a new thread reuses
+/// as soon as an old one exits; when the kernel tid behind an id changes, drop the cached name
+/// so the next read looks it up again.
+fn forget_recycled_names(
+    spy: &mut PythonSpy,
+    python_to_os: &mut HashMap<u64, u64>,
+    threads: &[ThreadSample],
+) {
+    for thread in threads {
+        if let Some(old) = python_to_os.insert(thread.python_tid, thread.os_tid) {
+            if old != thread.os_tid {
+                spy.python_thread_names.remove(&thread.python_tid);
+            }
+        }
+    }
+    if python_to_os.len() > threads.len() * 4 + 64 {
+        python_to_os.retain(|id, _| threads.iter().any(|t| t.python_tid == *id));
+    }
 }
 
 /// A process whose reads have failed for seconds and which has no threads left that could run
@@ -332,6 +357,7 @@ fn thread_sample(
         .collect();
     ThreadSample {
         os_tid,
+        python_tid: trace.thread_id,
         name: trace.thread_name,
         frames,
         os_state,

@@ -262,7 +262,10 @@ impl CauseEvidence {
             return cause;
         }
         if let Some(call) = db_call {
-            if !matches!(wait_category, Some("network" | "sleep" | "subprocess" | "lock")) {
+            if !matches!(
+                wait_category,
+                Some("network" | "sleep" | "subprocess" | "lock")
+            ) {
                 cause.category = "database";
                 cause.detail = format!("database call `{call}()`: {}", cause.detail);
                 return cause;
@@ -277,13 +280,15 @@ impl CauseEvidence {
                 .filter(|(k, _)| matches!(k.resource, Some(Resource::File(_))))
                 .max_by_key(|(k, n)| (**n, k.nr))
             {
-                let file_io = culprit_source.is_some_and(|text| {
-                    FILE_CALLS.iter().any(|call| text.contains(call))
-                });
+                let file_io = culprit_source
+                    .is_some_and(|text| FILE_CALLS.iter().any(|call| text.contains(call)));
                 if file_io {
                     let on_cpu = pct(self.running);
                     let (_, mut file) = self.wait_cause(wait, 0, pct(self.waits[wait]), &via);
-                    file.detail = format!("file I/O: in the kernel on CPU {on_cpu}% of samples, {}", file.detail);
+                    file.detail = format!(
+                        "file I/O: in the kernel on CPU {on_cpu}% of samples, {}",
+                        file.detail
+                    );
                     file.category = "file";
                     file.library = library;
                     return file;
@@ -314,7 +319,13 @@ impl CauseEvidence {
         cause
     }
 
-    fn wait_cause(&self, wait: &WaitKey, count: u32, share: u32, via: &str) -> (&'static str, Cause) {
+    fn wait_cause(
+        &self,
+        wait: &WaitKey,
+        count: u32,
+        share: u32,
+        via: &str,
+    ) -> (&'static str, Cause) {
         let Some(nr) = wait.nr else {
             return (
                 "unknown",
@@ -411,6 +422,7 @@ mod tests {
     fn waiting(nr: i64, arg0: u64, resource: Option<Resource>) -> ThreadSample {
         ThreadSample {
             os_tid: 1,
+            python_tid: 1,
             name: None,
             frames: vec![],
             os_state: OsState::Waiting {
@@ -467,7 +479,11 @@ mod tests {
         let cause = e.decide(None);
         assert_eq!(cause.category, "network");
         assert_eq!(cause.peer.as_deref(), Some("127.0.0.1:8080"));
-        assert!(cause.detail.contains("recvfrom() on TCP"), "{}", cause.detail);
+        assert!(
+            cause.detail.contains("recvfrom() on TCP"),
+            "{}",
+            cause.detail
+        );
         let mut e = CauseEvidence::default();
         e.add(&waiting(45, 4, Some(tcp(5432))), &[], None);
         assert_eq!(e.decide(None).category, "database");
@@ -507,7 +523,10 @@ mod tests {
         e.add(&waiting(202, 0, None), &[], Some(&holder));
         let cause = e.decide(None);
         assert_eq!(cause.category, "gil");
-        assert!(cause.gil_holder.unwrap().contains("hog (1) in spin (x.py:3)"));
+        assert!(cause
+            .gil_holder
+            .unwrap()
+            .contains("hog (1) in spin (x.py:3)"));
         let mut e = CauseEvidence::default();
         e.add(&waiting(202, 0, None), &[], None);
         assert_eq!(e.decide(None).category, "lock");

@@ -132,7 +132,10 @@ impl Analysis {
     /// Total time the loops were blocked in incidents, ms.
     pub fn blocked_ms(&self) -> f64 {
         // Adding to +0.0 keeps an empty sum from printing as "-0".
-        self.incidents.iter().map(|i| i.duration_ms).fold(0.0, |a, b| a + b)
+        self.incidents
+            .iter()
+            .map(|i| i.duration_ms)
+            .fold(0.0, |a, b| a + b)
     }
 
     /// Converts a monotonic instant to wall-clock seconds.
@@ -324,7 +327,11 @@ impl Analyzer {
                 let culprit = holder_culprit(&mut a.symbols, holder)?;
                 let leaf = &thread.frames[0];
                 let leaf_id = a.symbols.frames.intern(leaf);
-                Some((culprit, leaf_id, (leaf.function.as_str(), leaf.file.as_str())))
+                Some((
+                    culprit,
+                    leaf_id,
+                    (leaf.function.as_str(), leaf.file.as_str()),
+                ))
             }),
             _ => None,
         };

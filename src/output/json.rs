@@ -115,11 +115,7 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
 }
 
 /// Writes `incidents.json`.
-pub fn write(
-    path: &Path,
-    analysis: &Analysis,
-    info: &RecordingInfo,
-) -> anyhow::Result<()> {
+pub fn write(path: &Path, analysis: &Analysis, info: &RecordingInfo) -> anyhow::Result<()> {
     let doc = document(analysis, info);
     let mut text = serde_json::to_string_pretty(&doc)?;
     text.push('\n');

@@ -201,11 +201,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
 }
 
 /// Writes `report.md`.
-pub fn write(
-    path: &Path,
-    analysis: &Analysis,
-    info: &RecordingInfo,
-) -> anyhow::Result<()> {
+pub fn write(path: &Path, analysis: &Analysis, info: &RecordingInfo) -> anyhow::Result<()> {
     std::fs::write(path, render(analysis, info))?;
     Ok(())
 }

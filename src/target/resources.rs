@@ -167,9 +167,8 @@ fn waited_fd(pid: i32, syscall: &Syscall) -> Option<u64> {
     match syscall.nr {
         // read write pread64 pwrite64 readv writev connect accept sendto recvfrom sendmsg
         // recvmsg fsync fdatasync accept4 preadv pwritev flock
-        0 | 1 | 17 | 18 | 19 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 73 | 74 | 75 | 288 | 295 | 296 => {
-            Some(a[0])
-        }
+        0 | 1 | 17 | 18 | 19 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 73 | 74 | 75 | 288 | 295
+        | 296 => Some(a[0]),
         // poll, ppoll: struct pollfd { int fd; short events; short revents; } fds[nfds]
         7 | 271 if a[1] >= 1 => {
             let mut pollfd = [0u8; 8];
@@ -290,8 +289,7 @@ mod tests {
     fn parses_kernel_endpoints() {
         let (ip, port) = parse_endpoint("0100007F:1F90", false).unwrap();
         assert_eq!(format_addr((ip, port)), "127.0.0.1:8080");
-        let (ip, port) =
-            parse_endpoint("0000000000000000FFFF00000100007F:1538", true).unwrap();
+        let (ip, port) = parse_endpoint("0000000000000000FFFF00000100007F:1538", true).unwrap();
         assert_eq!(format_addr((ip, port)), "127.0.0.1:5432");
     }
 
@@ -323,6 +321,9 @@ mod tests {
         };
         let pid = std::process::id() as i32;
         let resource = ResourceResolver::default().resolve(pid, &syscall).unwrap();
-        assert!(resource.path().is_some_and(|p| p.ends_with("/stat")), "{resource}");
+        assert!(
+            resource.path().is_some_and(|p| p.ends_with("/stat")),
+            "{resource}"
+        );
     }
 }

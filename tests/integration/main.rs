@@ -2,5 +2,6 @@
 //! the real `loopspy` binary, and checks what it reports against what the target did.
 
 mod bad_input;
+mod causes;
 mod common;
 mod record;
