@@ -14,8 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Sender, TrySendError};
 use py_spy::PythonSpy;
 
+use crate::target::offsets;
 use crate::target::procfs::{self, Syscall};
 use crate::target::resources::{Resource, ResourceResolver};
+use crate::target::tasks::{RunningTask, TaskReader};
 use crate::target::threads::ThreadIdMap;
 
 /// One Python frame, as read from the target.
@@ -70,6 +72,8 @@ pub struct Sample {
     pub unix: f64,
     /// The threads.
     pub threads: Vec<ThreadSample>,
+    /// asyncio tasks being stepped at this instant (one per busy loop at most).
+    pub running_tasks: Vec<RunningTask>,
 }
 
 /// What the sampler sends.
@@ -220,6 +224,9 @@ fn run(
     let mut thread_ids = ThreadIdMap::default();
     let mut resources = ResourceResolver::default();
     let mut python_to_os: HashMap<u64, u64> = HashMap::new();
+    let mut tasks = offsets::for_minor(spy.version.minor)
+        .filter(|_| spy.version.major == 3)
+        .map(|table| TaskReader::new(pid, table, spy.addresses.imports_modules_address));
 
     let reason = loop {
         if stop.load(Ordering::Relaxed) {
@@ -260,10 +267,15 @@ fn run(
                     .map(|trace| thread_sample(pid, trace, &mut thread_ids, &mut resources))
                     .collect();
                 forget_recycled_names(spy, &mut python_to_os, &threads);
+                let running_tasks = tasks
+                    .as_mut()
+                    .map(TaskReader::running_tasks)
+                    .unwrap_or_default();
                 let sample = Sample {
                     at: read_at,
                     unix,
                     threads,
+                    running_tasks,
                 };
                 match tx.try_send(SamplerMessage::Sample(sample)) {
                     Ok(()) => stats.samples_sent += 1,

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::cause::{Cause, CauseEvidence};
 use super::intern::{FrameId, StackId};
 use super::loop_detect::LoopKind;
+use crate::target::tasks::RunningTask;
 
 /// Blocking (one callback held the loop) or saturation (many callbacks in one iteration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -19,6 +20,15 @@ pub enum IncidentKind {
     Blocking,
     /// Several callbacks ran back to back without the loop polling for I/O.
     Saturation,
+}
+
+/// An asyncio task, as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskInfo {
+    /// `task.get_name()`.
+    pub name: String,
+    /// The coroutine's qualified name.
+    pub coroutine: String,
 }
 
 /// A stall of an event loop at least as long as the threshold.
@@ -45,6 +55,8 @@ pub struct Incident {
     pub callback: FrameId,
     /// Most frequent full stack.
     pub stack: StackId,
+    /// The asyncio task that ran, most frequent over the incident.
+    pub task: Option<TaskInfo>,
     /// Why.
     pub cause: Cause,
     /// Text of the culprit line, when the source file could be read.
@@ -68,6 +80,9 @@ pub struct BusyRun {
     /// (function, file) of the first callback root seen, to notice when another callback runs.
     first_root: Option<(String, String)>,
     other_root_samples: u32,
+    tasks: HashMap<u64, (u32, TaskInfo)>,
+    first_task: Option<u64>,
+    other_task_samples: u32,
     seen_callback: bool,
     pending_internal: u32,
     interior_internal: u32,
@@ -89,6 +104,8 @@ pub struct BusyObservation<'a> {
     pub weight_us: u64,
     /// For a callback sample: culprit frame, root frame, and the root's (function, file).
     pub callback: Option<(FrameId, FrameId, (&'a str, &'a str))>,
+    /// The task being stepped, when one is and it could be read.
+    pub task: Option<&'a RunningTask>,
 }
 
 impl BusyRun {
@@ -103,6 +120,9 @@ impl BusyRun {
             callbacks: HashMap::new(),
             first_root: None,
             other_root_samples: 0,
+            tasks: HashMap::new(),
+            first_task: None,
+            other_task_samples: 0,
             seen_callback: false,
             pending_internal: 0,
             interior_internal: 0,
@@ -118,6 +138,25 @@ impl BusyRun {
         self.last_busy_at = obs.at;
         *self.stacks.entry(obs.stack).or_default() += 1;
         *self.stack_weights_us.entry(obs.stack).or_default() += obs.weight_us;
+        if let Some(task) = obs.task {
+            match self.first_task {
+                None => self.first_task = Some(task.address),
+                Some(first) if first != task.address => self.other_task_samples += 1,
+                Some(_) => {}
+            }
+            self.tasks
+                .entry(task.address)
+                .or_insert_with(|| {
+                    (
+                        0,
+                        TaskInfo {
+                            name: task.name.clone(),
+                            coroutine: task.coroutine.clone(),
+                        },
+                    )
+                })
+                .0 += 1;
+        }
         match obs.callback {
             Some((culprit, root, (function, file))) => {
                 *self.culprits.entry(culprit).or_default() += 1;
@@ -141,7 +180,10 @@ impl BusyRun {
     /// between two of its samples. A single odd root is tolerated: non-blocking reads are
     /// occasionally torn, and one torn frame must not turn a blocking call into saturation.
     pub fn kind(&self) -> IncidentKind {
-        if self.other_root_samples >= 2 || self.interior_internal > 0 {
+        if self.other_root_samples >= 2
+            || self.other_task_samples >= 2
+            || self.interior_internal > 0
+        {
             IncidentKind::Saturation
         } else {
             IncidentKind::Blocking
@@ -156,6 +198,14 @@ impl BusyRun {
     /// Most frequent GIL-holder frame.
     pub fn top_gil_culprit(&self) -> Option<FrameId> {
         most_frequent(&self.gil_culprits)
+    }
+
+    /// Most frequent task.
+    pub fn top_task(&self) -> Option<TaskInfo> {
+        self.tasks
+            .iter()
+            .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.0.cmp(a.0)))
+            .map(|(_, (_, info))| info.clone())
     }
 
     /// Most frequent stack.
@@ -193,6 +243,7 @@ mod tests {
             stack: 0,
             weight_us: 1000,
             callback: root.map(|r| (1, 2, (r, "app.py"))),
+            task: None,
         }
     }
 
@@ -231,5 +282,31 @@ mod tests {
         );
         run.observe(obs(t, Some("c")));
         assert_eq!(run.kind(), IncidentKind::Saturation);
+    }
+
+    #[test]
+    fn same_coroutine_in_different_tasks_is_saturation() {
+        let t = Instant::now();
+        let mut run = BusyRun::new(t, t);
+        let task = |address| RunningTask {
+            address,
+            name: format!("Task-{address}"),
+            coroutine: "tiny".into(),
+        };
+        let tasks = [task(1), task(1), task(2), task(3)];
+        for (i, task) in tasks.iter().enumerate() {
+            let mut o = obs(t + Duration::from_millis(i as u64), Some("tiny"));
+            o.task = Some(task);
+            run.observe(o);
+            if i == 2 {
+                assert_eq!(
+                    run.kind(),
+                    IncidentKind::Blocking,
+                    "one odd sample is noise"
+                );
+            }
+        }
+        assert_eq!(run.kind(), IncidentKind::Saturation);
+        assert_eq!(run.top_task().unwrap().name, "Task-1");
     }
 }

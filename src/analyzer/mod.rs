@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::sampler::{Frame, OsState, Sample, SamplerMessage, ThreadSample};
 use crate::target::source::SourceCache;
+use crate::target::tasks::RunningTask;
 use incident::{BusyObservation, BusyRun, Incident};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
@@ -199,7 +200,7 @@ impl Analyzer {
         let gil_holder = sample.threads.iter().find(|t| t.owns_gil);
         for thread in &sample.threads {
             let weight = self.weight(thread.os_tid, sample.at);
-            self.add_thread(sample.at, thread, gil_holder, weight);
+            self.add_thread(sample.at, thread, gil_holder, &sample.running_tasks, weight);
         }
     }
 
@@ -208,6 +209,7 @@ impl Analyzer {
         at: Instant,
         thread: &ThreadSample,
         gil_holder: Option<&ThreadSample>,
+        running_tasks: &[RunningTask],
         weight: Duration,
     ) {
         let weight_us = weight.as_micros() as u64;
@@ -335,11 +337,18 @@ impl Analyzer {
             }),
             _ => None,
         };
+        let task = match position {
+            LoopPosition::Callback { root, .. } => {
+                task_for(&thread.frames[root].function, running_tasks)
+            }
+            _ => None,
+        };
         run.observe(BusyObservation {
             at,
             stack,
             weight_us,
             callback,
+            task,
         });
         if let Some(holder) = gil_holder.filter(|_| waits_for_gil(thread)) {
             if let Some(culprit) = holder_culprit(&mut a.symbols, holder) {
@@ -424,6 +433,7 @@ impl Analyzer {
             culprit,
             callback,
             stack,
+            task: run.top_task(),
             cause,
             culprit_source,
             truncated,
@@ -447,6 +457,23 @@ impl Analyzer {
             self.close_run(tid, at, true);
         }
         self.analysis
+    }
+}
+
+/// The running task whose coroutine is the callback's root (`root` is the root frame's
+/// function name: qualified on 3.11+, bare before). With a single running task and no name
+/// match (uvloop wraps `main()` in its own coroutine), that task.
+fn task_for<'t>(root: &str, running: &'t [RunningTask]) -> Option<&'t RunningTask> {
+    let matches = |task: &&RunningTask| {
+        task.coroutine == root
+            || task.coroutine.ends_with(&format!(".{root}"))
+            || root.ends_with(&format!(".{}", task.coroutine))
+    };
+    let mut found = running.iter().filter(matches);
+    match (found.next(), found.next()) {
+        (Some(task), None) => Some(task),
+        (None, _) if running.len() == 1 => running.first(),
+        _ => None,
     }
 }
 

@@ -45,6 +45,7 @@ pub fn incident_json(analysis: &Analysis, incident: &Incident) -> Value {
         "kind": incident.kind,
         "culprit": frame_json(analysis, incident.culprit, incident.culprit_source.as_deref()),
         "callback": frame_json(analysis, incident.callback, None),
+        "task": incident.task,
         "leaf": leaf,
         "stack": stack,
         "cause": incident.cause,

@@ -172,6 +172,13 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
                 let _ = writeln!(md, "  `{text}`");
             }
             let _ = writeln!(md, "- Callback: {}", frame_label(callback, false));
+            if let Some(task) = &inc.task {
+                let _ = writeln!(
+                    md,
+                    "- Task: `{}` (coroutine `{}`)",
+                    task.name, task.coroutine
+                );
+            }
             let _ = writeln!(
                 md,
                 "- Cause: **{}** — {}",

@@ -6,7 +6,7 @@ use std::io;
 use py_spy::config::LockingStrategy;
 use py_spy::{Config, PythonSpy};
 
-use super::procfs;
+use super::{memory, procfs};
 use crate::error::LoopspyError;
 
 /// Oldest and newest CPython minor versions loopspy supports.
@@ -74,7 +74,7 @@ fn precheck(pid: i32) -> Result<(), LoopspyError> {
     };
     // Reading /proc/<pid>/maps can be allowed where reading memory is not (yama scope 1+).
     if let Some(addr) = first_readable_address(&maps) {
-        if let Err(err) = read_remote_byte(pid, addr) {
+        if let Err(err) = memory::read_exact(pid, addr, &mut [0u8; 1]) {
             if is_permission(&err) {
                 return Err(LoopspyError::PermissionDenied { pid });
             }
@@ -127,13 +127,4 @@ fn first_readable_address(maps: &str) -> Option<usize> {
         }
         usize::from_str_radix(range.split('-').next()?, 16).ok()
     })
-}
-
-fn read_remote_byte(pid: i32, addr: usize) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut local = [io::IoSliceMut::new(&mut byte)];
-    let remote = [nix::sys::uio::RemoteIoVec { base: addr, len: 1 }];
-    nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(pid), &mut local, &remote)
-        .map(|_| ())
-        .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
 }

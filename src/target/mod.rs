@@ -5,9 +5,12 @@
 
 pub mod attach;
 pub mod launch;
+pub mod memory;
+pub mod offsets;
 pub mod procfs;
 pub mod resources;
 pub mod source;
+pub mod tasks;
 pub mod threads;
 
 pub use attach::{attach, AttachedTarget};

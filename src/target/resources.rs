@@ -5,11 +5,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use nix::sys::uio::{process_vm_readv, RemoteIoVec};
-
+use super::memory;
 use super::procfs::{self, Syscall};
 
 /// A resource a thread waits on.
@@ -172,7 +170,7 @@ fn waited_fd(pid: i32, syscall: &Syscall) -> Option<u64> {
         // poll, ppoll: struct pollfd { int fd; short events; short revents; } fds[nfds]
         7 | 271 if a[1] >= 1 => {
             let mut pollfd = [0u8; 8];
-            read_remote(pid, a[0] as usize, &mut pollfd)?;
+            memory::read_exact(pid, a[0] as usize, &mut pollfd).ok()?;
             let fd = i32::from_ne_bytes(pollfd[..4].try_into().ok()?);
             (fd >= 0).then_some(fd as u64)
         }
@@ -184,23 +182,13 @@ fn waited_fd(pid: i32, syscall: &Syscall) -> Option<u64> {
                     continue;
                 }
                 let mut bits = vec![0u8; nfds.div_ceil(8)];
-                read_remote(pid, set as usize, &mut bits)?;
+                memory::read_exact(pid, set as usize, &mut bits).ok()?;
                 if let Some(fd) = (0..nfds).find(|&fd| bits[fd / 8] & (1 << (fd % 8)) != 0) {
                     return Some(fd as u64);
                 }
             }
             None
         }
-        _ => None,
-    }
-}
-
-fn read_remote(pid: i32, addr: usize, buf: &mut [u8]) -> Option<()> {
-    let len = buf.len();
-    let mut local = [IoSliceMut::new(buf)];
-    let remote = [RemoteIoVec { base: addr, len }];
-    match process_vm_readv(nix::unistd::Pid::from_raw(pid), &mut local, &remote) {
-        Ok(n) if n == len => Some(()),
         _ => None,
     }
 }

@@ -8,9 +8,8 @@
 //! No ptrace, no register reads: it works in py-spy's non-blocking mode.
 
 use std::collections::{HashMap, HashSet};
-use std::io::IoSliceMut;
 
-use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use super::memory;
 
 /// How far into `struct pthread` to look for the tid.
 const WINDOW: usize = 2048;
@@ -43,7 +42,7 @@ impl ThreadIdMap {
         }
         if let Some(offset) = self.offset {
             let mut word = [0u8; 4];
-            if read(pid, pthread as usize + offset, &mut word) {
+            if memory::read_exact(pid, pthread as usize + offset, &mut word).is_ok() {
                 let value = u32::from_ne_bytes(word) as u64;
                 if tids.contains(&value) {
                     return Some(value);
@@ -51,7 +50,7 @@ impl ThreadIdMap {
             }
         }
         let mut window = vec![0u8; WINDOW];
-        if !read(pid, pthread as usize, &mut window) {
+        if memory::read_exact(pid, pthread as usize, &mut window).is_err() {
             return None;
         }
         let matches: Vec<(usize, u64)> = window
@@ -81,16 +80,6 @@ fn live_tids(pid: i32) -> HashSet<u64> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn read(pid: i32, addr: usize, buf: &mut [u8]) -> bool {
-    let len = buf.len();
-    let mut local = [IoSliceMut::new(buf)];
-    let remote = [RemoteIoVec { base: addr, len }];
-    matches!(
-        process_vm_readv(nix::unistd::Pid::from_raw(pid), &mut local, &remote),
-        Ok(n) if n == len
-    )
 }
 
 #[cfg(test)]

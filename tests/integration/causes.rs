@@ -91,6 +91,11 @@ fn check_causes(json: &Value, truth: &[Value], report: &str) {
             assert_eq!(&inc["cause"]["path"], path, "{context}");
         }
         assert!(inc["suggestion"].as_str().is_some_and(|s| !s.is_empty()));
+        if name != "gil" {
+            // Every scenario runs in a task named after it (create_task(name=...)).
+            assert_eq!(inc["task"]["name"], t["task"], "task name\n{context}");
+            assert_eq!(inc["task"]["coroutine"], "run_scenario", "{context}");
+        }
         assert!(
             report.contains(&format!("**{}**", t["cause"].as_str().unwrap())),
             "report lacks the cause of {name}"
@@ -144,4 +149,46 @@ fn names_every_cause_on_cpython_3_13() {
 #[test]
 fn names_every_cause_under_uvloop() {
     causes("3.12", true);
+}
+
+/// The offset tables in python_offsets/ agree with what each interpreter really lays out
+/// (python_offsets/derive.py measures them inside the interpreter with ctypes).
+#[test]
+fn offset_tables_match_every_interpreter() {
+    for minor in 8..=13u64 {
+        let version = format!("3.{minor}");
+        let Some(python) = require_python(&version) else {
+            continue;
+        };
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python_offsets/derive.py");
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "derive.py on {version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let measured: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let table = loopspy::target::offsets::for_minor(minor).unwrap();
+        let expect = [
+            ("task_coro", table.task.task_coro),
+            ("task_name", table.task.task_name),
+            ("coro_qualname", table.coro.qualname),
+            ("module_dict", table.module.md_dict),
+            ("ascii_data", table.unicode.ascii_data),
+            ("str_length", table.unicode.length),
+            ("str_state", table.unicode.state),
+            ("type_name", table.r#type.tp_name),
+        ];
+        for (key, value) in expect {
+            assert_eq!(
+                measured[key].as_u64(),
+                Some(value as u64),
+                "{version} {key}"
+            );
+        }
+    }
 }

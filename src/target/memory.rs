@@ -1,0 +1,39 @@
+//! Reading the target's memory: `process_vm_readv`, read-only, never pausing the target.
+
+use std::io::{self, IoSliceMut};
+
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+
+/// Reads `buf.len()` bytes at `addr`; the OS error on failure (EPERM tells of ptrace rules).
+pub fn read_exact(pid: i32, addr: usize, buf: &mut [u8]) -> io::Result<()> {
+    let len = buf.len();
+    let mut local = [IoSliceMut::new(buf)];
+    let remote = [RemoteIoVec { base: addr, len }];
+    match process_vm_readv(nix::unistd::Pid::from_raw(pid), &mut local, &remote) {
+        Ok(n) if n == len => Ok(()),
+        Ok(_) => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        Err(errno) => Err(io::Error::from_raw_os_error(errno as i32)),
+    }
+}
+
+/// Reads `len` bytes at `addr`, or `None`.
+pub fn read_vec(pid: i32, addr: usize, len: usize) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    read_exact(pid, addr, &mut buf).ok()?;
+    Some(buf)
+}
+
+/// Reads a native-endian pointer-sized word at `addr`.
+pub fn read_word(pid: i32, addr: usize) -> Option<u64> {
+    let mut buf = [0u8; 8];
+    read_exact(pid, addr, &mut buf).ok()?;
+    Some(u64::from_ne_bytes(buf))
+}
+
+/// The pointer-sized word at `offset` of a buffer read earlier.
+pub fn word_at(buf: &[u8], offset: usize) -> u64 {
+    buf.get(offset..offset + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_ne_bytes)
+        .unwrap_or(0)
+}

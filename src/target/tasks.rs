@@ -1,0 +1,227 @@
+//! Which asyncio task is running right now, read from the target without running any code in
+//! it: `sys.modules["asyncio.tasks"]._current_tasks` is the C module's `{loop: task}` dict that
+//! every task step updates (CPython 3.8–3.13, uvloop included). From each task we read its
+//! name (`create_task(name=...)`, or `Task-N`) and its coroutine's qualified name, using the
+//! offsets in `python_offsets/`. Addresses found once (the dict) are cached; everything else is
+//! read fresh each tick, because a freed task's address is soon reused by another object.
+//! Any read that does not add up (torn state, an unexpected object) yields no task, never a
+//! wrong one: every object read is type-checked by its type's name.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::memory::{self, read_vec, read_word, word_at};
+use super::offsets::PythonOffsets;
+
+/// A task being stepped by some event loop at the time of the sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningTask {
+    /// Address of the task object: its identity while it lives.
+    pub address: u64,
+    /// `task.get_name()`.
+    pub name: String,
+    /// The coroutine's `__qualname__`.
+    pub coroutine: String,
+}
+
+/// Reads running tasks of one process.
+pub struct TaskReader {
+    pid: i32,
+    offsets: PythonOffsets,
+    /// Address of the interpreter's `modules` pointer (sys.modules).
+    modules_ptr: usize,
+    current_tasks: Option<usize>,
+    next_lookup: Instant,
+    type_names: HashMap<u64, String>,
+}
+
+/// How often to look for `asyncio.tasks` again while the target has not imported it.
+const LOOKUP_RETRY: Duration = Duration::from_secs(1);
+/// Upper bounds that keep a garbage read from turning into a huge one.
+const MAX_ENTRIES: u64 = 1 << 16;
+const MAX_STR: u64 = 1024;
+
+impl TaskReader {
+    /// A reader for `pid`, whose `sys.modules` pointer lives at `modules_ptr`.
+    pub fn new(pid: i32, offsets: PythonOffsets, modules_ptr: usize) -> Self {
+        TaskReader {
+            pid,
+            offsets,
+            modules_ptr,
+            current_tasks: None,
+            next_lookup: Instant::now(),
+            type_names: HashMap::new(),
+        }
+    }
+
+    /// Tasks being stepped right now (usually none or one per loop).
+    pub fn running_tasks(&mut self) -> Vec<RunningTask> {
+        let Some(dict) = self.current_tasks_dict() else {
+            return Vec::new();
+        };
+        let mut header = [0u8; 48];
+        if memory::read_exact(self.pid, dict, &mut header).is_err()
+            || word_at(&header, self.offsets.dict.ma_used) == 0
+        {
+            return Vec::new();
+        }
+        self.dict_entries(dict)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, task)| self.read_task(task))
+            .collect()
+    }
+
+    fn current_tasks_dict(&mut self) -> Option<usize> {
+        if self.current_tasks.is_none() && Instant::now() >= self.next_lookup {
+            self.next_lookup = Instant::now() + LOOKUP_RETRY;
+            self.current_tasks = self.find_current_tasks();
+        }
+        self.current_tasks
+    }
+
+    fn find_current_tasks(&mut self) -> Option<usize> {
+        let modules = read_word(self.pid, self.modules_ptr)? as usize;
+        let module = self.dict_get(modules, "asyncio.tasks")?;
+        let module_dict = read_word(self.pid, module + self.offsets.module.md_dict)? as usize;
+        let current = self.dict_get(module_dict, "_current_tasks")?;
+        (self.type_name(current as u64)? == "dict").then_some(current)
+    }
+
+    fn dict_get(&mut self, dict: usize, key: &str) -> Option<usize> {
+        self.dict_entries(dict)?
+            .into_iter()
+            .find(|(k, _)| self.read_str(*k).as_deref() == Some(key))
+            .map(|(_, v)| v as usize)
+    }
+
+    /// (key, value) of every live entry of a combined-table dict.
+    fn dict_entries(&self, dict: usize) -> Option<Vec<(u64, u64)>> {
+        let o = &self.offsets.dict;
+        let header = read_vec(self.pid, dict, 48)?;
+        if word_at(&header, o.ma_values) != 0 {
+            return None;
+        }
+        let keys = word_at(&header, o.ma_keys) as usize;
+        let keys_header = read_vec(self.pid, keys, 40)?;
+        let (entries, count, size, key_at) = if o.keys_layout == "3.11" {
+            let log2_index_bytes = keys_header[9] as u32;
+            let kind = keys_header[10];
+            if log2_index_bytes > 40 {
+                return None;
+            }
+            let (size, key_at) = if kind == 0 { (24, 8) } else { (16, 0) };
+            (
+                keys + 32 + (1usize << log2_index_bytes),
+                word_at(&keys_header, 24),
+                size,
+                key_at,
+            )
+        } else {
+            let dk_size = word_at(&keys_header, 8);
+            let width = match dk_size {
+                0..=0xff => 1,
+                0x100..=0xffff => 2,
+                0x1_0000..=0xffff_ffff => 4,
+                _ => 8,
+            };
+            (
+                keys + 40 + (dk_size as usize).checked_mul(width)?,
+                word_at(&keys_header, 32),
+                24,
+                8,
+            )
+        };
+        if count > MAX_ENTRIES {
+            return None;
+        }
+        let raw = read_vec(self.pid, entries, count as usize * size)?;
+        Some(
+            raw.chunks_exact(size)
+                .map(|e| (word_at(e, key_at), word_at(e, key_at + 8)))
+                .filter(|(k, v)| *k != 0 && *v != 0)
+                .collect(),
+        )
+    }
+
+    fn read_task(&mut self, task: u64) -> Option<RunningTask> {
+        let o = self.offsets.task.clone();
+        let fields = read_vec(self.pid, task as usize + o.task_coro, 16)?;
+        let (coro, name_obj) = (word_at(&fields, 0), word_at(&fields, 8));
+        let name = match self.type_name(name_obj)?.as_str() {
+            "str" => self.read_str(name_obj)?,
+            "int" if o.lazy_int_names => format!("Task-{}", self.read_small_int(name_obj)?),
+            _ => return None,
+        };
+        let qualname = read_word(self.pid, coro as usize + self.offsets.coro.qualname)?;
+        let coroutine = self.read_str(qualname).unwrap_or_default();
+        Some(RunningTask {
+            address: task,
+            name,
+            coroutine,
+        })
+    }
+
+    /// The `tp_name` of an object's type; types live for the whole process, so cached.
+    fn type_name(&mut self, obj: u64) -> Option<String> {
+        let ty = read_word(self.pid, obj as usize + 8)?;
+        if let Some(name) = self.type_names.get(&ty) {
+            return Some(name.clone());
+        }
+        let tp_name = read_word(self.pid, ty as usize + self.offsets.r#type.tp_name)?;
+        let raw = read_vec(self.pid, tp_name as usize, 32)?;
+        let end = raw.iter().position(|&b| b == 0)?;
+        let name = String::from_utf8(raw[..end].to_vec()).ok()?;
+        if self.type_names.len() < 256 {
+            self.type_names.insert(ty, name.clone());
+        }
+        Some(name)
+    }
+
+    /// A compact str (ASCII or Latin-1); None for anything else.
+    fn read_str(&self, obj: u64) -> Option<String> {
+        let o = &self.offsets.unicode;
+        let header = read_vec(self.pid, obj as usize, o.compact_data)?;
+        let length = word_at(&header, o.length);
+        let state = u32::from_ne_bytes(header.get(o.state..o.state + 4)?.try_into().ok()?);
+        let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
+        if length > MAX_STR || compact == 0 || kind != 1 {
+            return None;
+        }
+        let data = if ascii == 1 {
+            o.ascii_data
+        } else {
+            o.compact_data
+        };
+        let bytes = read_vec(self.pid, obj as usize + data, length as usize)?;
+        Some(bytes.iter().map(|&b| b as char).collect())
+    }
+
+    /// A non-negative int of at most two 30-bit digits.
+    fn read_small_int(&self, obj: u64) -> Option<u64> {
+        let o = &self.offsets.long;
+        let raw = read_vec(self.pid, obj as usize, o.digits + 8)?;
+        let tag = word_at(&raw, o.tag);
+        let ndigits = if o.tagged {
+            if tag & 3 == 2 {
+                return None;
+            }
+            tag >> 3
+        } else {
+            tag
+        };
+        let digit = |i: usize| {
+            u32::from_ne_bytes(
+                raw[o.digits + 4 * i..o.digits + 4 * i + 4]
+                    .try_into()
+                    .unwrap(),
+            ) as u64
+        };
+        match ndigits {
+            0 => Some(0),
+            1 => Some(digit(0)),
+            2 => Some(digit(0) | digit(1) << 30),
+            _ => None,
+        }
+    }
+}
