@@ -22,6 +22,34 @@ pub enum Command {
     /// Record a running Python process (--pid) or a command (after --), find event-loop
     /// blocking incidents, and write flame graphs and an incident report.
     Record(RawRecordArgs),
+    /// Print every thread's stack once, which threads run event loops, and whether each loop
+    /// is idle or inside a callback (and for how long).
+    Dump(RawDumpArgs),
+}
+
+/// `loopspy dump` flags.
+#[derive(Debug, Args)]
+pub struct RawDumpArgs {
+    /// PID of a running Python process.
+    #[arg(short, long)]
+    pub pid: i32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Pause the target while reading.
+    #[arg(long)]
+    pub blocking: bool,
+}
+
+impl RawDumpArgs {
+    /// Converts to settings (nothing to validate beyond clap's parsing).
+    pub fn validate(self) -> crate::dump::DumpSettings {
+        crate::dump::DumpSettings {
+            pid: self.pid,
+            json: self.json,
+            blocking: self.blocking,
+        }
+    }
 }
 
 /// `loopspy record` flags as typed by the user.

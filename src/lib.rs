@@ -8,6 +8,7 @@
 
 pub mod analyzer;
 pub mod cli;
+pub mod dump;
 pub mod error;
 pub mod output;
 pub mod record;

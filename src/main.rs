@@ -7,20 +7,22 @@ use loopspy::error::exit_code;
 
 fn main() {
     let cli = Cli::parse();
-    let code = match cli.command {
+    let result = match cli.command {
         Command::Record(raw) => match raw.validate() {
             Err(message) => {
                 eprintln!("loopspy: error: {message}");
-                exit_code::USAGE
+                std::process::exit(exit_code::USAGE);
             }
-            Ok(settings) => match loopspy::record::run(settings) {
-                Ok(code) => code,
-                Err(err) => {
-                    eprintln!("loopspy: error: {err}");
-                    err.exit_code()
-                }
-            },
+            Ok(settings) => loopspy::record::run(settings),
         },
+        Command::Dump(raw) => loopspy::dump::run(raw.validate()),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("loopspy: error: {err}");
+            err.exit_code()
+        }
     };
     std::process::exit(code);
 }

@@ -10,7 +10,7 @@ pub mod incident;
 pub mod intern;
 pub mod loop_detect;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::sampler::{Frame, OsState, Sample, SamplerMessage, ThreadSample};
@@ -62,6 +62,25 @@ pub struct LoopThread {
     /// Outermost frame of this thread when it was first seen running its loop.
     base_frame: FrameId,
     run: Option<BusyRun>,
+    /// End time and duration (ms) of every stall of the last minute, for live views.
+    recent_stalls: VecDeque<(Instant, f64)>,
+}
+
+/// How far back [`LoopThread::recent_stalls`] reaches.
+pub const RECENT_STALLS_WINDOW: Duration = Duration::from_secs(60);
+
+impl LoopThread {
+    /// How long the loop has been busy without returning to its selector, if it is busy now.
+    pub fn current_stall(&self, now: Instant) -> Option<Duration> {
+        self.run
+            .as_ref()
+            .map(|run| now.saturating_duration_since(run.start_at))
+    }
+
+    /// Stalls (any length) that ended within the last minute: (end, duration in ms).
+    pub fn recent_stalls(&self) -> impl Iterator<Item = &(Instant, f64)> {
+        self.recent_stalls.iter()
+    }
 }
 
 /// Busy-run durations in 1-ms buckets up to 10 s, constant memory.
@@ -275,6 +294,7 @@ impl Analyzer {
             torn_samples: 0,
             base_frame,
             run: None,
+            recent_stalls: VecDeque::new(),
         });
         loop_thread.observed += weight;
         loop_thread.kind = kind;
@@ -378,6 +398,14 @@ impl Analyzer {
         let duration = end_at.saturating_duration_since(run.start_at);
         let duration_ms = duration.as_secs_f64() * 1000.0;
         loop_thread.stall_histogram.record(duration_ms);
+        loop_thread.recent_stalls.push_back((end_at, duration_ms));
+        while loop_thread
+            .recent_stalls
+            .front()
+            .is_some_and(|(at, _)| end_at.saturating_duration_since(*at) > RECENT_STALLS_WINDOW)
+        {
+            loop_thread.recent_stalls.pop_front();
+        }
         if duration < self.settings.threshold || run.samples == 0 {
             return;
         }
@@ -463,7 +491,7 @@ impl Analyzer {
 /// The running task whose coroutine is the callback's root (`root` is the root frame's
 /// function name: qualified on 3.11+, bare before). With a single running task and no name
 /// match (uvloop wraps `main()` in its own coroutine), that task.
-fn task_for<'t>(root: &str, running: &'t [RunningTask]) -> Option<&'t RunningTask> {
+pub fn task_for<'t>(root: &str, running: &'t [RunningTask]) -> Option<&'t RunningTask> {
     let matches = |task: &&RunningTask| {
         task.coroutine == root
             || task.coroutine.ends_with(&format!(".{root}"))

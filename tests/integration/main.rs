@@ -4,4 +4,5 @@
 mod bad_input;
 mod causes;
 mod common;
+mod dump;
 mod record;
