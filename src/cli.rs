@@ -25,6 +25,59 @@ pub enum Command {
     /// Print every thread's stack once, which threads run event loops, and whether each loop
     /// is idle or inside a callback (and for how long).
     Dump(RawDumpArgs),
+    /// Watch a running process live: loop health, incidents as they happen, and where time
+    /// goes, in a full-screen terminal view (`?` shows the keys).
+    Top(RawTopArgs),
+}
+
+/// `loopspy top` flags.
+#[derive(Debug, Args)]
+pub struct RawTopArgs {
+    /// PID of a running Python process.
+    #[arg(short, long)]
+    pub pid: i32,
+    /// Samples per second.
+    #[arg(short, long, default_value_t = DEFAULT_RATE_HZ)]
+    pub rate: u32,
+    /// A loop busy at least this long is an incident (e.g. 50ms).
+    #[arg(short, long, default_value = "50ms")]
+    pub threshold: String,
+    /// Print one plain-text snapshot after --once-after and exit (the default when stdout is
+    /// not a terminal).
+    #[arg(long)]
+    pub once: bool,
+    /// How long to sample before a plain-text snapshot.
+    #[arg(long, default_value = "2s")]
+    pub once_after: String,
+    /// Pause the target while reading each sample.
+    #[arg(long)]
+    pub blocking: bool,
+}
+
+impl RawTopArgs {
+    /// Checks the flags and converts them to settings.
+    pub fn validate(self) -> Result<crate::view::TopSettings, String> {
+        let threshold = parse_duration(&self.threshold, Unit::Millis)
+            .map_err(|e| format!("--threshold: {e}"))?;
+        let once_after = parse_duration(&self.once_after, Unit::Seconds)
+            .map_err(|e| format!("--once-after: {e}"))?;
+        if threshold.is_zero() {
+            return Err("--threshold must be more than zero".into());
+        }
+        if self.rate == 0 || self.rate > MAX_RATE_HZ {
+            return Err(format!(
+                "--rate must be between 1 and {MAX_RATE_HZ} samples per second"
+            ));
+        }
+        Ok(crate::view::TopSettings {
+            pid: self.pid,
+            rate_hz: self.rate,
+            threshold,
+            once: self.once,
+            once_after,
+            blocking: self.blocking,
+        })
+    }
 }
 
 /// `loopspy dump` flags.

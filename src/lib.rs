@@ -14,3 +14,4 @@ pub mod output;
 pub mod record;
 pub mod sampler;
 pub mod target;
+pub mod view;

@@ -16,6 +16,13 @@ fn main() {
             Ok(settings) => loopspy::record::run(settings),
         },
         Command::Dump(raw) => loopspy::dump::run(raw.validate()),
+        Command::Top(raw) => match raw.validate() {
+            Err(message) => {
+                eprintln!("loopspy: error: {message}");
+                std::process::exit(exit_code::USAGE);
+            }
+            Ok(settings) => loopspy::view::run(settings),
+        },
     };
     let code = match result {
         Ok(code) => code,

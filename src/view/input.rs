@@ -29,8 +29,8 @@ pub enum Action {
 /// The key bindings, for the help screen.
 pub const HELP: &[(&str, &str)] = &[
     ("q, Esc, Ctrl-C", "quit"),
-    ("s / 1-5", "sort the function table by the next column / column N"),
-    ("p, space", "pause / resume the display (sampling goes on)"),
+    ("s / 1-5", "sort by the next column / by column N"),
+    ("p, space", "pause / resume the display"),
     ("t", "next event-loop thread"),
     ("a", "all threads"),
     ("i", "include / exclude idle samples"),

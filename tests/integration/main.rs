@@ -6,3 +6,4 @@ mod causes;
 mod common;
 mod dump;
 mod record;
+mod top;
