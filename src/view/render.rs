@@ -137,14 +137,18 @@ fn stall_line(l: &LoopHealth) -> String {
 
 fn feed_line(f: &FeedLine) -> String {
     let mut line = format!(
-        "{} {:>6.0} ms {:<10} {:<8} {}",
-        f.time, f.duration_ms, f.cause, f.kind, f.culprit
+        "{} {:>6.0} ms {:<10} {}",
+        f.time, f.duration_ms, f.cause, f.culprit
     );
+    // Blocking is the usual kind; only saturation is worth the width.
+    if f.kind != "blocking" {
+        let _ = write!(line, " ({})", f.kind);
+    }
     if let Some(task) = &f.task {
         let _ = write!(line, " [{task}]");
     }
     if let Some(source) = &f.source {
-        let _ = write!(line, "  `{source}`");
+        let _ = write!(line, " `{source}`");
     }
     line
 }
