@@ -325,6 +325,44 @@ fn finds_blocks_in_uvloop_on_cpython_3_8() {
 }
 
 #[test]
+fn finds_blocks_with_uvloop_install_and_asyncio_run_on_cpython_3_10() {
+    let Some(python) = require_python("3.10") else {
+        return;
+    };
+    if !require_module(&python, "uvloop") {
+        return;
+    }
+    let _serial = timing_lock();
+    let rec = record_blocker(
+        &python,
+        &[
+            "--uvloop-install",
+            "--scenarios",
+            "sleep,cpu,short,callback",
+        ],
+        &[],
+    );
+    check_against_truth(&rec, false);
+    assert_eq!(rec.json["loops"][0]["loop"], "uvloop");
+}
+
+#[test]
+fn blocking_mode_pauses_the_target_and_still_finds_blocks() {
+    let Some(python) = require_python("3.11") else {
+        return;
+    };
+    let _serial = timing_lock();
+    let rec = record_blocker(
+        &python,
+        &["--scenarios", "sleep,short,cpu"],
+        &["--blocking"],
+    );
+    check_against_truth(&rec, false);
+    assert_eq!(rec.json["recording"]["blocking_reads"], true);
+    assert!(rec.run.stderr.contains("pausing the target for each read"));
+}
+
+#[test]
 fn attributes_incidents_to_each_of_two_loop_threads() {
     let Some(python) = require_python("3.11") else {
         return;
