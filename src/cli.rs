@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::output::ProfileFormat;
+
 /// loopspy: find out what blocks your asyncio event loop.
 #[derive(Debug, Parser)]
 #[command(name = "loopspy", version, about, long_about = None)]
@@ -131,6 +133,11 @@ pub struct RawRecordArgs {
     /// loop thread, instead of detecting loop threads automatically.
     #[arg(long)]
     pub thread: Option<u64>,
+    /// Profile formats to write, comma-separated: svg (flamegraph.svg, blocking.svg),
+    /// speedscope (profile.speedscope.json), collapsed (folded stacks), perfetto (trace.json).
+    /// report.md, incidents.json and incidents.jsonl are always written.
+    #[arg(short, long, value_delimiter = ',', default_value = "svg")]
+    pub format: Vec<ProfileFormat>,
     /// Command to launch and record, e.g. `-- python3 app.py --port 8000`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -168,6 +175,8 @@ pub struct RecordSettings {
     pub blocking: bool,
     /// Loop thread override.
     pub thread: Option<u64>,
+    /// Profile formats.
+    pub formats: Vec<ProfileFormat>,
 }
 
 impl RawRecordArgs {
@@ -212,8 +221,19 @@ impl RawRecordArgs {
             output: self.output,
             blocking: self.blocking,
             thread: self.thread,
+            formats: dedup(self.format),
         })
     }
+}
+
+fn dedup(formats: Vec<ProfileFormat>) -> Vec<ProfileFormat> {
+    let mut out = Vec::new();
+    for f in formats {
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// The unit of a bare number.
@@ -296,6 +316,7 @@ mod tests {
             output: None,
             blocking: false,
             thread: None,
+            format: vec![ProfileFormat::Svg],
             command: command.iter().map(|s| s.to_string()).collect(),
         }
     }

@@ -61,6 +61,9 @@ pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
         interval: Duration::from_secs_f64(1.0 / RATE_HZ as f64),
         only_thread: None,
         pid,
+        max_incidents: crate::analyzer::MAX_INCIDENTS,
+        stream: false,
+        timeline: false,
     });
     let mut last: Option<Sample> = None;
     for message in rx.iter() {

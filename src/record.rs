@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::analyzer::{Analyzer, AnalyzerSettings};
 use crate::cli::{RecordSettings, TargetSpec};
 use crate::error::{exit_code, LoopspyError};
-use crate::output::{self, RecordingInfo};
+use crate::output::stream::Streams;
+use crate::output::{self, ProfileFormat, RecordingInfo};
 use crate::sampler::{self, SamplerSettings, StopReason};
 use crate::target::{self, AttachedTarget};
 
@@ -91,13 +92,37 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         interval: Duration::from_secs_f64(1.0 / settings.rate_hz as f64),
         only_thread: settings.thread,
         pid,
+        max_incidents: crate::analyzer::MAX_INCIDENTS,
+        stream: true,
+        timeline: settings.formats.contains(&ProfileFormat::Perfetto),
     });
+    let mut streams = Streams::create(&dir).map_err(|e| LoopspyError::OutputNotWritable {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut stream_error = None;
     for message in rx.iter() {
         analyzer.feed(message);
+        let closed = analyzer.take_closed();
+        let streamed = streams
+            .incidents(analyzer.analysis(), &closed)
+            .and_then(|()| streams.maybe_checkpoint(analyzer.analysis()));
+        if let Err(err) = streamed {
+            // Keep sampling: the final files may still be writable (e.g. space freed).
+            stream_error.get_or_insert(err);
+        }
     }
     let outcome = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("the sampler thread panicked; nothing could be saved"))?;
+    analyzer.close_all();
+    let closed = analyzer.take_closed();
+    if let Err(err) = streams.incidents(analyzer.analysis(), &closed) {
+        stream_error.get_or_insert(err);
+    }
+    if let Some(err) = stream_error {
+        eprintln!("loopspy: warning: writing incidents.jsonl failed ({err}); the final files are still attempted");
+    }
     let analysis = analyzer.finish();
 
     match outcome.reason {
@@ -122,13 +147,18 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         stop_reason: outcome.reason,
         sampler: outcome.stats,
         start_unix,
+        formats: settings.formats.clone(),
     };
-    let written = output::write_all(&dir, &analysis, &info).map_err(|err| {
+    let mut written = output::write_all(&dir, &analysis, &info).map_err(|err| {
         LoopspyError::OutputNotWritable {
             path: dir.clone(),
             reason: format!("{err:#}"),
         }
     })?;
+    written.files.push(dir.join("incidents.jsonl"));
+    if let Err(err) = streams.finish() {
+        eprintln!("loopspy: warning: could not remove checkpoint.collapsed: {err}");
+    }
     print!(
         "{}",
         output::summary::render(&analysis, &info, Some(&written))

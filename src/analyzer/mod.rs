@@ -9,6 +9,7 @@ pub mod culprit;
 pub mod incident;
 pub mod intern;
 pub mod loop_detect;
+pub mod sites;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,7 +32,30 @@ pub struct AnalyzerSettings {
     pub only_thread: Option<u64>,
     /// The target, whose source files are read for culprit lines.
     pub pid: i32,
+    /// Incidents kept in full; beyond this the shortest kept one is dropped (still counted).
+    pub max_incidents: usize,
+    /// Queue every closed incident for [`Analyzer::take_closed`] (streaming sinks).
+    pub stream: bool,
+    /// Keep every busy span for a timeline output (bounded by [`MAX_TIMELINE`]).
+    pub timeline: bool,
 }
+
+/// Busy spans kept at most for the timeline; later ones are counted, not kept.
+pub const MAX_TIMELINE: usize = 1_000_000;
+
+/// One busy span of a loop, for timelines.
+#[derive(Debug, Clone, Copy)]
+pub struct BusySpan {
+    /// Loop thread.
+    pub thread_id: u64,
+    /// Wall-clock start, seconds.
+    pub start_unix: f64,
+    /// Length, ms.
+    pub duration_ms: f64,
+}
+
+/// Default for [`AnalyzerSettings::max_incidents`].
+pub const MAX_INCIDENTS: usize = 1000;
 
 /// Per-thread time-weighted stack totals, microseconds.
 pub type Profile = HashMap<(u64, StackId), u64>;
@@ -119,8 +143,17 @@ pub struct Analysis {
     pub symbols: Symbols,
     /// Loop threads by kernel thread id.
     pub loops: BTreeMap<u64, LoopThread>,
-    /// Incidents in the order they ended.
+    /// The worst incidents (longest first out), at most `max_incidents`, in the order they
+    /// ended; the rest are counted in `incidents_total` and `sites`.
     pub incidents: Vec<Incident>,
+    /// Every incident found.
+    pub incidents_total: u64,
+    /// Per-site totals over every incident.
+    pub sites: sites::Sites,
+    /// Every busy span, when the timeline was asked for.
+    pub timeline: Vec<BusySpan>,
+    /// Busy spans not kept because the timeline was full.
+    pub timeline_dropped: u64,
     /// Busy samples of loop threads.
     pub busy_profile: Profile,
     /// Samples inside incidents.
@@ -174,6 +207,7 @@ pub struct Analyzer {
     analysis: Analysis,
     last_seen: HashMap<u64, Instant>,
     sources: SourceCache,
+    closed: Vec<Incident>,
 }
 
 impl Analyzer {
@@ -183,8 +217,14 @@ impl Analyzer {
             analysis: Analysis::default(),
             last_seen: HashMap::new(),
             sources: SourceCache::new(settings.pid),
+            closed: Vec::new(),
             settings,
         }
+    }
+
+    /// Incidents closed since the last call (only with `stream` set).
+    pub fn take_closed(&mut self) -> Vec<Incident> {
+        std::mem::take(&mut self.closed)
     }
 
     /// The analysis so far.
@@ -397,6 +437,21 @@ impl Analyzer {
         };
         let duration = end_at.saturating_duration_since(run.start_at);
         let duration_ms = duration.as_secs_f64() * 1000.0;
+        if self.settings.timeline {
+            if a.timeline.len() < MAX_TIMELINE {
+                let start_unix = a.unix_at(run.start_at);
+                a.timeline.push(BusySpan {
+                    thread_id: tid,
+                    start_unix,
+                    duration_ms,
+                });
+            } else {
+                a.timeline_dropped += 1;
+            }
+        }
+        let Some(loop_thread) = a.loops.get_mut(&tid) else {
+            return;
+        };
         loop_thread.stall_histogram.record(duration_ms);
         loop_thread.recent_stalls.push_back((end_at, duration_ms));
         while loop_thread
@@ -469,12 +524,34 @@ impl Analyzer {
         for (&stack, &us) in &run.stack_weights_us {
             *a.blocking_profile.entry((tid, stack)).or_default() += us;
         }
+        a.incidents_total += 1;
+        a.sites.entry(incident.culprit).or_default().add(&incident);
+        if self.settings.stream {
+            self.closed.push(incident.clone());
+        }
         a.incidents.push(incident);
+        if a.incidents.len() > self.settings.max_incidents.max(1) {
+            let shortest = a
+                .incidents
+                .iter()
+                .enumerate()
+                .min_by(|x, y| x.1.duration_ms.total_cmp(&y.1.duration_ms))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            a.incidents.remove(shortest);
+        }
     }
 
     /// Closes what is still open (a loop busy when the recording stopped) and returns the
     /// analysis.
     pub fn finish(mut self) -> Analysis {
+        self.close_all();
+        self.analysis
+    }
+
+    /// Closes every busy run still open, as the recording stops (its incidents are
+    /// `truncated`).
+    pub fn close_all(&mut self) {
         let open: Vec<(u64, Instant)> = self
             .analysis
             .loops
@@ -484,7 +561,6 @@ impl Analyzer {
         for (tid, at) in open {
             self.close_run(tid, at, true);
         }
-        self.analysis
     }
 }
 

@@ -106,6 +106,8 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
             "threshold_ms": info.threshold_ms,
             "blocking_reads": info.blocking,
             "samples": analysis.samples,
+            "incidents_total": analysis.incidents_total,
+            "incidents_kept": analysis.incidents.len(),
             "sample_errors": analysis.sample_errors,
             "loop_utilization": analysis.loop_utilization().map(|u| round(u, 4)),
             "stop_reason": stop_reason_str(info.stop_reason),

@@ -4,8 +4,10 @@
 
 pub mod flamegraph;
 pub mod json;
+pub mod perfetto;
 pub mod report;
-pub mod sites;
+pub mod speedscope;
+pub mod stream;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,21 @@ pub struct RecordingInfo {
     pub sampler: SamplerStats,
     /// Wall-clock start, seconds since the epoch.
     pub start_unix: f64,
+    /// Profile formats to write.
+    pub formats: Vec<ProfileFormat>,
+}
+
+/// Formats the profile can be written in (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProfileFormat {
+    /// Flame graphs: flamegraph.svg and blocking.svg.
+    Svg,
+    /// speedscope JSON: profile.speedscope.json.
+    Speedscope,
+    /// Folded stacks: flamegraph.collapsed and blocking.collapsed.
+    Collapsed,
+    /// Chrome trace events for Perfetto: trace.json (a timeline of busy spans and incidents).
+    Perfetto,
 }
 
 /// The files a recording produced.
@@ -67,27 +84,55 @@ pub fn write_all(
     } else {
         &analysis.busy_profile
     };
-    attempt(
-        "flamegraph.svg",
-        flamegraph::write(
-            &dir.join("flamegraph.svg"),
-            analysis,
-            flame_source,
-            &flamegraph_title(analysis, info),
-        ),
+    let blocking_title = format!(
+        "loopspy: what blocked the event loop (incidents >= {} ms)",
+        info.threshold_ms
     );
-    attempt(
-        "blocking.svg",
-        flamegraph::write(
-            &dir.join("blocking.svg"),
-            analysis,
-            &analysis.blocking_profile,
-            &format!(
-                "loopspy: what blocked the event loop (incidents >= {} ms)",
-                info.threshold_ms
+    for format in &info.formats {
+        match format {
+            ProfileFormat::Svg => {
+                attempt(
+                    "flamegraph.svg",
+                    flamegraph::write(
+                        &dir.join("flamegraph.svg"),
+                        analysis,
+                        flame_source,
+                        &flamegraph_title(analysis, info),
+                    ),
+                );
+                attempt(
+                    "blocking.svg",
+                    flamegraph::write(
+                        &dir.join("blocking.svg"),
+                        analysis,
+                        &analysis.blocking_profile,
+                        &blocking_title,
+                    ),
+                );
+            }
+            ProfileFormat::Collapsed => {
+                for (name, profile) in [
+                    ("flamegraph.collapsed", flame_source),
+                    ("blocking.collapsed", &analysis.blocking_profile),
+                ] {
+                    let lines = flamegraph::collapsed_lines(analysis, profile);
+                    let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+                    attempt(
+                        name,
+                        std::fs::write(dir.join(name), text).map_err(anyhow::Error::from),
+                    );
+                }
+            }
+            ProfileFormat::Speedscope => attempt(
+                "profile.speedscope.json",
+                speedscope::write(&dir.join("profile.speedscope.json"), analysis, info),
             ),
-        ),
-    );
+            ProfileFormat::Perfetto => attempt(
+                "trace.json",
+                perfetto::write(&dir.join("trace.json"), analysis, info),
+            ),
+        }
+    }
     attempt(
         "incidents.json",
         json::write(&dir.join("incidents.json"), analysis, info),

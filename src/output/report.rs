@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::json::stop_reason_str;
-use super::{sites, RecordingInfo};
+use super::RecordingInfo;
+use crate::analyzer::sites;
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::{frame_label, Analysis};
 
@@ -96,24 +97,24 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
     let _ = writeln!(
         md,
         "## Blocking sites\n\n{} incidents, loop blocked {:.1} ms in total.\n",
-        analysis.incidents.len(),
+        analysis.incidents_total,
         total_ms
     );
-    let ranked = sites::group(&analysis.incidents);
+    let ranked = sites::ranked(&analysis.sites);
     if !ranked.is_empty() {
         let _ = writeln!(
             md,
             "| # | site | code | count | total ms | max ms | p95 ms | cause | fix |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-        for (rank, site) in ranked.iter().enumerate() {
-            let f = analysis.symbols.frames.get(site.culprit);
+        for (rank, (culprit, site)) in ranked.iter().enumerate() {
+            let f = analysis.symbols.frames.get(*culprit);
             let code = site
-                .incidents
-                .iter()
-                .find_map(|&i| analysis.incidents[i].culprit_source.as_deref())
+                .source
+                .as_deref()
                 .map(|t| format!("`{}`", t.replace('|', "\\|")))
                 .unwrap_or_default();
+            let category = site.category();
             let _ = writeln!(
                 md,
                 "| {} | `{}` {}:{} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
@@ -122,12 +123,12 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
                 f.file,
                 f.line,
                 code,
-                site.incidents.len(),
+                site.count,
                 site.total_ms,
                 site.max_ms,
-                site.p95_ms,
-                site.category,
-                suggestion(site.category)
+                site.percentile(0.95),
+                category,
+                suggestion(category)
             );
         }
         let _ = writeln!(md);
@@ -196,6 +197,14 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
                 md,
                 "{} more incidents are in incidents.json.\n",
                 order.len() - DETAILED_INCIDENTS
+            );
+        }
+        let dropped = analysis.incidents_total - analysis.incidents.len() as u64;
+        if dropped > 0 {
+            let _ = writeln!(
+                md,
+                "{dropped} shorter incidents were counted in the sites above but not kept in full (the {} longest are); every incident is in incidents.jsonl.\n",
+                analysis.incidents.len()
             );
         }
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::sites;
+use crate::analyzer::sites;
 use super::{RecordingInfo, WrittenFiles};
 use crate::analyzer::{short_path, Analysis};
 
@@ -54,27 +54,27 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
         let _ = writeln!(
             out,
             "{} blocking incidents (>= {} ms), loop blocked {:.0} ms in total",
-            analysis.incidents.len(),
+            analysis.incidents_total,
             info.threshold_ms,
             total_ms
         );
-        let ranked = sites::group(&analysis.incidents);
+        let ranked = sites::ranked(&analysis.sites);
         if !ranked.is_empty() {
             let _ = writeln!(
                 out,
                 "Top blocking sites:\n  {:>9} {:>5} {:>8} {:>8}  {:<10} site",
                 "total ms", "count", "max ms", "p95 ms", "cause"
             );
-            for site in ranked.iter().take(TOP_SITES) {
-                let f = analysis.symbols.frames.get(site.culprit);
+            for (culprit, site) in ranked.iter().take(TOP_SITES) {
+                let f = analysis.symbols.frames.get(*culprit);
                 let _ = writeln!(
                     out,
                     "  {:>9.0} {:>5} {:>8.0} {:>8.0}  {:<10} {} ({}:{})",
                     site.total_ms,
-                    site.incidents.len(),
+                    site.count,
                     site.max_ms,
-                    site.p95_ms,
-                    site.category,
+                    site.percentile(0.95),
+                    site.category(),
                     f.function,
                     short_path(&f.file),
                     f.line
