@@ -182,12 +182,12 @@ impl Analysis {
         (!observed.is_zero()).then(|| busy.as_secs_f64() / observed.as_secs_f64())
     }
 
-    /// Total time the loops were blocked in incidents, ms.
+    /// Total time the loops were blocked in incidents, ms (all incidents, kept or not).
     pub fn blocked_ms(&self) -> f64 {
-        // Adding to +0.0 keeps an empty sum from printing as "-0".
-        self.incidents
-            .iter()
-            .map(|i| i.duration_ms)
+        // Every incident, kept or not; adding to +0.0 keeps an empty sum from printing "-0".
+        self.sites
+            .values()
+            .map(|s| s.total_ms)
             .fold(0.0, |a, b| a + b)
     }
 
@@ -619,4 +619,99 @@ pub fn short_path(path: &str) -> &str {
         }
     }
     path.rsplit('/').next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::ThreadSample;
+
+    fn frame(function: &str, file: &str) -> Frame {
+        Frame {
+            function: function.into(),
+            file: file.into(),
+            line: 1,
+        }
+    }
+
+    fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
+        let base = "/py/lib/python3.12/asyncio/base_events.py";
+        let mut frames = vec![
+            frame("BaseEventLoop._run_once", base),
+            frame("<module>", "/app/app.py"),
+        ];
+        match busy_in {
+            Some(function) => {
+                frames.insert(
+                    0,
+                    frame("Handle._run", "/py/lib/python3.12/asyncio/events.py"),
+                );
+                frames.insert(0, frame(function, "/app/app.py"));
+            }
+            None => frames.insert(
+                0,
+                frame("EpollSelector.select", "/py/lib/python3.12/selectors.py"),
+            ),
+        }
+        SamplerMessage::Sample(Sample {
+            at,
+            unix: 0.0,
+            running_tasks: vec![],
+            threads: vec![ThreadSample {
+                os_tid: 1,
+                python_tid: 1,
+                name: Some("MainThread".into()),
+                frames,
+                os_state: OsState::Running,
+                owns_gil: true,
+            }],
+        })
+    }
+
+    #[test]
+    fn keeps_the_worst_incidents_and_counts_all() {
+        let mut analyzer = Analyzer::new(AnalyzerSettings {
+            threshold: Duration::from_millis(50),
+            interval: Duration::from_millis(1),
+            only_thread: None,
+            pid: std::process::id() as i32,
+            max_incidents: 2,
+            stream: true,
+            timeline: true,
+        });
+        let mut t = Instant::now();
+        let ms = Duration::from_millis(1);
+        for (n, length) in [60u32, 100, 70, 90, 80].into_iter().enumerate() {
+            for _ in 0..10 {
+                analyzer.feed(sample(t, None));
+                t += ms;
+            }
+            let name = format!("handler{n}");
+            for _ in 0..length {
+                analyzer.feed(sample(t, Some(&name)));
+                t += ms;
+            }
+        }
+        analyzer.feed(sample(t, None));
+        assert_eq!(
+            analyzer.take_closed().len(),
+            5,
+            "every incident is streamed"
+        );
+        let analysis = analyzer.finish();
+        assert_eq!(analysis.incidents_total, 5);
+        let kept: Vec<f64> = analysis
+            .incidents
+            .iter()
+            .map(|i| i.duration_ms.round())
+            .collect();
+        assert_eq!(kept, vec![100.0, 90.0], "the two longest are kept");
+        assert_eq!(analysis.sites.len(), 5, "every site is counted");
+        assert!(
+            (analysis.blocked_ms() - 400.0).abs() < 1.0,
+            "{}",
+            analysis.blocked_ms()
+        );
+        assert_eq!(analysis.timeline.len(), 5);
+    }
 }

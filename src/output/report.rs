@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::json::stop_reason_str;
 use super::RecordingInfo;
-use crate::analyzer::sites;
 use crate::analyzer::cause::suggestion;
+use crate::analyzer::sites;
 use crate::analyzer::{frame_label, Analysis};
 
 /// Incidents shown in full; the rest are counted in their site's row.
@@ -97,8 +97,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
     let _ = writeln!(
         md,
         "## Blocking sites\n\n{} incidents, loop blocked {:.1} ms in total.\n",
-        analysis.incidents_total,
-        total_ms
+        analysis.incidents_total, total_ms
     );
     let ranked = sites::ranked(&analysis.sites);
     if !ranked.is_empty() {

@@ -53,8 +53,18 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
     if analysis.loops.is_empty() {
         profiles(analysis, &analysis.active_profile, "running", &mut list);
     } else {
-        profiles(analysis, &analysis.busy_profile, "event loop busy", &mut list);
-        profiles(analysis, &analysis.blocking_profile, "blocking incidents", &mut list);
+        profiles(
+            analysis,
+            &analysis.busy_profile,
+            "event loop busy",
+            &mut list,
+        );
+        profiles(
+            analysis,
+            &analysis.blocking_profile,
+            "blocking incidents",
+            &mut list,
+        );
     }
     json!({
         "$schema": "https://www.speedscope.app/file-format-schema.json",

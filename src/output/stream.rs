@@ -35,7 +35,11 @@ impl Streams {
     }
 
     /// Appends incidents, one line each, and flushes them to the OS.
-    pub fn incidents(&mut self, analysis: &Analysis, incidents: &[Incident]) -> std::io::Result<()> {
+    pub fn incidents(
+        &mut self,
+        analysis: &Analysis,
+        incidents: &[Incident],
+    ) -> std::io::Result<()> {
         for incident in incidents {
             let line = super::json::incident_json(analysis, incident);
             serde_json::to_writer(&mut self.jsonl, &line)?;

@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::analyzer::sites;
 use super::{RecordingInfo, WrittenFiles};
+use crate::analyzer::sites;
 use crate::analyzer::{short_path, Analysis};
 
 /// How many sites the summary lists.
@@ -54,9 +54,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
         let _ = writeln!(
             out,
             "{} blocking incidents (>= {} ms), loop blocked {:.0} ms in total",
-            analysis.incidents_total,
-            info.threshold_ms,
-            total_ms
+            analysis.incidents_total, info.threshold_ms, total_ms
         );
         let ranked = sites::ranked(&analysis.sites);
         if !ranked.is_empty() {

@@ -5,5 +5,6 @@ mod bad_input;
 mod causes;
 mod common;
 mod dump;
+mod formats;
 mod record;
 mod top;
