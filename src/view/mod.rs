@@ -9,7 +9,7 @@ pub mod input;
 pub mod render;
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 
+use crate::analyzer::incident::Incident;
 use crate::analyzer::{short_path, Analyzer, AnalyzerSettings};
 use crate::error::LoopspyError;
 use crate::output::report::format_time;
@@ -59,6 +60,10 @@ struct App {
     last_refresh: Instant,
     last_samples: u64,
     last_loop_totals: HashMap<u64, (Duration, Duration)>,
+    /// The latest incidents (the analyzer streams them here), oldest first.
+    feed: VecDeque<Incident>,
+    /// Incidents since start or the last reset.
+    feed_count: usize,
 }
 
 impl App {
@@ -68,6 +73,13 @@ impl App {
                 .add(sample, self.interval, self.view.include_idle);
         }
         self.analyzer.feed(message);
+        for incident in self.analyzer.take_closed() {
+            self.feed_count += 1;
+            if self.feed.len() == FEED_LINES {
+                self.feed.pop_front();
+            }
+            self.feed.push_back(incident);
+        }
     }
 
     fn apply(&mut self, action: Action) {
@@ -88,7 +100,8 @@ impl App {
             Action::ToggleIdle => v.include_idle = !v.include_idle,
             Action::Reset => {
                 self.table = FunctionTable::default();
-                v.incidents_from = self.analyzer.analysis().incidents.len();
+                self.feed.clear();
+                self.feed_count = 0;
             }
             Action::ToggleHelp => v.help = !v.help,
         }
@@ -160,8 +173,8 @@ impl App {
             });
         }
 
-        let visible = &analysis.incidents[self.view.incidents_from.min(analysis.incidents.len())..];
-        let feed = visible
+        let feed = self
+            .feed
             .iter()
             .rev()
             .take(FEED_LINES)
@@ -204,7 +217,7 @@ impl App {
             sample_errors: analysis.sample_errors,
             loops,
             feed,
-            incident_count: visible.len(),
+            incident_count: self.feed_count,
             functions,
             functions_total_us,
             functions_scope: scope,
@@ -254,7 +267,7 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
             only_thread: None,
             pid,
             max_incidents: crate::analyzer::MAX_INCIDENTS,
-            stream: false,
+            stream: true,
             timeline: false,
         }),
         table: FunctionTable::default(),
@@ -266,6 +279,8 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
         last_refresh: Instant::now(),
         last_samples: 0,
         last_loop_totals: HashMap::new(),
+        feed: VecDeque::new(),
+        feed_count: 0,
     };
 
     let interactive = !settings.once && std::io::stdout().is_terminal();
@@ -285,8 +300,7 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
         .fold(0.0, f64::max);
     let summary = format!(
         "{} incidents, longest stall {:.0} ms",
-        analysis.incidents.len(),
-        longest
+        analysis.incidents_total, longest
     );
     match result? {
         Ending::Quit if interactive => {

@@ -180,8 +180,6 @@ pub struct ViewState {
     pub include_idle: bool,
     /// Help shown.
     pub help: bool,
-    /// Incidents before this index are hidden (reset).
-    pub incidents_from: usize,
 }
 
 impl Default for ViewState {
@@ -192,7 +190,6 @@ impl Default for ViewState {
             threads: ThreadFilter::Loop(0),
             include_idle: false,
             help: false,
-            incidents_from: 0,
         }
     }
 }
