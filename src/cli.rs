@@ -133,6 +133,11 @@ pub struct RawRecordArgs {
     /// loop thread, instead of detecting loop threads automatically.
     #[arg(long)]
     pub thread: Option<u64>,
+    /// CI gate: exit with code 10 and print the incidents, like test failures, if the loop was
+    /// blocked at least this long (e.g. 100ms); otherwise exit with the launched command's own
+    /// code. Use with a command after `--`.
+    #[arg(long, value_name = "LIMIT")]
+    pub fail_on_block: Option<String>,
     /// Profile formats to write, comma-separated: svg (flamegraph.svg, blocking.svg),
     /// speedscope (profile.speedscope.json), collapsed (folded stacks), perfetto (trace.json).
     /// report.md, incidents.json and incidents.jsonl are always written.
@@ -177,6 +182,8 @@ pub struct RecordSettings {
     pub thread: Option<u64>,
     /// Profile formats.
     pub formats: Vec<ProfileFormat>,
+    /// CI gate limit.
+    pub fail_on_block: Option<Duration>,
 }
 
 impl RawRecordArgs {
@@ -213,6 +220,17 @@ impl RawRecordArgs {
                 "--rate must be between 1 and {MAX_RATE_HZ} samples per second"
             ));
         }
+        let fail_on_block = self
+            .fail_on_block
+            .as_deref()
+            .map(|t| parse_duration(t, Unit::Millis).map_err(|e| format!("--fail-on-block: {e}")))
+            .transpose()?;
+        if fail_on_block.is_some() && !matches!(target, TargetSpec::Launch(_)) {
+            return Err(
+                "--fail-on-block gates a command: give it after -- (e.g. `loopspy record --fail-on-block 100ms -- pytest -q`)"
+                    .into(),
+            );
+        }
         Ok(RecordSettings {
             target,
             duration,
@@ -222,6 +240,7 @@ impl RawRecordArgs {
             blocking: self.blocking,
             thread: self.thread,
             formats: dedup(self.format),
+            fail_on_block,
         })
     }
 }
@@ -317,6 +336,7 @@ mod tests {
             blocking: false,
             thread: None,
             format: vec![ProfileFormat::Svg],
+            fail_on_block: None,
             command: command.iter().map(|s| s.to_string()).collect(),
         }
     }

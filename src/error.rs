@@ -80,6 +80,8 @@ pub mod exit_code {
     pub const NO_EVENT_LOOP: i32 = 8;
     /// The command to launch could not be started.
     pub const LAUNCH_FAILED: i32 = 9;
+    /// `--fail-on-block`: an incident reached the limit (everything was still written).
+    pub const BLOCKED: i32 = 10;
 }
 
 impl LoopspyError {

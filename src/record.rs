@@ -133,9 +133,7 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
     if outcome.reason != StopReason::TargetExited {
         stop_child(child.as_mut());
     }
-    if let Some(child) = child.as_mut() {
-        let _ = child.wait();
-    }
+    let child_status = child.as_mut().and_then(|c| c.wait().ok());
 
     let info = RecordingInfo {
         pid,
@@ -164,6 +162,21 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         output::summary::render(&analysis, &info, Some(&written))
     );
 
+    if let Some(limit) = settings.fail_on_block {
+        let offenders = output::gate::offenders(&analysis, limit);
+        if !offenders.is_empty() {
+            print!("{}", output::gate::render(&analysis, &offenders, limit));
+            eprintln!(
+                "loopspy: the event loop was blocked >= {} ms {} time(s); exiting with {}",
+                limit.as_millis(),
+                offenders.len(),
+                exit_code::BLOCKED
+            );
+            return Ok(exit_code::BLOCKED);
+        }
+        // Nothing blocked: the gated command's own verdict stands.
+        return Ok(child_status.map(exit_code_of).unwrap_or(0));
+    }
     if analysis.loops.is_empty() {
         eprintln!(
             "loopspy: no asyncio event loop was seen in pid {pid} (is it running one? use --thread TID to name the loop thread); the flame graph of its threads was written"
@@ -171,6 +184,14 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         return Ok(exit_code::NO_EVENT_LOOP);
     }
     Ok(0)
+}
+
+/// A child's exit status as a shell would report it.
+fn exit_code_of(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 fn default_output_dir(pid: i32) -> PathBuf {

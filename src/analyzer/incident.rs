@@ -40,6 +40,8 @@ pub struct Incident {
     pub duration_ms: f64,
     /// Busy samples inside the incident.
     pub samples: u32,
+    /// Process of the loop thread.
+    pub pid: i32,
     /// Kernel thread id of the loop thread.
     pub thread_id: u64,
     /// Python thread name, when known.
@@ -72,6 +74,8 @@ pub struct BusyRun {
     pub start_at: Instant,
     /// Time of the latest busy sample.
     pub last_busy_at: Instant,
+    /// Which run of the loop this is ([`super::loop_detect::loop_context`]).
+    pub loop_context: Option<u64>,
     /// Busy samples so far.
     pub samples: u32,
     stacks: HashMap<StackId, u32>,
@@ -114,6 +118,7 @@ impl BusyRun {
         BusyRun {
             start_at,
             last_busy_at: first_at,
+            loop_context: None,
             samples: 0,
             stacks: HashMap::new(),
             culprits: HashMap::new(),

@@ -90,6 +90,26 @@ fn is_uvloop_wrapper(frame: &Frame) -> bool {
     in_file(frame, "uvloop/__init__.py")
 }
 
+/// Index (leaf-first) of the frame that anchors the running loop, as [`classify`] finds it.
+pub fn anchor_index(frames: &[Frame]) -> Option<usize> {
+    frames
+        .iter()
+        .position(is_selector_anchor)
+        .or_else(|| frames.iter().position(is_runner_anchor))
+}
+
+/// Identifies one run of a loop (one `run_forever`/`asyncio.run` call) by the frames below its
+/// anchor, which stay the same for as long as the loop runs. Two loops run one after another in
+/// the same thread (one per test under pytest-asyncio) differ here even when no idle sample
+/// was caught between them.
+pub fn loop_context(frames: &[Frame]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let anchor = anchor_index(frames)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    frames[anchor + 1..].hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// Classifies a leaf-first stack.
 pub fn classify(frames: &[Frame]) -> LoopPosition {
     // The innermost selector anchor wins: a loop nested in a callback (nest_asyncio) is the one

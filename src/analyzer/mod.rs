@@ -353,6 +353,18 @@ impl Analyzer {
             return;
         }
 
+        // A different loop run (a new asyncio.run in the same thread) ends the previous busy
+        // run even when no idle sample came between them.
+        let context = loop_detect::loop_context(&thread.frames);
+        if loop_thread
+            .run
+            .as_ref()
+            .is_some_and(|run| run.loop_context != context)
+        {
+            self.close_run(tid, at, false);
+        }
+        let a = &mut self.analysis;
+        let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
         loop_thread.busy += weight;
         let stack = stack.expect("a busy loop has frames");
         *a.busy_profile.entry((tid, stack)).or_default() += weight_us;
@@ -366,7 +378,9 @@ impl Analyzer {
                 }
                 _ => at,
             };
-            BusyRun::new(start_at, at)
+            let mut run = BusyRun::new(start_at, at);
+            run.loop_context = context;
+            run
         });
         let callback_frames = match position {
             LoopPosition::Callback { root, .. } => &thread.frames[..=root],
@@ -509,6 +523,7 @@ impl Analyzer {
             start_unix,
             duration_ms,
             samples: run.samples,
+            pid: self.settings.pid,
             thread_id: tid,
             thread_name: loop_thread.name.clone(),
             loop_kind: loop_thread.kind,

@@ -39,6 +39,7 @@ pub fn incident_json(analysis: &Analysis, incident: &Incident) -> Value {
         "end_unix": round(incident.start_unix + incident.duration_ms / 1000.0, 6),
         "duration_ms": round(incident.duration_ms, 2),
         "samples": incident.samples,
+        "pid": incident.pid,
         "thread_id": incident.thread_id,
         "thread_name": incident.thread_name,
         "loop": incident.loop_kind,

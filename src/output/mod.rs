@@ -3,6 +3,7 @@
 //! run; none of them reads the target.
 
 pub mod flamegraph;
+pub mod gate;
 pub mod json;
 pub mod perfetto;
 pub mod report;

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod causes;
+mod ci_gate;
 mod common;
 mod dump;
 mod formats;

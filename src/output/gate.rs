@@ -1,0 +1,90 @@
+//! The CI gate (`--fail-on-block LIMIT`): incidents at least LIMIT long, printed the way a test
+//! runner prints failures, so a CI log shows what blocked the loop, where and why.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::analyzer::cause::suggestion;
+use crate::analyzer::incident::Incident;
+use crate::analyzer::{frame_label, short_path, Analysis};
+
+fn is_loop_entry(function: &str, file: &str) -> bool {
+    let bare = function.rsplit('.').next().unwrap_or(function);
+    (bare == "_run_once" && file.ends_with("asyncio/base_events.py"))
+        || (bare == "run"
+            && (file.ends_with("asyncio/runners.py") || file.ends_with("uvloop/__init__.py")))
+}
+
+/// Incidents at least `limit` long, longest first.
+pub fn offenders(analysis: &Analysis, limit: Duration) -> Vec<&Incident> {
+    let limit_ms = limit.as_secs_f64() * 1000.0;
+    let mut found: Vec<&Incident> = analysis
+        .incidents
+        .iter()
+        .filter(|i| i.duration_ms >= limit_ms)
+        .collect();
+    found.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
+    found
+}
+
+/// The failure report.
+pub fn render(analysis: &Analysis, offenders: &[&Incident], limit: Duration) -> String {
+    let mut out = String::new();
+    let title = " loopspy: the event loop was blocked ";
+    let _ = writeln!(out, "{:=^78}", title);
+    let _ = writeln!(
+        out,
+        "{} incident(s) >= {} ms (--fail-on-block):\n",
+        offenders.len(),
+        limit.as_millis()
+    );
+    for (n, incident) in offenders.iter().enumerate() {
+        let culprit = analysis.symbols.frames.get(incident.culprit);
+        let _ = writeln!(
+            out,
+            "[{}] {:.1} ms {:?} in {} ({}:{}), pid {} thread {}",
+            n + 1,
+            incident.duration_ms,
+            incident.kind,
+            culprit.function,
+            short_path(&culprit.file),
+            culprit.line,
+            incident.pid,
+            incident.thread_id
+        );
+        if let Some(source) = &incident.culprit_source {
+            let _ = writeln!(out, "    > {source}");
+        }
+        if let Some(task) = &incident.task {
+            let _ = writeln!(
+                out,
+                "    task: {} (coroutine {})",
+                task.name, task.coroutine
+            );
+        }
+        let _ = writeln!(
+            out,
+            "    cause: {} — {}",
+            incident.cause.category, incident.cause.detail
+        );
+        let _ = writeln!(out, "    fix: {}", suggestion(incident.cause.category));
+        let _ = writeln!(out, "    stack (innermost first, down to the event loop):");
+        let frames: Vec<_> = analysis.symbols.stack_frames(incident.stack).collect();
+        // The callback's frames and the loop's entry are what matter; the test runner's own
+        // frames below them are noise in a CI log (incidents.json has the full stack).
+        let shown = frames
+            .iter()
+            .position(|f| is_loop_entry(&f.function, &f.file))
+            .map(|i| i + 1)
+            .unwrap_or(frames.len());
+        for frame in &frames[..shown] {
+            let _ = writeln!(out, "      {}", frame_label(frame, false));
+        }
+        if shown < frames.len() {
+            let _ = writeln!(out, "      ... {} outer frames", frames.len() - shown);
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "{:=^78}", "");
+    out
+}
