@@ -110,9 +110,14 @@ impl RawDumpArgs {
 /// `loopspy record` flags as typed by the user.
 #[derive(Debug, Args)]
 pub struct RawRecordArgs {
-    /// PID of a running Python process to attach to.
+    /// PID of a running Python process to attach to; give it several times to record several
+    /// processes at once.
     #[arg(short, long)]
-    pub pid: Option<i32>,
+    pub pid: Vec<i32>,
+    /// Also follow every Python child process of the targets, present and future (uvicorn
+    /// --workers, gunicorn, Celery): incidents per process, outputs per process plus combined.
+    #[arg(long)]
+    pub subprocesses: bool,
     /// Stop after this long (e.g. 30s, 2m, 500ms; a bare number is seconds). Default: until
     /// Ctrl-C or the target exits.
     #[arg(short, long)]
@@ -157,8 +162,8 @@ pub const MAX_RATE_HZ: u32 = 20_000;
 /// What to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSpec {
-    /// Attach to a running process.
-    Pid(i32),
+    /// Attach to running processes.
+    Pids(Vec<i32>),
     /// Launch this command and record the interpreter it runs.
     Launch(Vec<String>),
 }
@@ -184,16 +189,18 @@ pub struct RecordSettings {
     pub formats: Vec<ProfileFormat>,
     /// CI gate limit.
     pub fail_on_block: Option<Duration>,
+    /// Follow child processes.
+    pub subprocesses: bool,
 }
 
 impl RawRecordArgs {
     /// Checks the flags and converts them to settings.
     pub fn validate(self) -> Result<RecordSettings, String> {
-        let target = match (self.pid, self.command.is_empty()) {
+        let target = match (self.pid.first(), self.command.is_empty()) {
             (Some(_), false) => {
                 return Err("give either --pid PID or a command after --, not both".into())
             }
-            (Some(pid), true) => TargetSpec::Pid(pid),
+            (Some(_), true) => TargetSpec::Pids(self.pid.clone()),
             (None, false) => TargetSpec::Launch(self.command),
             (None, true) => {
                 return Err(
@@ -241,6 +248,7 @@ impl RawRecordArgs {
             thread: self.thread,
             formats: dedup(self.format),
             fail_on_block,
+            subprocesses: self.subprocesses,
         })
     }
 }
@@ -328,7 +336,8 @@ mod tests {
 
     fn raw(pid: Option<i32>, command: &[&str]) -> RawRecordArgs {
         RawRecordArgs {
-            pid,
+            pid: pid.into_iter().collect(),
+            subprocesses: false,
             duration: None,
             threshold: "50ms".into(),
             rate: 200,
@@ -347,7 +356,7 @@ mod tests {
         assert!(raw(Some(1), &["python3"]).validate().is_err());
         assert_eq!(
             raw(Some(7), &[]).validate().unwrap().target,
-            TargetSpec::Pid(7)
+            TargetSpec::Pids(vec![7])
         );
     }
 }

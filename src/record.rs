@@ -1,55 +1,105 @@
 //! `loopspy record`: attach (or launch), sample until stopped, analyze as samples arrive, and
-//! write every output — also when the target exits or the user presses Ctrl-C.
+//! write every output — also when a target exits or the user presses Ctrl-C.
+//!
+//! One sampler thread per target process, all sending into one channel; one analyzer per
+//! process. With `--subprocesses` (or several `--pid`) this is a fleet: new Python children of
+//! the targets are found every half second and attached, a process that exits gets its files
+//! written at once (in `pid-<pid>/`), and combined files sit at the top of the output
+//! directory. A single target writes its files straight into the output directory.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::analyzer::{Analyzer, AnalyzerSettings};
+use crossbeam_channel::{RecvTimeoutError, Sender};
+
+use crate::analyzer::{Analysis, Analyzer, AnalyzerSettings};
 use crate::cli::{RecordSettings, TargetSpec};
 use crate::error::{exit_code, LoopspyError};
 use crate::output::stream::Streams;
-use crate::output::{self, ProfileFormat, RecordingInfo};
-use crate::sampler::{self, SamplerSettings, StopReason};
-use crate::target::{self, AttachedTarget};
+use crate::output::{self, ProfileFormat, RecordingInfo, WrittenFiles};
+use crate::sampler::{self, SamplerMessage, SamplerOutcome, SamplerSettings, StopReason};
+use crate::target::{self, procfs, AttachedTarget};
 
 /// Capacity of the sampler -> analyzer channel: a few seconds of samples at 1 kHz, so a
 /// momentarily slow analyzer loses nothing, and a stuck one cannot grow memory without bound.
 const CHANNEL_CAPACITY: usize = 8192;
+/// How often `--subprocesses` looks for new children.
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+/// How many times a child that looks like Python but cannot be attached yet (still starting)
+/// is retried before it is left alone.
+const ATTACH_RETRIES: u32 = 20;
 
-/// Runs the command; returns the process exit code on success (0, or `NO_EVENT_LOOP` when the
-/// target never ran an event loop).
+/// One recorded process.
+struct Recorded {
+    pid: i32,
+    python_version: String,
+    command: String,
+    start_unix: f64,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    sampler: Option<JoinHandle<SamplerOutcome>>,
+    outcome: Option<SamplerOutcome>,
+    analyzer: Option<Analyzer>,
+    analysis: Option<Analysis>,
+    streams: Option<Streams>,
+    written: Option<WrittenFiles>,
+}
+
+/// Everything being recorded.
+struct Recording<'a> {
+    settings: &'a RecordSettings,
+    dir: PathBuf,
+    fleet: bool,
+    started: Instant,
+    tx: Sender<SamplerMessage>,
+    processes: BTreeMap<i32, Recorded>,
+    /// Combined `incidents.jsonl` of a fleet.
+    fleet_stream: Option<Streams>,
+    stream_error: Option<std::io::Error>,
+    /// Children seen that are not (or not yet) attachable, with attempts so far.
+    skipped: BTreeMap<i32, u32>,
+}
+
+/// Runs the command; returns the process exit code on success (0; `NO_EVENT_LOOP` when no
+/// target ever ran an event loop; with `--fail-on-block`, `BLOCKED` or the command's own code).
 pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
     // An explicit output directory is checked before anything is attached or launched.
     if let Some(dir) = &settings.output {
         output::prepare_dir(dir)?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
     {
-        let stop = stop.clone();
+        let interrupted = interrupted.clone();
         // Ignore failure: a second handler (tests embedding us) just means no Ctrl-C support.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+        let _ = ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst));
     }
 
-    let (target, mut child) = match &settings.target {
-        TargetSpec::Pid(pid) => (target::attach(*pid, settings.blocking)?, None),
+    let mut child = None;
+    let (targets, roots): (Vec<AttachedTarget>, Vec<i32>) = match &settings.target {
+        TargetSpec::Pids(pids) => {
+            let targets = pids
+                .iter()
+                .map(|pid| target::attach(*pid, settings.blocking))
+                .collect::<Result<Vec<_>, _>>()?;
+            (targets, pids.clone())
+        }
         TargetSpec::Launch(argv) => {
             let launched = target::launch(argv, settings.blocking)?;
-            (launched.target, Some(launched.child))
+            let root = launched.child.id() as i32;
+            child = Some(launched.child);
+            (vec![launched.target], vec![root])
         }
     };
-    let AttachedTarget {
-        spy,
-        pid,
-        python_version,
-        command,
-    } = target;
-
+    let fleet = settings.subprocesses || targets.len() > 1;
+    let first_pid = targets[0].pid;
     let dir = settings
         .output
         .clone()
-        .unwrap_or_else(|| default_output_dir(pid));
+        .unwrap_or_else(|| default_output_dir(first_pid));
     if settings.output.is_none() {
         if let Err(err) = output::prepare_dir(&dir) {
             stop_child(child.as_mut());
@@ -57,115 +107,163 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         }
     }
 
-    eprintln!(
-        "loopspy: sampling pid {pid} (Python {python_version}) at {} Hz{}, incidents >= {} ms; {}",
-        settings.rate_hz,
-        if settings.blocking {
-            ", pausing the target for each read"
-        } else {
-            ""
-        },
-        settings.threshold.as_secs_f64() * 1000.0,
-        match settings.duration {
-            Some(d) => format!("for {:.1}s (Ctrl-C stops early)", d.as_secs_f64()),
-            None => "until Ctrl-C or the target exits".into(),
-        }
-    );
-
-    let start_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
     let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
-    let sampler = sampler::spawn(
-        spy,
-        SamplerSettings {
-            rate_hz: settings.rate_hz,
-            duration: settings.duration,
+    let mut rec = Recording {
+        settings: &settings,
+        fleet_stream: if fleet {
+            Some(Streams::create(&dir).map_err(|e| not_writable(&dir, e))?)
+        } else {
+            None
         },
-        stop.clone(),
+        dir,
+        fleet,
+        started: Instant::now(),
         tx,
-    );
+        processes: BTreeMap::new(),
+        stream_error: None,
+        skipped: BTreeMap::new(),
+    };
+    for target in targets {
+        rec.add(target)?;
+    }
 
-    let mut analyzer = Analyzer::new(AnalyzerSettings {
-        threshold: settings.threshold,
-        interval: Duration::from_secs_f64(1.0 / settings.rate_hz as f64),
-        only_thread: settings.thread,
-        pid,
-        max_incidents: crate::analyzer::MAX_INCIDENTS,
-        stream: true,
-        timeline: settings.formats.contains(&ProfileFormat::Perfetto),
-    });
-    let mut streams = Streams::create(&dir).map_err(|e| LoopspyError::OutputNotWritable {
-        path: dir.clone(),
-        reason: e.to_string(),
-    })?;
-    let mut stream_error = None;
-    for message in rx.iter() {
-        analyzer.feed(message);
-        let closed = analyzer.take_closed();
-        let streamed = streams
-            .incidents(analyzer.analysis(), &closed)
-            .and_then(|()| streams.maybe_checkpoint(analyzer.analysis()));
-        if let Err(err) = streamed {
-            // Keep sampling: the final files may still be writable (e.g. space freed).
-            stream_error.get_or_insert(err);
+    let mut next_scan = Instant::now();
+    let reason = loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(message) => {
+                rec.dispatch(message);
+                while let Ok(message) = rx.try_recv() {
+                    rec.dispatch(message);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the recording holds a sender"),
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            break StopReason::Interrupted;
+        }
+        if let Some(limit) = settings.duration {
+            if rec.started.elapsed() >= limit {
+                break StopReason::DurationElapsed;
+            }
+        }
+        // A process whose sampler ended (it exited): drain what it sent, write its files now.
+        let ended: Vec<i32> = rec
+            .processes
+            .values()
+            .filter(|p| p.sampler.as_ref().is_some_and(|h| h.is_finished()))
+            .map(|p| p.pid)
+            .collect();
+        if !ended.is_empty() {
+            while let Ok(message) = rx.try_recv() {
+                rec.dispatch(message);
+            }
+            for pid in ended {
+                rec.end_process(pid);
+                if rec.fleet {
+                    rec.write_process(pid);
+                }
+            }
+        }
+        if settings.subprocesses && Instant::now() >= next_scan {
+            next_scan = Instant::now() + SCAN_EVERY;
+            rec.scan_children(&roots);
+        }
+        let all_ended = rec.processes.values().all(|p| p.sampler.is_none());
+        let roots_alive = settings.subprocesses && roots.iter().any(|r| procfs::is_alive(*r));
+        if all_ended && !roots_alive {
+            break StopReason::TargetExited;
+        }
+    };
+
+    for p in rec.processes.values() {
+        p.stop.store(true, Ordering::SeqCst);
+    }
+    let pids: Vec<i32> = rec.processes.keys().copied().collect();
+    for pid in &pids {
+        if let Some(handle) = rec.processes.get_mut(pid).and_then(|p| p.sampler.take()) {
+            let outcome = handle.join().map_err(|_| {
+                anyhow::anyhow!("a sampler thread panicked; nothing could be saved")
+            })?;
+            rec.processes.get_mut(pid).expect("known").outcome = Some(outcome);
         }
     }
-    let outcome = sampler
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sampler thread panicked; nothing could be saved"))?;
-    analyzer.close_all();
-    let closed = analyzer.take_closed();
-    if let Err(err) = streams.incidents(analyzer.analysis(), &closed) {
-        stream_error.get_or_insert(err);
+    while let Ok(message) = rx.try_recv() {
+        rec.dispatch(message);
     }
-    if let Some(err) = stream_error {
-        eprintln!("loopspy: warning: writing incidents.jsonl failed ({err}); the final files are still attempted");
-    }
-    let analysis = analyzer.finish();
-
-    match outcome.reason {
-        StopReason::TargetExited => eprintln!("loopspy: pid {pid} exited; recording stopped"),
+    match reason {
+        StopReason::TargetExited if rec.fleet => {
+            eprintln!("loopspy: every recorded process exited; recording stopped")
+        }
+        StopReason::TargetExited => eprintln!("loopspy: pid {first_pid} exited; recording stopped"),
         StopReason::Interrupted => eprintln!("loopspy: interrupted; writing what was recorded"),
         StopReason::DurationElapsed => {}
     }
-    if outcome.reason != StopReason::TargetExited {
+    if reason != StopReason::TargetExited {
         stop_child(child.as_mut());
     }
     let child_status = child.as_mut().and_then(|c| c.wait().ok());
 
-    let info = RecordingInfo {
-        pid,
-        python_version,
-        command,
-        rate_hz: settings.rate_hz,
-        threshold_ms: settings.threshold.as_secs_f64() * 1000.0,
-        blocking: settings.blocking,
-        stop_reason: outcome.reason,
-        sampler: outcome.stats,
-        start_unix,
-        formats: settings.formats.clone(),
-    };
-    let mut written = output::write_all(&dir, &analysis, &info).map_err(|err| {
-        LoopspyError::OutputNotWritable {
-            path: dir.clone(),
-            reason: format!("{err:#}"),
-        }
-    })?;
-    written.files.push(dir.join("incidents.jsonl"));
-    if let Err(err) = streams.finish() {
-        eprintln!("loopspy: warning: could not remove checkpoint.collapsed: {err}");
+    for pid in &pids {
+        rec.end_process(*pid);
+        rec.write_process(*pid);
     }
-    print!(
-        "{}",
-        output::summary::render(&analysis, &info, Some(&written))
-    );
+    if let Some(err) = rec.stream_error.take() {
+        eprintln!("loopspy: warning: streaming incidents.jsonl failed ({err}); the final files were still written");
+    }
+    let first_error = rec
+        .processes
+        .values()
+        .find(|p| p.written.is_none())
+        .map(|p| p.pid);
+    if let Some(pid) = first_error {
+        return Err(not_writable(
+            &rec.dir,
+            std::io::Error::other(format!("the files of pid {pid} could not all be written")),
+        ));
+    }
+
+    let analyses: Vec<(&Recorded, &Analysis)> = rec
+        .processes
+        .values()
+        .filter_map(|p| p.analysis.as_ref().map(|a| (p, a)))
+        .collect();
+    if rec.fleet {
+        let members: Vec<output::fleet::Member> = analyses
+            .iter()
+            .map(|(p, a)| output::fleet::Member {
+                info: info_for(p, &settings, reason),
+                analysis: a,
+                dir: p.dir.clone(),
+            })
+            .collect();
+        let written = output::fleet::write_all(&rec.dir, &members, &settings.formats)
+            .map_err(|e| not_writable(&rec.dir, std::io::Error::other(format!("{e:#}"))))?;
+        if let Some(stream) = rec.fleet_stream.take() {
+            let _ = stream.finish();
+        }
+        print!("{}", output::fleet::summary(&members, &written));
+    } else {
+        let (p, analysis) = analyses[0];
+        print!(
+            "{}",
+            output::summary::render(
+                analysis,
+                &info_for(p, &settings, reason),
+                p.written.as_ref()
+            )
+        );
+    }
 
     if let Some(limit) = settings.fail_on_block {
-        let offenders = output::gate::offenders(&analysis, limit);
+        let mut offenders = Vec::new();
+        for (_, analysis) in &analyses {
+            for incident in output::gate::offenders(analysis, limit) {
+                offenders.push((*analysis, incident));
+            }
+        }
         if !offenders.is_empty() {
-            print!("{}", output::gate::render(&analysis, &offenders, limit));
+            print!("{}", output::gate::render(&offenders, limit));
             eprintln!(
                 "loopspy: the event loop was blocked >= {} ms {} time(s); exiting with {}",
                 limit.as_millis(),
@@ -177,13 +275,253 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         // Nothing blocked: the gated command's own verdict stands.
         return Ok(child_status.map(exit_code_of).unwrap_or(0));
     }
-    if analysis.loops.is_empty() {
+    if analyses.iter().all(|(_, a)| a.loops.is_empty()) {
         eprintln!(
-            "loopspy: no asyncio event loop was seen in pid {pid} (is it running one? use --thread TID to name the loop thread); the flame graph of its threads was written"
+            "loopspy: no asyncio event loop was seen in pid {first_pid} (is it running one? use --thread TID to name the loop thread); the flame graph of its threads was written"
         );
         return Ok(exit_code::NO_EVENT_LOOP);
     }
     Ok(0)
+}
+
+impl Recording<'_> {
+    /// Starts sampling one more process.
+    fn add(&mut self, target: AttachedTarget) -> Result<(), LoopspyError> {
+        let AttachedTarget {
+            spy,
+            pid,
+            python_version,
+            command,
+        } = target;
+        let dir = if self.fleet {
+            self.dir.join(format!("pid-{pid}"))
+        } else {
+            self.dir.clone()
+        };
+        output::prepare_dir(&dir)?;
+        let streams = Streams::create(&dir).map_err(|e| not_writable(&dir, e))?;
+        let s = self.settings;
+        let duration = s.duration.map(|d| {
+            d.saturating_sub(self.started.elapsed())
+                .max(Duration::from_millis(1))
+        });
+        eprintln!(
+            "loopspy: sampling pid {pid} (Python {python_version}) at {} Hz{}, incidents >= {} ms; {}",
+            s.rate_hz,
+            if s.blocking {
+                ", pausing the target for each read"
+            } else {
+                ""
+            },
+            s.threshold.as_secs_f64() * 1000.0,
+            match duration {
+                Some(d) => format!("for {:.1}s (Ctrl-C stops early)", d.as_secs_f64()),
+                None => "until Ctrl-C or the target exits".into(),
+            }
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sampler::spawn(
+            spy,
+            SamplerSettings {
+                rate_hz: s.rate_hz,
+                duration,
+            },
+            stop.clone(),
+            self.tx.clone(),
+        );
+        let analyzer = Analyzer::new(AnalyzerSettings {
+            threshold: s.threshold,
+            interval: Duration::from_secs_f64(1.0 / s.rate_hz as f64),
+            only_thread: s.thread,
+            pid,
+            max_incidents: crate::analyzer::MAX_INCIDENTS,
+            stream: true,
+            timeline: s.formats.contains(&ProfileFormat::Perfetto),
+        });
+        self.processes.insert(
+            pid,
+            Recorded {
+                pid,
+                python_version,
+                command,
+                start_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                dir,
+                stop,
+                sampler: Some(sampler),
+                outcome: None,
+                analyzer: Some(analyzer),
+                analysis: None,
+                streams: Some(streams),
+                written: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Feeds a message to its process's analyzer and streams what closed.
+    fn dispatch(&mut self, message: SamplerMessage) {
+        let Some(p) = self.processes.get_mut(&message.pid()) else {
+            return;
+        };
+        let Some(analyzer) = p.analyzer.as_mut() else {
+            return;
+        };
+        analyzer.feed(message);
+        let closed = analyzer.take_closed();
+        let analysis = analyzer.analysis();
+        let mut result = Ok(());
+        if let Some(streams) = p.streams.as_mut() {
+            result = streams
+                .incidents(analysis, &closed)
+                .and_then(|()| streams.maybe_checkpoint(analysis));
+        }
+        if let (Some(fleet), Ok(())) = (self.fleet_stream.as_mut(), &result) {
+            result = fleet.incidents(analysis, &closed);
+        }
+        if let Err(err) = result {
+            // Keep sampling: the final files may still be writable (e.g. space freed).
+            self.stream_error.get_or_insert(err);
+        }
+    }
+
+    /// The process's sampler ended: collect its outcome and close its analysis.
+    fn end_process(&mut self, pid: i32) {
+        let Some(p) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        if let Some(handle) = p.sampler.take() {
+            p.outcome = handle.join().ok();
+        }
+        if let Some(mut analyzer) = p.analyzer.take() {
+            analyzer.close_all();
+            let closed = analyzer.take_closed();
+            let analysis = analyzer.finish();
+            let mut result = Ok(());
+            if let Some(streams) = p.streams.as_mut() {
+                result = streams.incidents(&analysis, &closed);
+            }
+            if let (Some(fleet), Ok(())) = (self.fleet_stream.as_mut(), &result) {
+                result = fleet.incidents(&analysis, &closed);
+            }
+            if let Err(err) = result {
+                self.stream_error.get_or_insert(err);
+            }
+            if self.fleet
+                && p.outcome
+                    .as_ref()
+                    .is_some_and(|o| o.reason == StopReason::TargetExited)
+            {
+                eprintln!(
+                    "loopspy: pid {pid} exited; its {} incidents are kept",
+                    analysis.incidents_total
+                );
+            }
+            p.analysis = Some(analysis);
+        }
+    }
+
+    /// Writes a finished process's files (once).
+    fn write_process(&mut self, pid: i32) {
+        let settings = self.settings;
+        let Some(p) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        if p.written.is_some() {
+            return;
+        }
+        let Some(analysis) = p.analysis.as_ref() else {
+            return;
+        };
+        let reason = p
+            .outcome
+            .as_ref()
+            .map(|o| o.reason)
+            .unwrap_or(StopReason::Interrupted);
+        let info = info_for(p, settings, reason);
+        match output::write_all(&p.dir, analysis, &info) {
+            Ok(mut written) => {
+                written.files.push(p.dir.join("incidents.jsonl"));
+                if let Some(streams) = p.streams.take() {
+                    if let Err(err) = streams.finish() {
+                        eprintln!("loopspy: warning: could not remove checkpoint.collapsed: {err}");
+                    }
+                }
+                p.written = Some(written);
+            }
+            Err(err) => eprintln!("loopspy: error: writing the files of pid {pid}: {err:#}"),
+        }
+    }
+
+    /// Attaches Python children of the roots (and of every recorded process) not seen yet.
+    fn scan_children(&mut self, roots: &[i32]) {
+        let mut tree: Vec<i32> = Vec::new();
+        let mut seen = HashSet::new();
+        for root in roots.iter().chain(self.processes.keys()) {
+            for pid in procfs::process_tree(*root) {
+                if seen.insert(pid) {
+                    tree.push(pid);
+                }
+            }
+        }
+        for pid in tree {
+            if self.processes.contains_key(&pid) {
+                continue;
+            }
+            let attempts = self.skipped.entry(pid).or_default();
+            if *attempts >= ATTACH_RETRIES {
+                continue;
+            }
+            *attempts += 1;
+            match target::attach(pid, self.settings.blocking) {
+                Ok(mut target) => {
+                    // A just-started interpreter may not have its thread state yet.
+                    if target.spy.get_stack_traces().is_err() {
+                        continue;
+                    }
+                    self.skipped.remove(&pid);
+                    eprintln!("loopspy: following child pid {pid} ({})", target.command);
+                    if let Err(err) = self.add(target) {
+                        eprintln!("loopspy: error: cannot record child pid {pid}: {err}");
+                    }
+                }
+                // Not Python (a shell, a compiler, `sleep`): never ask again.
+                Err(LoopspyError::NotPython { .. })
+                | Err(LoopspyError::UnsupportedPython { .. }) => {
+                    *self.skipped.entry(pid).or_default() = ATTACH_RETRIES
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+fn info_for(p: &Recorded, settings: &RecordSettings, reason: StopReason) -> RecordingInfo {
+    RecordingInfo {
+        pid: p.pid,
+        python_version: p.python_version.clone(),
+        command: p.command.clone(),
+        rate_hz: settings.rate_hz,
+        threshold_ms: settings.threshold.as_secs_f64() * 1000.0,
+        blocking: settings.blocking,
+        stop_reason: p.outcome.as_ref().map(|o| o.reason).unwrap_or(reason),
+        sampler: p
+            .outcome
+            .as_ref()
+            .map(|o| o.stats.clone())
+            .unwrap_or_default(),
+        start_unix: p.start_unix,
+        formats: settings.formats.clone(),
+    }
+}
+
+fn not_writable(dir: &Path, err: std::io::Error) -> LoopspyError {
+    LoopspyError::OutputNotWritable {
+        path: dir.to_path_buf(),
+        reason: err.to_string(),
+    }
 }
 
 /// A child's exit status as a shell would report it.

@@ -66,6 +66,8 @@ pub struct ThreadSample {
 /// Every Python thread of the target at one instant.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// The process sampled.
+    pub pid: i32,
     /// Monotonic time of the read.
     pub at: Instant,
     /// Wall-clock seconds since the epoch (same clock as the target's `time.time()`).
@@ -82,7 +84,20 @@ pub enum SamplerMessage {
     /// A complete sample.
     Sample(Sample),
     /// A read failed (torn state in non-blocking mode); counted and dropped.
-    ReadError,
+    ReadError {
+        /// The process whose read failed.
+        pid: i32,
+    },
+}
+
+impl SamplerMessage {
+    /// The process the message is about.
+    pub fn pid(&self) -> i32 {
+        match self {
+            SamplerMessage::Sample(sample) => sample.pid,
+            SamplerMessage::ReadError { pid } => *pid,
+        }
+    }
 }
 
 /// Why the sampler stopped.
@@ -272,6 +287,7 @@ fn run(
                     .map(TaskReader::running_tasks)
                     .unwrap_or_default();
                 let sample = Sample {
+                    pid,
                     at: read_at,
                     unix,
                     threads,
@@ -290,7 +306,7 @@ fn run(
                 }
                 consecutive_errors += 1;
                 stats.read_errors += 1;
-                let _ = tx.try_send(SamplerMessage::ReadError);
+                let _ = tx.try_send(SamplerMessage::ReadError { pid });
                 // An interpreter that has finalized (but whose process lingers) fails every read.
                 if consecutive_errors > settings.rate_hz.max(50) * 2 && interpreter_gone(pid) {
                     break StopReason::TargetExited;

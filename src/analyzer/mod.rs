@@ -236,7 +236,7 @@ impl Analyzer {
     pub fn feed(&mut self, message: SamplerMessage) {
         match message {
             SamplerMessage::Sample(sample) => self.add_sample(&sample),
-            SamplerMessage::ReadError => self.analysis.sample_errors += 1,
+            SamplerMessage::ReadError { .. } => self.analysis.sample_errors += 1,
         }
     }
 
@@ -669,6 +669,7 @@ mod tests {
             ),
         }
         SamplerMessage::Sample(Sample {
+            pid: 1,
             at,
             unix: 0.0,
             running_tasks: vec![],

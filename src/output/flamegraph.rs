@@ -51,7 +51,11 @@ pub fn write(
     profile: &Profile,
     title: &str,
 ) -> anyhow::Result<()> {
-    let lines = collapsed_lines(analysis, profile);
+    write_lines(path, &collapsed_lines(analysis, profile), title)
+}
+
+/// Writes an SVG flame graph of collapsed-stack `lines`.
+pub fn write_lines(path: &Path, lines: &[String], title: &str) -> anyhow::Result<()> {
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
     );

@@ -27,8 +27,8 @@ pub fn offenders(analysis: &Analysis, limit: Duration) -> Vec<&Incident> {
     found
 }
 
-/// The failure report.
-pub fn render(analysis: &Analysis, offenders: &[&Incident], limit: Duration) -> String {
+/// The failure report, for incidents of one or more processes.
+pub fn render(offenders: &[(&Analysis, &Incident)], limit: Duration) -> String {
     let mut out = String::new();
     let title = " loopspy: the event loop was blocked ";
     let _ = writeln!(out, "{:=^78}", title);
@@ -38,7 +38,7 @@ pub fn render(analysis: &Analysis, offenders: &[&Incident], limit: Duration) -> 
         offenders.len(),
         limit.as_millis()
     );
-    for (n, incident) in offenders.iter().enumerate() {
+    for (n, (analysis, incident)) in offenders.iter().enumerate() {
         let culprit = analysis.symbols.frames.get(incident.culprit);
         let _ = writeln!(
             out,

@@ -3,6 +3,7 @@
 //! run; none of them reads the target.
 
 pub mod flamegraph;
+pub mod fleet;
 pub mod gate;
 pub mod json;
 pub mod perfetto;

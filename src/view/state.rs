@@ -201,6 +201,7 @@ mod tests {
 
     fn sample(frames: &[(&str, &str)]) -> Sample {
         Sample {
+            pid: 1,
             at: std::time::Instant::now(),
             unix: 0.0,
             running_tasks: vec![],
