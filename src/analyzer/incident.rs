@@ -50,6 +50,8 @@ pub struct Incident {
     pub loop_kind: LoopKind,
     /// Blocking or saturation.
     pub kind: IncidentKind,
+    /// The sample counts `kind` was decided from.
+    pub kind_evidence: KindEvidence,
     /// Innermost user-code frame, most frequent over the incident.
     pub culprit: FrameId,
     /// Root of the running callback (the coroutine or callback function), at its most
@@ -67,6 +69,19 @@ pub struct Incident {
     pub truncated: bool,
 }
 
+/// Busy samples that did not belong to the dominant callback: what tells a saturation (many
+/// callbacks in one loop iteration) from one blocking callback. Written to `incidents.json`
+/// so a reader can see why an incident got its kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KindEvidence {
+    /// Samples in a callback other than the most frequent callback root.
+    pub other_callback_samples: u32,
+    /// Samples stepping a task other than the most frequent task.
+    pub other_task_samples: u32,
+    /// Samples of loop bookkeeping between two callback samples.
+    pub bookkeeping_samples: u32,
+}
+
 /// One busy span in progress.
 #[derive(Debug)]
 pub struct BusyRun {
@@ -81,12 +96,9 @@ pub struct BusyRun {
     stacks: HashMap<StackId, u32>,
     culprits: HashMap<FrameId, u32>,
     callbacks: HashMap<FrameId, u32>,
-    /// (function, file) of the first callback root seen, to notice when another callback runs.
-    first_root: Option<(String, String)>,
-    other_root_samples: u32,
+    /// Samples per callback root (function, file), to notice when another callback runs.
+    roots: HashMap<(String, String), u32>,
     tasks: HashMap<u64, (u32, TaskInfo)>,
-    first_task: Option<u64>,
-    other_task_samples: u32,
     seen_callback: bool,
     pending_internal: u32,
     interior_internal: u32,
@@ -123,11 +135,8 @@ impl BusyRun {
             stacks: HashMap::new(),
             culprits: HashMap::new(),
             callbacks: HashMap::new(),
-            first_root: None,
-            other_root_samples: 0,
+            roots: HashMap::new(),
             tasks: HashMap::new(),
-            first_task: None,
-            other_task_samples: 0,
             seen_callback: false,
             pending_internal: 0,
             interior_internal: 0,
@@ -144,11 +153,6 @@ impl BusyRun {
         *self.stacks.entry(obs.stack).or_default() += 1;
         *self.stack_weights_us.entry(obs.stack).or_default() += obs.weight_us;
         if let Some(task) = obs.task {
-            match self.first_task {
-                None => self.first_task = Some(task.address),
-                Some(first) if first != task.address => self.other_task_samples += 1,
-                Some(_) => {}
-            }
             self.tasks
                 .entry(task.address)
                 .or_insert_with(|| {
@@ -166,10 +170,16 @@ impl BusyRun {
             Some((culprit, root, (function, file))) => {
                 *self.culprits.entry(culprit).or_default() += 1;
                 *self.callbacks.entry(root).or_default() += 1;
-                match &self.first_root {
-                    None => self.first_root = Some((function.to_string(), file.to_string())),
-                    Some((f, p)) if f != function || p != file => self.other_root_samples += 1,
-                    Some(_) => {}
+                match self
+                    .roots
+                    .iter_mut()
+                    .find(|((f, p), _)| f == function && p == file)
+                {
+                    Some((_, n)) => *n += 1,
+                    None => {
+                        self.roots
+                            .insert((function.to_string(), file.to_string()), 1);
+                    }
                 }
                 if self.seen_callback {
                     self.interior_internal += self.pending_internal;
@@ -183,18 +193,32 @@ impl BusyRun {
 
     /// Blocking when one callback ran throughout: the same root and task, and no loop
     /// bookkeeping between two of its samples. Non-blocking reads are occasionally torn (a
-    /// stack cut short reads as another root, or as bookkeeping), so each signal must be seen
-    /// more than once and in a real share of the samples: in a true saturation most samples
-    /// differ from the first callback, and bookkeeping shows in several percent of them.
+    /// stack cut short reads as another root, or as bookkeeping), and the edges of a run can
+    /// catch the callback before or after, so each signal is measured against the dominant
+    /// callback (never the first one seen, which may be such a stray sample), must be seen more
+    /// than once and in a real share of the samples: in a true saturation many samples differ
+    /// from the dominant callback, and bookkeeping shows in several percent of them.
     pub fn kind(&self) -> IncidentKind {
+        let e = self.kind_evidence();
         let share = |n: u32| n as f64 / self.samples.max(1) as f64;
-        let other_root = self.other_root_samples >= 2 && share(self.other_root_samples) >= 0.1;
-        let other_task = self.other_task_samples >= 2 && share(self.other_task_samples) >= 0.1;
-        let bookkeeping = self.interior_internal >= 2 && share(self.interior_internal) >= 0.03;
+        let other_root = e.other_callback_samples >= 2 && share(e.other_callback_samples) >= 0.1;
+        let other_task = e.other_task_samples >= 2 && share(e.other_task_samples) >= 0.1;
+        let bookkeeping = e.bookkeeping_samples >= 2 && share(e.bookkeeping_samples) >= 0.03;
         if other_root || other_task || bookkeeping {
             IncidentKind::Saturation
         } else {
             IncidentKind::Blocking
+        }
+    }
+
+    /// The counts [`BusyRun::kind`] decides from.
+    pub fn kind_evidence(&self) -> KindEvidence {
+        let roots = || self.roots.values().copied();
+        let tasks = || self.tasks.values().map(|(n, _)| *n);
+        KindEvidence {
+            other_callback_samples: roots().sum::<u32>() - roots().max().unwrap_or(0),
+            other_task_samples: tasks().sum::<u32>() - tasks().max().unwrap_or(0),
+            bookkeeping_samples: self.interior_internal,
         }
     }
 

@@ -528,6 +528,7 @@ impl Analyzer {
             thread_name: loop_thread.name.clone(),
             loop_kind: loop_thread.kind,
             kind: run.kind(),
+            kind_evidence: run.kind_evidence(),
             culprit,
             callback,
             stack,

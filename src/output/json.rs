@@ -44,6 +44,7 @@ pub fn incident_json(analysis: &Analysis, incident: &Incident) -> Value {
         "thread_name": incident.thread_name,
         "loop": incident.loop_kind,
         "kind": incident.kind,
+        "kind_evidence": incident.kind_evidence,
         "culprit": frame_json(analysis, incident.culprit, incident.culprit_source.as_deref()),
         "callback": frame_json(analysis, incident.callback, None),
         "task": incident.task,

@@ -6,6 +6,7 @@ mod causes;
 mod ci_gate;
 mod common;
 mod dump;
+mod fleet;
 mod formats;
 mod record;
 mod top;

@@ -93,13 +93,14 @@ fn describe(incidents: &[Value]) -> String {
         .iter()
         .map(|i| {
             format!(
-                "  {:.3} {:.1}ms {} {} tid={} cause={}",
+                "  {:.3} {:.1}ms {} {} tid={} cause={} evidence={}",
                 f64_of(i, "start_unix"),
                 f64_of(i, "duration_ms"),
                 i["kind"],
                 i["culprit"]["function"],
                 i["thread_id"],
-                i["cause"]["category"]
+                i["cause"]["category"],
+                i["kind_evidence"]
             )
         })
         .collect::<Vec<_>>()
