@@ -247,8 +247,10 @@ impl RawRecordArgs {
             blocking: self.blocking,
             thread: self.thread,
             formats: dedup(self.format),
+            // A gated test run often starts Python workers of its own (pytest-xdist, a
+            // spawned service): the gate covers them too.
+            subprocesses: self.subprocesses || fail_on_block.is_some(),
             fail_on_block,
-            subprocesses: self.subprocesses,
         })
     }
 }

@@ -271,12 +271,12 @@ pub fn summary(members: &[Member], written: &WrittenFiles) -> String {
     for m in members {
         let _ = writeln!(
             out,
-            "  pid {:<7} {:>4} incidents  loop busy {:<7} {} ({})",
+            "  pid {:<7} {:>4} incidents  {:<17} {} ({})",
             m.info.pid,
             m.analysis.incidents_total,
             utilization(m.analysis)
-                .map(|u| format!("{:.1}%", u * 100.0))
-                .unwrap_or_else(|| "no loop".into()),
+                .map(|u| format!("loop busy {:.1}%", u * 100.0))
+                .unwrap_or_else(|| "no event loop".into()),
             m.info.command,
             stop_reason_str(m.info.stop_reason)
         );

@@ -96,6 +96,22 @@ fn gate_fails_a_suite_that_blocks_the_loop_and_names_the_culprit() {
 }
 
 #[test]
+fn gate_follows_python_subprocesses_of_the_command() {
+    let Some(run) = gate("test_subprocess.py") else {
+        return;
+    };
+    assert_eq!(run.code(), BLOCKED, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("1 passed"), "pytest itself passed: {out}");
+    assert!(
+        out.contains("in child_blocking (child_worker.py:8)"),
+        "the child's culprit: {out}"
+    );
+    assert!(out.contains("> time.sleep(0.2)"), "{out}");
+    assert!(run.stderr.contains("following child pid"), "{}", run.stderr);
+}
+
+#[test]
 fn gate_needs_a_command() {
     let run = run_loopspy(
         &["record", "--pid", "1", "--fail-on-block", "100ms"],
