@@ -10,3 +10,4 @@ mod fleet;
 mod formats;
 mod record;
 mod top;
+mod wheel;
