@@ -3,7 +3,7 @@
 //! goes idle again, a run that lasted at least the threshold becomes an [`Incident`].
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -82,6 +82,41 @@ pub struct KindEvidence {
     pub bookkeeping_samples: u32,
 }
 
+/// Which callback a sample was in: its root (function and file, hashed) and, when it could be
+/// read, the task being stepped.
+#[derive(Debug, Clone, Copy)]
+pub struct CallbackKey {
+    root: u64,
+    task: Option<u64>,
+}
+
+impl CallbackKey {
+    /// The key of a callback whose root frame is `function` in `file`.
+    pub fn new(function: &str, file: &str, task: Option<u64>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (function, file).hash(&mut hasher);
+        CallbackKey {
+            root: hasher.finish(),
+            task,
+        }
+    }
+
+    /// Same root, and not two different known tasks (a task that could not be read is no
+    /// evidence either way).
+    fn same_as(&self, other: &CallbackKey) -> bool {
+        self.root == other.root && !matches!((self.task, other.task), (Some(a), Some(b)) if a != b)
+    }
+}
+
+/// A stretch of consecutive samples in one callback.
+#[derive(Debug)]
+struct Segment {
+    key: CallbackKey,
+    start_at: Instant,
+    last_at: Instant,
+}
+
 /// One busy span in progress.
 #[derive(Debug)]
 pub struct BusyRun {
@@ -91,6 +126,8 @@ pub struct BusyRun {
     pub last_busy_at: Instant,
     /// Which run of the loop this is ([`super::loop_detect::loop_context`]).
     pub loop_context: Option<u64>,
+    /// `_run_once`'s line at the latest sample (selector loops).
+    pub last_run_once_line: Option<u32>,
     /// Busy samples so far.
     pub samples: u32,
     stacks: HashMap<StackId, u32>,
@@ -108,6 +145,11 @@ pub struct BusyRun {
     gil_culprits: HashMap<FrameId, u32>,
     /// Stacks seen, with their sample counts (what `blocking.svg` aggregates).
     pub stack_weights_us: HashMap<StackId, u64>,
+    /// The callback running now, since when.
+    segment: Option<Segment>,
+    /// Another callback seen right after a long one, and the boundary between them; confirmed
+    /// (and the run split) when the next callback sample is in it too.
+    pending_switch: Option<(CallbackKey, Instant)>,
 }
 
 /// What one busy sample contributes to a run.
@@ -131,6 +173,7 @@ impl BusyRun {
             start_at,
             last_busy_at: first_at,
             loop_context: None,
+            last_run_once_line: None,
             samples: 0,
             stacks: HashMap::new(),
             culprits: HashMap::new(),
@@ -143,7 +186,53 @@ impl BusyRun {
             evidence: CauseEvidence::default(),
             gil_culprits: HashMap::new(),
             stack_weights_us: HashMap::new(),
+            segment: None,
+            pending_switch: None,
         }
+    }
+
+    /// Where to end this run because the loop went straight from one long callback to another
+    /// without going idle (two slow requests queued on one worker, polled with a zero timeout
+    /// between them): each is its own incident, not one "saturation" twice as long. `long` is
+    /// the incident threshold: only a callback that alone held the loop that long splits the
+    /// run, so a true saturation of many short callbacks stays one incident. A single sample
+    /// in another callback (a torn read) does not split; the second one in a row confirms.
+    /// Returns the boundary (midway between the two callbacks' samples) when splitting.
+    pub fn split_point(
+        &mut self,
+        key: CallbackKey,
+        at: Instant,
+        long: Duration,
+    ) -> Option<Instant> {
+        let Some(segment) = &mut self.segment else {
+            self.segment = Some(Segment {
+                key,
+                start_at: self.start_at,
+                last_at: at,
+            });
+            return None;
+        };
+        if segment.key.same_as(&key) {
+            segment.last_at = at;
+            self.pending_switch = None;
+            return None;
+        }
+        if let Some((pending, boundary)) = self.pending_switch.take() {
+            if pending.same_as(&key) {
+                return Some(boundary);
+            }
+        }
+        let boundary = segment.last_at + at.duration_since(segment.last_at) / 2;
+        if segment.last_at.saturating_duration_since(segment.start_at) >= long {
+            self.pending_switch = Some((key, boundary));
+        } else {
+            *segment = Segment {
+                key,
+                start_at: boundary,
+                last_at: at,
+            };
+        }
+        None
     }
 
     /// Adds a busy sample.
@@ -356,5 +445,57 @@ mod tests {
         }
         assert_eq!(run.kind(), IncidentKind::Saturation);
         assert_eq!(run.top_task().unwrap().name, "Task-1");
+    }
+
+    fn key(root: &str) -> CallbackKey {
+        CallbackKey::new(root, "app.py", None)
+    }
+
+    #[test]
+    fn a_long_callback_followed_by_another_splits_the_run() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let long = ms(50);
+        let mut run = BusyRun::new(t, t);
+        for i in 0..=60 {
+            assert_eq!(run.split_point(key("first"), t + ms(i), long), None);
+        }
+        assert_eq!(
+            run.split_point(key("second"), t + ms(62), long),
+            None,
+            "one sample in another callback may be a torn read"
+        );
+        assert_eq!(
+            run.split_point(key("second"), t + ms(64), long),
+            Some(t + ms(61)),
+            "confirmed: the boundary is midway between the two callbacks"
+        );
+    }
+
+    #[test]
+    fn short_callbacks_and_torn_samples_do_not_split() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let long = ms(50);
+        let mut run = BusyRun::new(t, t);
+        // A saturation: many short callbacks.
+        for i in 0..100 {
+            let root = ["a", "b", "c"][i as usize % 3];
+            assert_eq!(run.split_point(key(root), t + ms(i * 2), long), None);
+        }
+        // One long callback with a single odd sample inside.
+        let mut run = BusyRun::new(t, t);
+        for i in 0..100 {
+            let root = if i == 70 { "torn" } else { "long" };
+            assert_eq!(run.split_point(key(root), t + ms(i), long), None);
+        }
+        // The same coroutine in another task is another callback.
+        let mut run = BusyRun::new(t, t);
+        let task = |n| CallbackKey::new("handler", "app.py", Some(n));
+        for i in 0..60 {
+            assert_eq!(run.split_point(task(1), t + ms(i), long), None);
+        }
+        assert_eq!(run.split_point(task(2), t + ms(61), long), None);
+        assert!(run.split_point(task(2), t + ms(62), long).is_some());
     }
 }

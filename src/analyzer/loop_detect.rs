@@ -110,6 +110,27 @@ pub fn loop_context(frames: &[Frame]) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// In `BaseEventLoop._run_once` of CPython 3.8–3.13, the handle loop (`for i in
+/// range(ntodo):`) starts this many lines above its `handle._run()` call; everything before it
+/// (cancelled-timer cleanup, the selector, ready timers) comes once per iteration.
+const HANDLE_LOOP_LINES: u32 = 16;
+
+/// The line `_run_once` is at, for a selector loop.
+pub fn run_once_line(frames: &[Frame]) -> Option<u32> {
+    frames
+        .iter()
+        .find(|f| is_selector_anchor(f))
+        .map(|f| f.line)
+}
+
+/// Whether a selector loop went round an iteration between two busy samples: the earlier one
+/// was in the handle loop and this one is before it. `handle_run` is the line of
+/// `handle._run()`, learned from callback samples.
+pub fn new_iteration(previous: Option<u32>, current: u32, handle_run: u32) -> bool {
+    let handle_loop = handle_run.saturating_sub(HANDLE_LOOP_LINES);
+    previous.is_some_and(|p| p >= handle_loop && p <= handle_run + 2) && current < handle_loop
+}
+
 /// Classifies a leaf-first stack.
 pub fn classify(frames: &[Frame]) -> LoopPosition {
     // The innermost selector anchor wins: a loop nested in a callback (nest_asyncio) is the one

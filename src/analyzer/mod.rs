@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::sampler::{Frame, OsState, Sample, SamplerMessage, ThreadSample};
 use crate::target::source::SourceCache;
 use crate::target::tasks::RunningTask;
-use incident::{BusyObservation, BusyRun, Incident};
+use incident::{BusyObservation, BusyRun, CallbackKey, Incident};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
 
@@ -54,6 +54,26 @@ pub struct BusySpan {
     pub duration_ms: f64,
 }
 
+/// Sample counts per source line, for the few lines a frame is seen at.
+#[derive(Debug, Default)]
+struct LineVotes(HashMap<u32, u64>);
+
+impl LineVotes {
+    fn add(&mut self, line: u32) {
+        // A handful of lines in practice; the bound keeps garbage reads from growing it.
+        if self.0.len() < 64 || self.0.contains_key(&line) {
+            *self.0.entry(line).or_default() += 1;
+        }
+    }
+
+    fn most_frequent(&self) -> Option<u32> {
+        self.0
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(line, _)| *line)
+    }
+}
+
 /// Default for [`AnalyzerSettings::max_incidents`].
 pub const MAX_INCIDENTS: usize = 1000;
 
@@ -85,6 +105,10 @@ pub struct LoopThread {
     last_idle_at: Option<Instant>,
     /// Outermost frame of this thread when it was first seen running its loop.
     base_frame: FrameId,
+    /// Line of `handle._run()` in this loop's `_run_once` (selector loops): the line
+    /// `_run_once` is at in most callback samples. Not the latest one: a read that spans an
+    /// iteration boundary shows a callback's frames with `_run_once` already further on.
+    handle_run_lines: LineVotes,
     run: Option<BusyRun>,
     /// End time and duration (ms) of every stall of the last minute, for live views.
     recent_stalls: VecDeque<(Instant, f64)>,
@@ -298,6 +322,11 @@ impl Analyzer {
                 gil_stall = true;
                 LoopPosition::Internal(kind)
             }
+            // Loop bookkeeping by the frames while the kernel has the thread waiting in
+            // epoll: the frames were read a moment before the loop entered its selector.
+            LoopPosition::Internal(LoopKind::Selector) if waits_in_epoll(thread) => {
+                LoopPosition::Idle(LoopKind::Selector)
+            }
             position => position,
         };
         let known = a.loops.contains_key(&tid);
@@ -312,6 +341,14 @@ impl Analyzer {
                     self.close_run(tid, at, false);
                 } else {
                     loop_thread.torn_samples += 1;
+                    // Torn frames, but the kernel has the thread waiting in epoll: whatever
+                    // the frames were, the loop is in its selector now.
+                    if waits_in_epoll(thread) {
+                        self.close_run(tid, at, false);
+                        if let Some(l) = self.analysis.loops.get_mut(&tid) {
+                            l.last_idle_at = Some(at);
+                        }
+                    }
                 }
                 return;
             }
@@ -333,6 +370,7 @@ impl Analyzer {
             last_idle_at: None,
             torn_samples: 0,
             base_frame,
+            handle_run_lines: LineVotes::default(),
             run: None,
             recent_stalls: VecDeque::new(),
         });
@@ -363,6 +401,71 @@ impl Analyzer {
         {
             self.close_run(tid, at, false);
         }
+        // One long callback straight after another: end the first one's run where it ended.
+        let task = match position {
+            LoopPosition::Callback { root, .. } => {
+                task_for(&thread.frames[root].function, running_tasks)
+            }
+            _ => None,
+        };
+        let key = match position {
+            LoopPosition::Callback { root, .. } => {
+                let root = &thread.frames[root];
+                Some(CallbackKey::new(
+                    &root.function,
+                    &root.file,
+                    task.map(|t| t.address),
+                ))
+            }
+            _ => None,
+        };
+        // A selector loop whose `_run_once` went back from running handles to the part before
+        // them has been round its selector (maybe a zero-timeout poll too short to sample):
+        // a new iteration, so the busy run ends between the two samples.
+        let run_once_line = loop_detect::run_once_line(&thread.frames);
+        let loop_thread = self
+            .analysis
+            .loops
+            .get_mut(&tid)
+            .expect("known loop thread");
+        if let (
+            LoopPosition::Callback {
+                kind: LoopKind::Selector,
+                ..
+            },
+            Some(line),
+        ) = (position, run_once_line)
+        {
+            loop_thread.handle_run_lines.add(line);
+        }
+        let mut split_at = None;
+        if let (Some(run), Some(line), Some(handle_run)) = (
+            &loop_thread.run,
+            run_once_line,
+            loop_thread.handle_run_lines.most_frequent(),
+        ) {
+            if loop_detect::new_iteration(run.last_run_once_line, line, handle_run) {
+                let boundary = run.last_busy_at + at.duration_since(run.last_busy_at) / 2;
+                self.finish_run(tid, boundary, false);
+                split_at = Some(boundary);
+            }
+        }
+        if let Some(key) = key {
+            let threshold = self.settings.threshold;
+            let loop_thread = self
+                .analysis
+                .loops
+                .get_mut(&tid)
+                .expect("known loop thread");
+            if let Some(boundary) = loop_thread
+                .run
+                .as_mut()
+                .and_then(|run| run.split_point(key, at, threshold))
+            {
+                self.finish_run(tid, boundary, false);
+                split_at = Some(boundary);
+            }
+        }
         let a = &mut self.analysis;
         let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
         loop_thread.busy += weight;
@@ -371,8 +474,10 @@ impl Analyzer {
         let interval = self.settings.interval;
         let run = loop_thread.run.get_or_insert_with(|| {
             // Start halfway between the last idle sample and this one, unless the gap says we
-            // missed reads (then the first busy sample is the best honest bound).
+            // missed reads (then the first busy sample is the best honest bound); after a split,
+            // where the previous callback ended.
             let start_at = match loop_thread.last_idle_at {
+                _ if split_at.is_some() => split_at.expect("checked"),
                 Some(idle) if !first_sample && at.duration_since(idle) <= interval * 5 => {
                     idle + at.duration_since(idle) / 2
                 }
@@ -411,12 +516,7 @@ impl Analyzer {
             }),
             _ => None,
         };
-        let task = match position {
-            LoopPosition::Callback { root, .. } => {
-                task_for(&thread.frames[root].function, running_tasks)
-            }
-            _ => None,
-        };
+        run.last_run_once_line = run_once_line;
         run.observe(BusyObservation {
             at,
             stack,
@@ -439,7 +539,7 @@ impl Analyzer {
         let Some(loop_thread) = a.loops.get_mut(&tid) else {
             return;
         };
-        let Some(run) = loop_thread.run.take() else {
+        let Some(run) = &loop_thread.run else {
             return;
         };
         let end_at = if truncated {
@@ -448,6 +548,19 @@ impl Analyzer {
             run.last_busy_at + idle_at.duration_since(run.last_busy_at) / 2
         } else {
             run.last_busy_at
+        };
+        self.finish_run(tid, end_at, truncated);
+    }
+
+    /// Ends the busy run of `tid`, if any, at `end_at`; one reaching the threshold becomes an
+    /// incident.
+    fn finish_run(&mut self, tid: u64, end_at: Instant, truncated: bool) {
+        let a = &mut self.analysis;
+        let Some(loop_thread) = a.loops.get_mut(&tid) else {
+            return;
+        };
+        let Some(run) = loop_thread.run.take() else {
+            return;
         };
         let duration = end_at.saturating_duration_since(run.start_at);
         let duration_ms = duration.as_secs_f64() * 1000.0;
@@ -602,6 +715,12 @@ fn holder_culprit(symbols: &mut Symbols, holder: &ThreadSample) -> Option<FrameI
     let last = holder.frames.len().checked_sub(1)?;
     let idx = culprit::culprit_index(&holder.frames, last);
     Some(symbols.frames.intern(&holder.frames[idx]))
+}
+
+/// Off CPU in `epoll_wait`/`epoll_pwait`/`epoll_pwait2`: how a selector (or uvloop) waits for
+/// I/O. Sync libraries called from callbacks wait with `poll`/`select`, not epoll.
+fn waits_in_epoll(thread: &ThreadSample) -> bool {
+    matches!(&thread.os_state, OsState::Waiting { syscall: Some(s), .. } if matches!(s.nr, 232 | 281 | 441))
 }
 
 /// Off CPU in `futex` without the GIL: how a thread waiting to take the GIL looks.
