@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Profiler overhead benchmark: loopspy vs py-spy on the same target, in one run.
+
+    python3 bench/overhead.py [--seconds 15] [--rate 1000] [--rss-minutes 10]
+
+Builds nothing: run `cargo build --release` first. Installs py-spy (PyPI) into bench/.venv
+the first time. For each profiler it starts a fresh bench/target.py (asyncio, a 30-frame deep
+stack on the loop thread, 3 idle threads), attaches after a warm-up, and measures
+
+- the profiler's CPU use in cores (user + system time of the profiler process / wall time),
+- the target's throughput while profiled vs unprofiled (its own per-second work counter),
+- for loopspy, the achieved sampling rate it reports;
+
+then the highest rate loopspy sustains (achieved >= 95% of asked) and, with --rss-minutes,
+loopspy's RSS over a long recording at --rate. Prints a Markdown report (docs/performance.md
+keeps the latest one).
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.path.join(ROOT, "bench", "target.py")
+LOOPSPY = os.path.join(ROOT, "target", "release", "loopspy")
+VENV = os.path.join(ROOT, "bench", ".venv")
+WARMUP = 3.0
+
+
+def py_spy():
+    exe = os.path.join(VENV, "bin", "py-spy")
+    if not os.path.exists(exe):
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+        subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "--quiet", "py-spy"], check=True)
+    return exe
+
+
+def start_target(python, seconds, report):
+    proc = subprocess.Popen([python, TARGET, "--report", report, "--seconds", str(seconds)])
+    time.sleep(WARMUP)
+    return proc
+
+
+def rates(report, since, until):
+    """Per-second work counts reported in [since, until]."""
+    with open(report) as f:
+        rows = [line.split() for line in f if line.strip()]
+    return [int(n) for t, n in rows if since + 1.0 <= float(t) <= until]
+
+
+def run_profiled(python, seconds, argv_for_pid, tmp, name):
+    """Target under one profiler (argv_for_pid None: no profiler). Returns a result dict."""
+    report = os.path.join(tmp, f"{name}.report")
+    target = start_target(python, seconds + WARMUP + 2, report)
+    begin = time.time()
+    cores = None
+    extra = {}
+    if argv_for_pid:
+        argv, after = argv_for_pid(target.pid)
+        wall = time.time()
+        prof = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(prof.pid, 0)
+        wall = time.time() - wall
+        cores = (usage.ru_utime + usage.ru_stime) / wall
+        extra = after() if after else {}
+    else:
+        time.sleep(seconds)
+    end = time.time()
+    target.wait()
+    work = rates(report, begin, end)
+    return {"name": name, "cores": cores, "work": statistics.mean(work) if work else 0, **extra}
+
+
+def loopspy_argv(rate, seconds, out):
+    def argv(pid):
+        def after():
+            with open(os.path.join(out, "incidents.json")) as f:
+                rec = json.load(f)["recording"]
+            return {"achieved": rec.get("achieved_rate_hz"), "errors": rec.get("sample_errors"),
+                    "samples": rec.get("samples")}
+        shutil.rmtree(out, ignore_errors=True)
+        return [LOOPSPY, "record", "--pid", str(pid), "--rate", str(rate), "--duration",
+                f"{seconds}s", "-o", out], after
+    return argv
+
+
+def pyspy_argv(exe, rate, seconds, out, nonblocking):
+    def argv(pid):
+        cmd = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--duration",
+               str(int(seconds)), "--idle", "-o", out]
+        if nonblocking:
+            cmd.append("--nonblocking")
+        return cmd, None
+    return argv
+
+
+def rss_over_time(python, rate, minutes, tmp):
+    report = os.path.join(tmp, "rss.report")
+    target = start_target(python, minutes * 60 + 30, report)
+    out = os.path.join(tmp, "rss-out")
+    prof = subprocess.Popen([LOOPSPY, "record", "--pid", str(target.pid), "--rate", str(rate),
+                             "--duration", f"{minutes}m", "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    series = []
+    while prof.poll() is None:
+        try:
+            with open(f"/proc/{prof.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        series.append(int(line.split()[1]) / 1024)
+        except FileNotFoundError:
+            break
+        time.sleep(5)
+    target.kill()
+    target.wait()
+    return series
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--python", default=shutil.which("python3.12") or sys.executable)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--rss-minutes", type=float, default=0)
+    args = parser.parse_args()
+    if not os.path.exists(LOOPSPY):
+        sys.exit("build first: cargo build --release")
+    exe = py_spy()
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+    tmp = tempfile.mkdtemp(prefix="loopspy-bench-")
+    s, r = args.seconds, args.rate
+    runs = [
+        ("no profiler", None),
+        (f"loopspy record --rate {r}", loopspy_argv(r, s, os.path.join(tmp, "ls"))),
+        (f"py-spy record --nonblocking --idle --rate {r}",
+         pyspy_argv(exe, r, s, os.path.join(tmp, "a.svg"), True)),
+        (f"py-spy record --idle --rate {r} (pauses the target)",
+         pyspy_argv(exe, r, s, os.path.join(tmp, "b.svg"), False)),
+    ]
+    results = [run_profiled(args.python, s, argv, tmp, f"run{i}") | {"label": label}
+               for i, (label, argv) in enumerate(runs)]
+    base = results[0]["work"]
+    pyspy_nb = results[2]["cores"]
+    py = subprocess.run([args.python, "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"## Overhead at {r} Hz, {s:.0f} s per run ({platform.machine()}, {os.cpu_count()} cores, {py}, {version})\n")
+    print("| profiler | CPU (cores) | vs py-spy --nonblocking | target slowdown | achieved rate |")
+    print("|---|---|---|---|---|")
+    for res in results:
+        cores = "" if res["cores"] is None else f"{res['cores']:.3f}"
+        ratio = "" if res["cores"] is None else f"{res['cores'] / pyspy_nb:.2f}x"
+        slow = (1 - res["work"] / base) * 100 if base else 0
+        ach = f"{res['achieved']:.0f} Hz" if res.get("achieved") else ""
+        print(f"| {res['label']} | {cores} | {ratio} | {slow:+.1f}% | {ach} |")
+
+    print("\n## Highest loopspy rate\n")
+    print("| asked | achieved | CPU (cores) | read errors |")
+    print("|---|---|---|---|")
+    for rate in (1000, 2000, 5000, 10000, 20000):
+        res = run_profiled(args.python, 6, loopspy_argv(rate, 6, os.path.join(tmp, f"r{rate}")),
+                           tmp, f"rate{rate}")
+        errors = f"{res['errors'] / max(res['samples'] + res['errors'], 1) * 100:.1f}%"
+        print(f"| {rate} | {res['achieved']:.0f} | {res['cores']:.3f} | {errors} |")
+
+    if args.rss_minutes:
+        series = rss_over_time(args.python, r, args.rss_minutes, tmp)
+        print(f"\n## loopspy RSS over {args.rss_minutes:g} min at {r} Hz\n")
+        print(f"first {series[0]:.1f} MiB, peak {max(series):.1f} MiB, last {series[-1]:.1f} MiB "
+              f"({len(series)} readings, every 5 s)")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
