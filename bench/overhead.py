@@ -128,6 +128,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--rss-minutes", type=float, default=0)
+    parser.add_argument("--rss-only", action="store_true", help="skip the overhead and rate runs")
     args = parser.parse_args()
     if not os.path.exists(LOOPSPY):
         sys.exit("build first: cargo build --release")
@@ -135,6 +136,9 @@ def main():
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
     tmp = tempfile.mkdtemp(prefix="loopspy-bench-")
     s, r = args.seconds, args.rate
+    if args.rss_only:
+        report_rss(args, tmp)
+        return
     runs = [
         ("no profiler", None),
         (f"loopspy record --rate {r}", loopspy_argv(r, s, os.path.join(tmp, "ls"))),
@@ -168,11 +172,16 @@ def main():
         print(f"| {rate} | {res['achieved']:.0f} | {res['cores']:.3f} | {errors} |")
 
     if args.rss_minutes:
-        series = rss_over_time(args.python, r, args.rss_minutes, tmp)
-        print(f"\n## loopspy RSS over {args.rss_minutes:g} min at {r} Hz\n")
-        print(f"first {series[0]:.1f} MiB, peak {max(series):.1f} MiB, last {series[-1]:.1f} MiB "
-              f"({len(series)} readings, every 5 s)")
+        report_rss(args, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report_rss(args, tmp):
+    series = rss_over_time(args.python, args.rate, args.rss_minutes or 10, tmp)
+    print(f"\n## loopspy RSS over {args.rss_minutes or 10:g} min at {args.rate} Hz\n")
+    print(f"first {series[0]:.1f} MiB, after 1 min {series[min(12, len(series) - 1)]:.1f} MiB, "
+          f"peak {max(series):.1f} MiB, last {series[-1]:.1f} MiB ({len(series)} readings, every 5 s)")
+    print("per minute: " + ", ".join(f"{series[i]:.1f}" for i in range(0, len(series), 12)) + " MiB")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ use crate::output::{self, ProfileFormat, RecordingInfo, WrittenFiles};
 use crate::sampler::{self, SamplerMessage, SamplerOutcome, SamplerSettings, StopReason};
 use crate::target::{self, procfs, AttachedTarget};
 
-/// Capacity of the sampler -> analyzer channel: a few seconds of samples at 1 kHz, so a
+/// Capacity of the sampler -> analyzer channel: two seconds of samples at 1 kHz, so a
 /// momentarily slow analyzer loses nothing, and a stuck one cannot grow memory without bound.
-const CHANNEL_CAPACITY: usize = 8192;
+const CHANNEL_CAPACITY: usize = 2048;
 /// How often `--subprocesses` looks for new children.
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// How many times a child that looks like Python but cannot be attached yet (still starting)

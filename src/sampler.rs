@@ -17,7 +17,7 @@ use py_spy::PythonSpy;
 use crate::target::offsets;
 use crate::target::procfs::{self, Syscall};
 use crate::target::resources::{Resource, ResourceResolver};
-use crate::target::tasks::{RunningTask, TaskReader};
+use crate::target::tasks::{RunningTask, TaskGeneration, TaskReader};
 use crate::target::threads::ThreadIdMap;
 
 /// One Python frame, as read from the target.
@@ -76,6 +76,8 @@ pub struct Sample {
     pub threads: Vec<ThreadSample>,
     /// asyncio tasks being stepped at this instant (one per busy loop at most).
     pub running_tasks: Vec<RunningTask>,
+    /// Generation of the target's running-task table, when it could be read.
+    pub task_generation: Option<TaskGeneration>,
 }
 
 /// What the sampler sends.
@@ -282,7 +284,7 @@ fn run(
                     .map(|trace| thread_sample(pid, trace, &mut thread_ids, &mut resources))
                     .collect();
                 forget_recycled_names(spy, &mut python_to_os, &threads);
-                let running_tasks = tasks
+                let (running_tasks, task_generation) = tasks
                     .as_mut()
                     .map(TaskReader::running_tasks)
                     .unwrap_or_default();
@@ -292,6 +294,7 @@ fn run(
                     unix,
                     threads,
                     running_tasks,
+                    task_generation,
                 };
                 match tx.try_send(SamplerMessage::Sample(sample)) {
                     Ok(()) => stats.samples_sent += 1,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::cause::{Cause, CauseEvidence};
 use super::intern::{FrameId, StackId};
 use super::loop_detect::LoopKind;
-use crate::target::tasks::RunningTask;
+use crate::target::tasks::{RunningTask, TaskGeneration};
 
 /// Blocking (one callback held the loop) or saturation (many callbacks in one iteration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,6 +128,8 @@ pub struct BusyRun {
     pub loop_context: Option<u64>,
     /// `_run_once`'s line at the latest sample (selector loops).
     pub last_run_once_line: Option<u32>,
+    /// Generation of the running-task table at the latest sample.
+    pub task_generation: Option<TaskGeneration>,
     /// Busy samples so far.
     pub samples: u32,
     stacks: HashMap<StackId, u32>,
@@ -174,6 +176,7 @@ impl BusyRun {
             last_busy_at: first_at,
             loop_context: None,
             last_run_once_line: None,
+            task_generation: None,
             samples: 0,
             stacks: HashMap::new(),
             culprits: HashMap::new(),
@@ -189,6 +192,13 @@ impl BusyRun {
             segment: None,
             pending_switch: None,
         }
+    }
+
+    /// Whether `key` is the same known task (and root) as the callback of the latest sample.
+    pub fn same_task(&self, key: &CallbackKey) -> bool {
+        self.segment.as_ref().is_some_and(|s| {
+            s.key.task.is_some() && s.key.task == key.task && s.key.root == key.root
+        })
     }
 
     /// Where to end this run because the loop went straight from one long callback to another
@@ -214,6 +224,8 @@ impl BusyRun {
         };
         if segment.key.same_as(&key) {
             segment.last_at = at;
+            // A task read can fail on one sample; keep the task once one is known.
+            segment.key.task = segment.key.task.or(key.task);
             self.pending_switch = None;
             return None;
         }

@@ -283,18 +283,18 @@ impl Analyzer {
         let gil_holder = sample.threads.iter().find(|t| t.owns_gil);
         for thread in &sample.threads {
             let weight = self.weight(thread.os_tid, sample.at);
-            self.add_thread(sample.at, thread, gil_holder, &sample.running_tasks, weight);
+            self.add_thread(sample, thread, gil_holder, weight);
         }
     }
 
     fn add_thread(
         &mut self,
-        at: Instant,
+        sample: &Sample,
         thread: &ThreadSample,
         gil_holder: Option<&ThreadSample>,
-        running_tasks: &[RunningTask],
         weight: Duration,
     ) {
+        let (at, running_tasks) = (sample.at, &sample.running_tasks[..]);
         let weight_us = weight.as_micros() as u64;
         let tid = thread.os_tid;
         let a = &mut self.analysis;
@@ -448,6 +448,28 @@ impl Analyzer {
                 let boundary = run.last_busy_at + at.duration_since(run.last_busy_at) / 2;
                 self.finish_run(tid, boundary, false);
                 split_at = Some(boundary);
+            }
+        }
+        // The same task stepped again (the running-task table changed in between): its loop
+        // went round, however briefly (`await asyncio.sleep(0)` in a CPU loop). Only with one
+        // loop in the process: all loops share the table.
+        if let (Some(key), Some(generation), 1) =
+            (key, sample.task_generation, self.analysis.loops.len())
+        {
+            let loop_thread = self
+                .analysis
+                .loops
+                .get_mut(&tid)
+                .expect("known loop thread");
+            if let Some(run) = loop_thread.run.as_mut() {
+                let stepped_again =
+                    run.task_generation.is_some_and(|g| g != generation) && run.same_task(&key);
+                run.task_generation = Some(generation);
+                if stepped_again && split_at.is_none() {
+                    let boundary = run.last_busy_at + at.duration_since(run.last_busy_at) / 2;
+                    self.finish_run(tid, boundary, false);
+                    split_at = Some(boundary);
+                }
             }
         }
         if let Some(key) = key {
@@ -793,6 +815,7 @@ mod tests {
             at,
             unix: 0.0,
             running_tasks: vec![],
+            task_generation: None,
             threads: vec![ThreadSample {
                 os_tid: 1,
                 python_tid: 1,

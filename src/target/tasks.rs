@@ -24,6 +24,14 @@ pub struct RunningTask {
     pub coroutine: String,
 }
 
+/// Changes whenever any task step starts or ends (see [`TaskReader::running_tasks`]): the same
+/// task seen under two generations stepped twice, so its loop went round in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskGeneration {
+    keys: u64,
+    entries: u64,
+}
+
 /// Reads running tasks of one process.
 pub struct TaskReader {
     pid: i32,
@@ -54,22 +62,42 @@ impl TaskReader {
         }
     }
 
-    /// Tasks being stepped right now (usually none or one per loop).
-    pub fn running_tasks(&mut self) -> Vec<RunningTask> {
+    /// Tasks being stepped right now (usually none or one per loop), and the generation of
+    /// the `{loop: task}` dict.
+    pub fn running_tasks(&mut self) -> (Vec<RunningTask>, Option<TaskGeneration>) {
         let Some(dict) = self.current_tasks_dict() else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let mut header = [0u8; 48];
-        if memory::read_exact(self.pid, dict, &mut header).is_err()
-            || word_at(&header, self.offsets.dict.ma_used) == 0
-        {
-            return Vec::new();
+        if memory::read_exact(self.pid, dict, &mut header).is_err() {
+            return (Vec::new(), None);
         }
-        self.dict_entries(dict)
+        let generation = self.generation(&header);
+        if word_at(&header, self.offsets.dict.ma_used) == 0 {
+            return (Vec::new(), generation);
+        }
+        let tasks = self
+            .dict_entries(dict)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(_, task)| self.read_task(task))
-            .collect()
+            .collect();
+        (tasks, generation)
+    }
+
+    /// Every task step inserts its task into the dict (`_enter_task`) and deletes it after
+    /// (`_leave_task`). A delete leaves a dummy slot and an insert appends a new entry, so the
+    /// entry count only grows, until the dict outgrows its keys table and gets a new one: the
+    /// keys table's address and entry count change with every step.
+    fn generation(&self, header: &[u8]) -> Option<TaskGeneration> {
+        let keys = word_at(header, self.offsets.dict.ma_keys);
+        let keys_header = read_vec(self.pid, keys as usize, 40)?;
+        let entries = if self.offsets.dict.keys_layout == "3.11" {
+            word_at(&keys_header, 24)
+        } else {
+            word_at(&keys_header, 32)
+        };
+        Some(TaskGeneration { keys, entries })
     }
 
     fn current_tasks_dict(&mut self) -> Option<usize> {

@@ -249,7 +249,7 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
         let interrupted = interrupted.clone();
         let _ = ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst));
     }
-    let (tx, rx) = crossbeam_channel::bounded(8192);
+    let (tx, rx) = crossbeam_channel::bounded(2048);
     let sampler = sampler::spawn(
         spy,
         SamplerSettings {

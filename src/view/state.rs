@@ -205,6 +205,7 @@ mod tests {
             at: std::time::Instant::now(),
             unix: 0.0,
             running_tasks: vec![],
+            task_generation: None,
             threads: vec![ThreadSample {
                 os_tid: 7,
                 python_tid: 7,

@@ -13,7 +13,7 @@ const THRESHOLD_MS: f64 = 50.0;
 /// Duration error allowed.
 const TOLERANCE_MS: f64 = 10.0;
 const ALL_SCENARIOS: &str =
-    "sleep,cpu,back_to_back,short,callback,healthy,saturation,saturation_same";
+    "sleep,cpu,back_to_back,short,callback,healthy,cooperative,saturation,saturation_same";
 
 /// What a recording of the blocker fixture produced.
 pub struct Recorded {
@@ -314,7 +314,7 @@ fn uvloop(minor: &str) {
         &[
             "--uvloop",
             "--scenarios",
-            "sleep,cpu,back_to_back,short,callback,healthy",
+            "sleep,cpu,back_to_back,short,callback,healthy,cooperative",
         ],
         &[],
     );
