@@ -297,4 +297,26 @@ mod tests {
         ];
         assert_eq!(classify(&s), LoopPosition::NoLoop);
     }
+
+    #[test]
+    fn leaving_the_handle_loop_backwards_is_a_new_iteration() {
+        // CPython 3.12.1: select at 1933, heappop at 1944, `for i in range(ntodo)` at 1955,
+        // `handle._run()` at 1971.
+        let run = 1971;
+        assert!(new_iteration(Some(1971), 1944, run), "handles, then timers");
+        assert!(
+            new_iteration(Some(1955), 1933, run),
+            "handles, then the select call"
+        );
+        assert!(
+            !new_iteration(Some(1971), 1971, run),
+            "the same handle loop"
+        );
+        assert!(!new_iteration(Some(1971), 1960, run), "the next handle");
+        assert!(
+            !new_iteration(Some(1944), 1971, run),
+            "timers, then handles"
+        );
+        assert!(!new_iteration(None, 1944, run), "nothing before");
+    }
 }

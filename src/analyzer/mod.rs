@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::sampler::{Frame, OsState, Sample, SamplerMessage, ThreadSample};
 use crate::target::source::SourceCache;
-use crate::target::tasks::RunningTask;
+use crate::target::tasks::{RunningTask, TaskGeneration};
 use incident::{BusyObservation, BusyRun, CallbackKey, Incident};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
@@ -401,7 +401,6 @@ impl Analyzer {
         {
             self.close_run(tid, at, false);
         }
-        // One long callback straight after another: end the first one's run where it ended.
         let task = match position {
             LoopPosition::Callback { root, .. } => {
                 task_for(&thread.frames[root].function, running_tasks)
@@ -419,74 +418,17 @@ impl Analyzer {
             }
             _ => None,
         };
-        // A selector loop whose `_run_once` went back from running handles to the part before
-        // them has been round its selector (maybe a zero-timeout poll too short to sample):
-        // a new iteration, so the busy run ends between the two samples.
         let run_once_line = loop_detect::run_once_line(&thread.frames);
-        let loop_thread = self
-            .analysis
-            .loops
-            .get_mut(&tid)
-            .expect("known loop thread");
-        if let (
-            LoopPosition::Callback {
-                kind: LoopKind::Selector,
-                ..
-            },
-            Some(line),
-        ) = (position, run_once_line)
-        {
-            loop_thread.handle_run_lines.add(line);
-        }
-        let mut split_at = None;
-        if let (Some(run), Some(line), Some(handle_run)) = (
-            &loop_thread.run,
+        let split_at = self.run_boundary(
+            tid,
+            at,
+            position,
+            key,
+            sample.task_generation,
             run_once_line,
-            loop_thread.handle_run_lines.most_frequent(),
-        ) {
-            if loop_detect::new_iteration(run.last_run_once_line, line, handle_run) {
-                let boundary = run.last_busy_at + at.duration_since(run.last_busy_at) / 2;
-                self.finish_run(tid, boundary, false);
-                split_at = Some(boundary);
-            }
-        }
-        // The same task stepped again (the running-task table changed in between): its loop
-        // went round, however briefly (`await asyncio.sleep(0)` in a CPU loop). Only with one
-        // loop in the process: all loops share the table.
-        if let (Some(key), Some(generation), 1) =
-            (key, sample.task_generation, self.analysis.loops.len())
-        {
-            let loop_thread = self
-                .analysis
-                .loops
-                .get_mut(&tid)
-                .expect("known loop thread");
-            if let Some(run) = loop_thread.run.as_mut() {
-                let stepped_again =
-                    run.task_generation.is_some_and(|g| g != generation) && run.same_task(&key);
-                run.task_generation = Some(generation);
-                if stepped_again && split_at.is_none() {
-                    let boundary = run.last_busy_at + at.duration_since(run.last_busy_at) / 2;
-                    self.finish_run(tid, boundary, false);
-                    split_at = Some(boundary);
-                }
-            }
-        }
-        if let Some(key) = key {
-            let threshold = self.settings.threshold;
-            let loop_thread = self
-                .analysis
-                .loops
-                .get_mut(&tid)
-                .expect("known loop thread");
-            if let Some(boundary) = loop_thread
-                .run
-                .as_mut()
-                .and_then(|run| run.split_point(key, at, threshold))
-            {
-                self.finish_run(tid, boundary, false);
-                split_at = Some(boundary);
-            }
+        );
+        if let Some(boundary) = split_at {
+            self.finish_run(tid, boundary, false);
         }
         let a = &mut self.analysis;
         let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
@@ -552,6 +494,57 @@ impl Analyzer {
             }
         }
         run.evidence.add(thread, callback_frames, gil_holder);
+    }
+
+    /// Where the busy run of `tid` must end before this busy sample because the loop went
+    /// round without being seen idle (docs/how-it-works.md, "Incidents"):
+    /// - a selector loop's `_run_once` went back from its handle loop to the part before it (a
+    ///   new iteration, its selector polled too briefly to sample);
+    /// - the same task stepped again: asyncio's running-task table changed in between (only
+    ///   with one loop in the process, as all loops share the table);
+    /// - one callback that alone held the loop for the threshold was followed by another.
+    ///
+    /// Also keeps the per-run state these rules need up to date.
+    fn run_boundary(
+        &mut self,
+        tid: u64,
+        at: Instant,
+        position: LoopPosition,
+        key: Option<CallbackKey>,
+        generation: Option<TaskGeneration>,
+        run_once_line: Option<u32>,
+    ) -> Option<Instant> {
+        let threshold = self.settings.threshold;
+        let single_loop = self.analysis.loops.len() == 1;
+        let loop_thread = self.analysis.loops.get_mut(&tid)?;
+        if let (
+            LoopPosition::Callback {
+                kind: LoopKind::Selector,
+                ..
+            },
+            Some(line),
+        ) = (position, run_once_line)
+        {
+            loop_thread.handle_run_lines.add(line);
+        }
+        let handle_run = loop_thread.handle_run_lines.most_frequent();
+        let run = loop_thread.run.as_mut()?;
+        let midway = run.last_busy_at + at.duration_since(run.last_busy_at) / 2;
+        if let (Some(line), Some(handle_run)) = (run_once_line, handle_run) {
+            if loop_detect::new_iteration(run.last_run_once_line, line, handle_run) {
+                return Some(midway);
+            }
+        }
+        let key = key?;
+        if let (Some(generation), true) = (generation, single_loop) {
+            let stepped_again =
+                run.task_generation.is_some_and(|g| g != generation) && run.same_task(&key);
+            run.task_generation = Some(generation);
+            if stepped_again {
+                return Some(midway);
+            }
+        }
+        run.split_point(key, at, threshold)
     }
 
     /// Ends the busy run of `tid`, if any, at `idle_at` (the first non-busy sample). A run
