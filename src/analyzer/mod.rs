@@ -87,8 +87,12 @@ pub struct LoopThread {
     pub thread_id: u64,
     /// Python thread name.
     pub name: Option<String>,
-    /// Loop implementation.
+    /// Loop implementation: the one most of its samples show.
     pub kind: LoopKind,
+    /// Samples showing a selector loop and uvloop. While `asyncio.run` starts or closes a
+    /// selector loop, its stack holds only the runner, which is how uvloop looks: a majority
+    /// keeps those few samples from renaming the loop.
+    kind_samples: [u64; 2],
     /// Time covered by this thread's loop samples.
     pub observed: Duration,
     /// Part of `observed` in which the loop was busy.
@@ -362,6 +366,7 @@ impl Analyzer {
             thread_id: tid,
             name: thread.name.clone(),
             kind,
+            kind_samples: [0; 2],
             observed: Duration::ZERO,
             busy: Duration::ZERO,
             incidents: 0,
@@ -375,7 +380,11 @@ impl Analyzer {
             recent_stalls: VecDeque::new(),
         });
         loop_thread.observed += weight;
-        loop_thread.kind = kind;
+        let slot = usize::from(kind == LoopKind::Uvloop);
+        loop_thread.kind_samples[slot] += 1;
+        if loop_thread.kind_samples[slot] >= loop_thread.kind_samples[1 - slot] {
+            loop_thread.kind = kind;
+        }
         // py-spy learns thread names lazily; take the name once it is known.
         if loop_thread.name.is_none() {
             loop_thread.name = thread.name.clone();
