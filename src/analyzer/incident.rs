@@ -333,11 +333,14 @@ impl BusyRun {
         most_frequent(&self.gil_culprits)
     }
 
-    /// Most frequent task.
+    /// Most frequent task, when it ran in at least half the callback samples: a plain callback
+    /// (no task) caught together with a sample of the task step before it is not that task's.
     pub fn top_task(&self) -> Option<TaskInfo> {
+        let callback_samples: u32 = self.roots.values().sum();
         self.tasks
             .iter()
             .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.0.cmp(a.0)))
+            .filter(|(_, (n, _))| 2 * n >= callback_samples)
             .map(|(_, (_, info))| info.clone())
     }
 

@@ -267,6 +267,12 @@ fn selector_loop(minor: &str) {
         .unwrap()
         .to_string();
     assert!(version.starts_with(&format!("{minor}.")), "{version}");
+    // asyncio.run's start and close show only the runner, as uvloop does: still a selector.
+    assert_eq!(
+        rec.json["loops"][0]["loop"], "selector",
+        "{:#}",
+        rec.json["loops"]
+    );
     check_against_truth(&rec, true);
     check_files(&rec);
 }
