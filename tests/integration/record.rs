@@ -198,9 +198,12 @@ pub fn check_against_truth(rec: &Recorded, check_saturation: bool) {
                 assert_eq!(sat.len(), 1, "{name}: one saturation incident\n{context}");
                 let inc = &incidents[sat[0]];
                 let got = f64_of(inc, "duration_ms");
+                // The iteration, or the iteration plus the step that created its tasks just
+                // before (a zero-timeout poll apart, which sampling may miss).
+                let with_setup_ms = (end - f64_of(t, "created")) * 1000.0;
                 assert!(
-                    got >= truth_ms - TOLERANCE_MS && got <= truth_ms + 3.0 * TOLERANCE_MS,
-                    "{name}: duration {got:.1} ms vs iteration {truth_ms:.1} ms\n{context}"
+                    got >= truth_ms - TOLERANCE_MS && got <= with_setup_ms + TOLERANCE_MS,
+                    "{name}: duration {got:.1} ms vs iteration {truth_ms:.1} ms ({with_setup_ms:.1} ms with the setup step)\n{context}"
                 );
                 assert!(
                     inc["callback"]["function"]
