@@ -200,9 +200,12 @@ impl CauseEvidence {
     pub fn decide(&self, culprit_source: Option<&str>) -> Cause {
         let total = self.samples.max(1);
         let pct = |n: u32| (100.0 * n as f64 / total as f64).round() as u32;
+        // A library counts when it was on the stack in a real share of the samples, not in a
+        // sample or two of a neighbouring callback caught at the run's edge.
         let library = self
             .library_hits
             .iter()
+            .filter(|(_, n)| **n >= 2 && 10 * **n >= 3 * total)
             .max_by_key(|(name, n)| (**n, *name))
             .map(|(name, _)| *name);
         let lib_category = library.and_then(|name| {
@@ -493,8 +496,23 @@ mod tests {
     fn logging_on_the_stack_decides() {
         let mut e = CauseEvidence::default();
         let frames = [frame("/py/lib/python3.11/logging/__init__.py")];
-        e.add(&waiting(230, 0, None), &frames, None);
+        for _ in 0..3 {
+            e.add(&waiting(230, 0, None), &frames, None);
+        }
         assert_eq!(e.decide(None).category, "logging");
+    }
+
+    #[test]
+    fn a_library_seen_in_one_stray_sample_does_not_decide() {
+        let mut e = CauseEvidence::default();
+        let logging = [frame("/py/lib/python3.11/logging/__init__.py")];
+        let app = [frame("/app/app.py")];
+        e.add(&waiting(230, 0, None), &logging, None);
+        for _ in 0..40 {
+            e.add(&waiting(230, 0, None), &app, None);
+        }
+        assert_eq!(e.decide(None).category, "sleep");
+        assert_eq!(e.decide(None).library, None);
     }
 
     #[test]
