@@ -90,16 +90,32 @@ pub struct CallbackKey {
     task: Option<u64>,
 }
 
+/// Identity of a callback root: its function and file, hashed, so a busy sample compares and
+/// counts roots without copying strings.
+pub fn root_id(function: &str, file: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (function, file).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Midway between two sample times: where an unseen change between them is estimated.
+pub fn midway(from: Instant, to: Instant) -> Instant {
+    from + to.saturating_duration_since(from) / 2
+}
+
 impl CallbackKey {
     /// The key of a callback whose root frame is `function` in `file`.
     pub fn new(function: &str, file: &str, task: Option<u64>) -> Self {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (function, file).hash(&mut hasher);
         CallbackKey {
-            root: hasher.finish(),
+            root: root_id(function, file),
             task,
         }
+    }
+
+    /// The callback root's identity ([`root_id`]).
+    pub fn root_id(&self) -> u64 {
+        self.root
     }
 
     /// Same root, and not two different known tasks (a task that could not be read is no
@@ -135,8 +151,8 @@ pub struct BusyRun {
     stacks: HashMap<StackId, u32>,
     culprits: HashMap<FrameId, u32>,
     callbacks: HashMap<FrameId, u32>,
-    /// Samples per callback root (function, file), to notice when another callback runs.
-    roots: HashMap<(String, String), u32>,
+    /// Samples per callback root ([`root_id`]), to notice when another callback runs.
+    roots: HashMap<u64, u32>,
     tasks: HashMap<u64, (u32, TaskInfo)>,
     seen_callback: bool,
     pending_internal: u32,
@@ -162,8 +178,8 @@ pub struct BusyObservation<'a> {
     pub stack: StackId,
     /// Real time this sample stands for, microseconds.
     pub weight_us: u64,
-    /// For a callback sample: culprit frame, root frame, and the root's (function, file).
-    pub callback: Option<(FrameId, FrameId, (&'a str, &'a str))>,
+    /// For a callback sample: culprit frame, root frame, and the root's [`root_id`].
+    pub callback: Option<(FrameId, FrameId, u64)>,
     /// The task being stepped, when one is and it could be read.
     pub task: Option<&'a RunningTask>,
 }
@@ -234,7 +250,7 @@ impl BusyRun {
                 return Some(boundary);
             }
         }
-        let boundary = segment.last_at + at.duration_since(segment.last_at) / 2;
+        let boundary = midway(segment.last_at, at);
         if segment.last_at.saturating_duration_since(segment.start_at) >= long {
             self.pending_switch = Some((key, boundary));
         } else {
@@ -268,20 +284,10 @@ impl BusyRun {
                 .0 += 1;
         }
         match obs.callback {
-            Some((culprit, root, (function, file))) => {
+            Some((culprit, root, root_id)) => {
                 *self.culprits.entry(culprit).or_default() += 1;
                 *self.callbacks.entry(root).or_default() += 1;
-                match self
-                    .roots
-                    .iter_mut()
-                    .find(|((f, p), _)| f == function && p == file)
-                {
-                    Some((_, n)) => *n += 1,
-                    None => {
-                        self.roots
-                            .insert((function.to_string(), file.to_string()), 1);
-                    }
-                }
+                *self.roots.entry(root_id).or_default() += 1;
                 if self.seen_callback {
                     self.interior_internal += self.pending_internal;
                 }
@@ -361,7 +367,7 @@ impl BusyRun {
 }
 
 /// Highest count wins; ties go to the lowest id (first interned), so results are stable.
-fn most_frequent(counts: &HashMap<u32, u32>) -> Option<u32> {
+pub fn most_frequent(counts: &HashMap<u32, u32>) -> Option<u32> {
     counts
         .iter()
         .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
@@ -378,7 +384,7 @@ mod tests {
             at,
             stack: 0,
             weight_us: 1000,
-            callback: root.map(|r| (1, 2, (r, "app.py"))),
+            callback: root.map(|r| (1, 2, root_id(r, "app.py"))),
             task: None,
         }
     }

@@ -56,7 +56,7 @@ pub struct BusySpan {
 
 /// Sample counts per source line, for the few lines a frame is seen at.
 #[derive(Debug, Default)]
-struct LineVotes(HashMap<u32, u64>);
+struct LineVotes(HashMap<u32, u32>);
 
 impl LineVotes {
     fn add(&mut self, line: u32) {
@@ -67,10 +67,7 @@ impl LineVotes {
     }
 
     fn most_frequent(&self) -> Option<u32> {
-        self.0
-            .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-            .map(|(line, _)| *line)
+        incident::most_frequent(&self.0)
     }
 }
 
@@ -348,10 +345,7 @@ impl Analyzer {
                     // Torn frames, but the kernel has the thread waiting in epoll: whatever
                     // the frames were, the loop is in its selector now.
                     if waits_in_epoll(thread) {
-                        self.close_run(tid, at, false);
-                        if let Some(l) = self.analysis.loops.get_mut(&tid) {
-                            l.last_idle_at = Some(at);
-                        }
+                        self.went_idle(tid, at);
                     }
                 }
                 return;
@@ -393,10 +387,7 @@ impl Analyzer {
         loop_thread.last_sample_at = Some(at);
 
         if !position.is_busy() {
-            self.close_run(tid, at, false);
-            if let Some(l) = self.analysis.loops.get_mut(&tid) {
-                l.last_idle_at = Some(at);
-            }
+            self.went_idle(tid, at);
             return;
         }
 
@@ -410,22 +401,14 @@ impl Analyzer {
         {
             self.close_run(tid, at, false);
         }
-        let task = match position {
-            LoopPosition::Callback { root, .. } => {
-                task_for(&thread.frames[root].function, running_tasks)
-            }
-            _ => None,
-        };
-        let key = match position {
+        let (task, key) = match position {
             LoopPosition::Callback { root, .. } => {
                 let root = &thread.frames[root];
-                Some(CallbackKey::new(
-                    &root.function,
-                    &root.file,
-                    task.map(|t| t.address),
-                ))
+                let task = task_for(&root.function, running_tasks);
+                let key = CallbackKey::new(&root.function, &root.file, task.map(|t| t.address));
+                (task, Some(key))
             }
-            _ => None,
+            _ => (None, None),
         };
         let run_once_line = loop_detect::run_once_line(&thread.frames);
         let split_at = self.run_boundary(
@@ -452,7 +435,7 @@ impl Analyzer {
             let start_at = match loop_thread.last_idle_at {
                 _ if split_at.is_some() => split_at.expect("checked"),
                 Some(idle) if !first_sample && at.duration_since(idle) <= interval * 5 => {
-                    idle + at.duration_since(idle) / 2
+                    incident::midway(idle, at)
                 }
                 _ => at,
             };
@@ -468,12 +451,11 @@ impl Analyzer {
             LoopPosition::Callback { root, .. } => {
                 let culprit_idx = culprit::culprit_index(&thread.frames, root);
                 let culprit = a.symbols.frames.intern(&thread.frames[culprit_idx]);
-                let root_frame = &thread.frames[root];
-                let root_id = a.symbols.frames.intern(root_frame);
+                let root_frame = a.symbols.frames.intern(&thread.frames[root]);
                 Some((
                     culprit,
-                    root_id,
-                    (root_frame.function.as_str(), root_frame.file.as_str()),
+                    root_frame,
+                    key.expect("a callback has a key").root_id(),
                 ))
             }
             _ if gil_stall => gil_holder.and_then(|holder| {
@@ -484,7 +466,7 @@ impl Analyzer {
                 Some((
                     culprit,
                     leaf_id,
-                    (leaf.function.as_str(), leaf.file.as_str()),
+                    incident::root_id(&leaf.function, &leaf.file),
                 ))
             }),
             _ => None,
@@ -503,6 +485,14 @@ impl Analyzer {
             }
         }
         run.evidence.add(thread, callback_frames, gil_holder);
+    }
+
+    /// The loop of `tid` was seen idle at `at`: its busy run, if any, ends.
+    fn went_idle(&mut self, tid: u64, at: Instant) {
+        self.close_run(tid, at, false);
+        if let Some(l) = self.analysis.loops.get_mut(&tid) {
+            l.last_idle_at = Some(at);
+        }
     }
 
     /// Where the busy run of `tid` must end before this busy sample because the loop went
@@ -538,7 +528,7 @@ impl Analyzer {
         }
         let handle_run = loop_thread.handle_run_lines.most_frequent();
         let run = loop_thread.run.as_mut()?;
-        let midway = run.last_busy_at + at.duration_since(run.last_busy_at) / 2;
+        let midway = incident::midway(run.last_busy_at, at);
         if let (Some(line), Some(handle_run)) = (run_once_line, handle_run) {
             if loop_detect::new_iteration(run.last_run_once_line, line, handle_run) {
                 return Some(midway);
@@ -569,7 +559,7 @@ impl Analyzer {
         let end_at = if truncated {
             run.last_busy_at
         } else if idle_at.duration_since(run.last_busy_at) <= self.settings.interval * 5 {
-            run.last_busy_at + idle_at.duration_since(run.last_busy_at) / 2
+            incident::midway(run.last_busy_at, idle_at)
         } else {
             run.last_busy_at
         };

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::memory::{self, read_vec, read_word, word_at};
+use super::memory::{read_vec, read_word, word_at};
 use super::offsets::PythonOffsets;
 
 /// A task being stepped by some event loop at the time of the sample.
@@ -30,6 +30,13 @@ pub struct RunningTask {
 pub struct TaskGeneration {
     keys: u64,
     entries: u64,
+}
+
+/// A dict's header and its keys table's header.
+struct DictTable {
+    header: Vec<u8>,
+    keys: usize,
+    keys_header: Vec<u8>,
 }
 
 /// Reads running tasks of one process.
@@ -65,39 +72,27 @@ impl TaskReader {
     /// Tasks being stepped right now (usually none or one per loop), and the generation of
     /// the `{loop: task}` dict.
     pub fn running_tasks(&mut self) -> (Vec<RunningTask>, Option<TaskGeneration>) {
-        let Some(dict) = self.current_tasks_dict() else {
+        let Some(table) = self.current_tasks_dict().and_then(|d| self.read_dict(d)) else {
             return (Vec::new(), None);
         };
-        let mut header = [0u8; 48];
-        if memory::read_exact(self.pid, dict, &mut header).is_err() {
-            return (Vec::new(), None);
-        }
-        let generation = self.generation(&header);
-        if word_at(&header, self.offsets.dict.ma_used) == 0 {
-            return (Vec::new(), generation);
+        // Every task step inserts its task into the dict (`_enter_task`) and deletes it after
+        // (`_leave_task`). A delete leaves a dummy slot and an insert appends a new entry, so
+        // the entry count only grows, until the dict outgrows its keys table and gets a new
+        // one: the keys table's address and entry count change with every step.
+        let generation = TaskGeneration {
+            keys: table.keys as u64,
+            entries: self.entry_count(&table),
+        };
+        if word_at(&table.header, self.offsets.dict.ma_used) == 0 {
+            return (Vec::new(), Some(generation));
         }
         let tasks = self
-            .dict_entries(dict)
+            .entries(&table)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(_, task)| self.read_task(task))
             .collect();
-        (tasks, generation)
-    }
-
-    /// Every task step inserts its task into the dict (`_enter_task`) and deletes it after
-    /// (`_leave_task`). A delete leaves a dummy slot and an insert appends a new entry, so the
-    /// entry count only grows, until the dict outgrows its keys table and gets a new one: the
-    /// keys table's address and entry count change with every step.
-    fn generation(&self, header: &[u8]) -> Option<TaskGeneration> {
-        let keys = word_at(header, self.offsets.dict.ma_keys);
-        let keys_header = read_vec(self.pid, keys as usize, 40)?;
-        let entries = if self.offsets.dict.keys_layout == "3.11" {
-            word_at(&keys_header, 24)
-        } else {
-            word_at(&keys_header, 32)
-        };
-        Some(TaskGeneration { keys, entries })
+        (tasks, Some(generation))
     }
 
     fn current_tasks_dict(&mut self) -> Option<usize> {
@@ -125,41 +120,57 @@ impl TaskReader {
 
     /// (key, value) of every live entry of a combined-table dict.
     fn dict_entries(&self, dict: usize) -> Option<Vec<(u64, u64)>> {
-        let o = &self.offsets.dict;
+        self.entries(&self.read_dict(dict)?)
+    }
+
+    /// A dict's header and its keys table's header, read once.
+    fn read_dict(&self, dict: usize) -> Option<DictTable> {
         let header = read_vec(self.pid, dict, 48)?;
-        if word_at(&header, o.ma_values) != 0 {
+        let keys = word_at(&header, self.offsets.dict.ma_keys) as usize;
+        let keys_header = read_vec(self.pid, keys, 40)?;
+        Some(DictTable {
+            header,
+            keys,
+            keys_header,
+        })
+    }
+
+    /// `dk_nentries`: entries used in the keys table, live or deleted.
+    fn entry_count(&self, table: &DictTable) -> u64 {
+        let at = if self.offsets.dict.keys_layout == "3.11" {
+            24
+        } else {
+            32
+        };
+        word_at(&table.keys_header, at)
+    }
+
+    /// (key, value) of every live entry of a combined-table dict.
+    fn entries(&self, table: &DictTable) -> Option<Vec<(u64, u64)>> {
+        let o = &self.offsets.dict;
+        if word_at(&table.header, o.ma_values) != 0 {
             return None;
         }
-        let keys = word_at(&header, o.ma_keys) as usize;
-        let keys_header = read_vec(self.pid, keys, 40)?;
-        let (entries, count, size, key_at) = if o.keys_layout == "3.11" {
+        let (keys, keys_header) = (table.keys, &table.keys_header);
+        let (entries, size, key_at) = if o.keys_layout == "3.11" {
             let log2_index_bytes = keys_header[9] as u32;
             let kind = keys_header[10];
             if log2_index_bytes > 40 {
                 return None;
             }
             let (size, key_at) = if kind == 0 { (24, 8) } else { (16, 0) };
-            (
-                keys + 32 + (1usize << log2_index_bytes),
-                word_at(&keys_header, 24),
-                size,
-                key_at,
-            )
+            (keys + 32 + (1usize << log2_index_bytes), size, key_at)
         } else {
-            let dk_size = word_at(&keys_header, 8);
+            let dk_size = word_at(keys_header, 8);
             let width = match dk_size {
                 0..=0xff => 1,
                 0x100..=0xffff => 2,
                 0x1_0000..=0xffff_ffff => 4,
                 _ => 8,
             };
-            (
-                keys + 40 + (dk_size as usize).checked_mul(width)?,
-                word_at(&keys_header, 32),
-                24,
-                8,
-            )
+            (keys + 40 + (dk_size as usize).checked_mul(width)?, 24, 8)
         };
+        let count = self.entry_count(table);
         if count > MAX_ENTRIES {
             return None;
         }
