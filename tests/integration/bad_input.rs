@@ -276,17 +276,7 @@ fn ctrl_c_stops_and_writes_what_was_recorded() {
     let target = start_python(&python, &[fixture("short_lived.py").to_str().unwrap()]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let mut cmd = loopspy();
-    cmd.args([
-        "record",
-        "--pid",
-        &target.pid().to_string(),
-        "--rate",
-        "500",
-        "-o",
-    ])
-    .arg(&out);
-    let mut running = Running::start(cmd);
+    let mut running = Running::start(record_pid(target.pid(), &out, &[]));
     running.wait_for_stderr("sampling pid", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(1500));
     Command::new("kill")

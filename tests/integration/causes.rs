@@ -27,17 +27,7 @@ fn record_causes(python: &Path, fixture_args: &[&str]) -> (Value, Vec<Value>, St
     args.extend(fixture_args.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let target = start_python(python, &args);
-    let mut cmd = loopspy();
-    cmd.args([
-        "record",
-        "--pid",
-        &target.pid().to_string(),
-        "--rate",
-        "500",
-        "-o",
-    ])
-    .arg(&out);
-    let mut running = Running::start(cmd);
+    let mut running = Running::start(record_pid(target.pid(), &out, &[]));
     running.wait_for_stderr("sampling pid", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(200));
     std::fs::write(&go, b"go").unwrap();

@@ -113,6 +113,15 @@ pub fn loopspy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_loopspy"))
 }
 
+/// `loopspy record --pid PID --rate 500 -o OUT` plus `extra`: how the tests attach.
+pub fn record_pid(pid: i32, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = loopspy();
+    cmd.args(["record", "--pid", &pid.to_string(), "--rate", "500", "-o"])
+        .arg(out)
+        .args(extra);
+    cmd
+}
+
 /// A finished loopspy run.
 pub struct Run {
     /// Exit status.

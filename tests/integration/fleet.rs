@@ -111,18 +111,7 @@ fn uvicorn_workers_are_followed_and_incidents_attributed_to_the_right_pid() {
     }
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut cmd = loopspy();
-    cmd.args([
-        "record",
-        "--pid",
-        &master.pid().to_string(),
-        "--subprocesses",
-        "--rate",
-        "500",
-        "-o",
-    ])
-    .arg(&out);
-    let mut running = Running::start(cmd);
+    let mut running = Running::start(record_pid(master.pid(), &out, &["--subprocesses"]));
     running.wait_for_stderr("multiprocessing-fork", Duration::from_secs(20));
     running.wait_for_stderr("multiprocessing-fork", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));

@@ -42,18 +42,7 @@ pub fn record_blocker(python: &Path, fixture_args: &[&str], extra: &[&str]) -> R
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let target = start_python(python, &args);
 
-    let mut cmd = loopspy();
-    cmd.args([
-        "record",
-        "--pid",
-        &target.pid().to_string(),
-        "--rate",
-        "500",
-        "-o",
-    ])
-    .arg(&out)
-    .args(extra);
-    let mut running = Running::start(cmd);
+    let mut running = Running::start(record_pid(target.pid(), &out, extra));
     running.wait_for_stderr("sampling pid", Duration::from_secs(20));
     // Let the sampler see the idle loop first, then start the scenarios.
     std::thread::sleep(Duration::from_millis(200));
@@ -421,12 +410,7 @@ fn thread_flag_limits_analysis_to_that_thread() {
         ],
     );
     let pid = target.pid().to_string();
-    let mut cmd = loopspy();
-    cmd.args([
-        "record", "--pid", &pid, "--rate", "500", "--thread", &pid, "-o",
-    ])
-    .arg(&out);
-    let mut running = Running::start(cmd);
+    let mut running = Running::start(record_pid(target.pid(), &out, &["--thread", &pid]));
     running.wait_for_stderr("sampling pid", Duration::from_secs(20));
     std::fs::write(&go, b"go").unwrap();
     let run = running.finish(Duration::from_secs(60));
