@@ -32,15 +32,66 @@ pub enum Command {
     Top(RawTopArgs),
 }
 
+/// Which stack reader samples the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReaderChoice {
+    /// loopspy's own reader (CPython 3.8–3.13): event-loop threads every tick, the others at
+    /// --other-threads-rate, code objects cached.
+    Own,
+    /// py-spy's reader: every thread every tick, everything re-read each time.
+    PySpy,
+}
+
+impl From<ReaderChoice> for crate::sampler::ReaderKind {
+    fn from(choice: ReaderChoice) -> Self {
+        match choice {
+            ReaderChoice::Own => crate::sampler::ReaderKind::Own,
+            ReaderChoice::PySpy => crate::sampler::ReaderKind::PySpy,
+        }
+    }
+}
+
+/// Sampling flags shared by `record` and `top`.
+#[derive(Debug, Args)]
+pub struct RawSamplingArgs {
+    /// Samples per second of event-loop threads.
+    #[arg(short, long, default_value_t = DEFAULT_RATE_HZ)]
+    pub rate: u32,
+    /// Samples per second of threads that run no event loop (at most --rate).
+    #[arg(long, default_value_t = DEFAULT_OTHER_THREADS_HZ, value_name = "HZ")]
+    pub other_threads_rate: u32,
+    /// Stack reader.
+    #[arg(long, value_enum, default_value_t = ReaderChoice::Own)]
+    pub reader: ReaderChoice,
+}
+
+impl RawSamplingArgs {
+    fn validate(&self) -> Result<crate::sampler::SamplerSettings, String> {
+        if self.rate == 0 || self.rate > MAX_RATE_HZ {
+            return Err(format!(
+                "--rate must be between 1 and {MAX_RATE_HZ} samples per second"
+            ));
+        }
+        if self.other_threads_rate == 0 {
+            return Err("--other-threads-rate must be at least 1 sample per second".into());
+        }
+        Ok(crate::sampler::SamplerSettings {
+            rate_hz: self.rate,
+            other_threads_hz: self.other_threads_rate.min(self.rate),
+            reader: self.reader.into(),
+            duration: None,
+        })
+    }
+}
+
 /// `loopspy top` flags.
 #[derive(Debug, Args)]
 pub struct RawTopArgs {
     /// PID of a running Python process.
     #[arg(short, long)]
     pub pid: i32,
-    /// Samples per second.
-    #[arg(short, long, default_value_t = DEFAULT_RATE_HZ)]
-    pub rate: u32,
+    #[command(flatten)]
+    pub sampling: RawSamplingArgs,
     /// A loop busy at least this long is an incident (e.g. 50ms).
     #[arg(short, long, default_value = "50ms")]
     pub threshold: String,
@@ -66,14 +117,9 @@ impl RawTopArgs {
         if threshold.is_zero() {
             return Err("--threshold must be more than zero".into());
         }
-        if self.rate == 0 || self.rate > MAX_RATE_HZ {
-            return Err(format!(
-                "--rate must be between 1 and {MAX_RATE_HZ} samples per second"
-            ));
-        }
         Ok(crate::view::TopSettings {
             pid: self.pid,
-            rate_hz: self.rate,
+            sampling: self.sampling.validate()?,
             threshold,
             once: self.once,
             once_after,
@@ -94,6 +140,9 @@ pub struct RawDumpArgs {
     /// Pause the target while reading.
     #[arg(long)]
     pub blocking: bool,
+    /// Stack reader.
+    #[arg(long, value_enum, default_value_t = ReaderChoice::Own)]
+    pub reader: ReaderChoice,
 }
 
 impl RawDumpArgs {
@@ -103,6 +152,7 @@ impl RawDumpArgs {
             pid: self.pid,
             json: self.json,
             blocking: self.blocking,
+            reader: self.reader.into(),
         }
     }
 }
@@ -125,9 +175,8 @@ pub struct RawRecordArgs {
     /// A loop busy at least this long is an incident (e.g. 50ms, 0.2s; a bare number is ms).
     #[arg(short, long, default_value = "50ms")]
     pub threshold: String,
-    /// Samples per second.
-    #[arg(short, long, default_value_t = DEFAULT_RATE_HZ)]
-    pub rate: u32,
+    #[command(flatten)]
+    pub sampling: RawSamplingArgs,
     /// Output directory (default: loopspy-<pid>-<YYYYmmdd-HHMMSS>/).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -156,6 +205,8 @@ pub struct RawRecordArgs {
 /// Default sampling rate: 1 ms resolution costs py-spy's reader most of a core, 200 Hz keeps
 /// incident durations within 10 ms (two intervals) at a fraction of that.
 pub const DEFAULT_RATE_HZ: u32 = 200;
+/// Default rate of threads that run no event loop: enough for their flame graph, and cheap.
+pub const DEFAULT_OTHER_THREADS_HZ: u32 = 100;
 /// The highest rate accepted.
 pub const MAX_RATE_HZ: u32 = 20_000;
 
@@ -177,8 +228,8 @@ pub struct RecordSettings {
     pub duration: Option<Duration>,
     /// Incident threshold.
     pub threshold: Duration,
-    /// Samples per second.
-    pub rate_hz: u32,
+    /// Rates and reader (its `duration` is the recording's).
+    pub sampling: crate::sampler::SamplerSettings,
     /// Output directory, if given.
     pub output: Option<PathBuf>,
     /// Pause the target for each read.
@@ -222,11 +273,8 @@ impl RawRecordArgs {
         if threshold.is_zero() {
             return Err("--threshold must be more than zero".into());
         }
-        if self.rate == 0 || self.rate > MAX_RATE_HZ {
-            return Err(format!(
-                "--rate must be between 1 and {MAX_RATE_HZ} samples per second"
-            ));
-        }
+        let mut sampling = self.sampling.validate()?;
+        sampling.duration = duration;
         let fail_on_block = self
             .fail_on_block
             .as_deref()
@@ -242,7 +290,7 @@ impl RawRecordArgs {
             target,
             duration,
             threshold,
-            rate_hz: self.rate,
+            sampling,
             output: self.output,
             blocking: self.blocking,
             thread: self.thread,
@@ -342,7 +390,11 @@ mod tests {
             subprocesses: false,
             duration: None,
             threshold: "50ms".into(),
-            rate: 200,
+            sampling: RawSamplingArgs {
+                rate: 200,
+                other_threads_rate: 100,
+                reader: ReaderChoice::Own,
+            },
             output: None,
             blocking: false,
             thread: None,

@@ -28,6 +28,8 @@ pub struct DumpSettings {
     pub json: bool,
     /// Pause the target while reading.
     pub blocking: bool,
+    /// Stack reader.
+    pub reader: crate::sampler::ReaderKind,
 }
 
 /// What one thread was doing.
@@ -50,8 +52,8 @@ pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
     let sampler = sampler::spawn(
         spy,
         SamplerSettings {
-            rate_hz: RATE_HZ,
-            duration: Some(WINDOW),
+            reader: settings.reader,
+            ..SamplerSettings::every_thread(RATE_HZ, Some(WINDOW))
         },
         Arc::new(AtomicBool::new(false)),
         tx,

@@ -307,7 +307,7 @@ impl Recording<'_> {
         });
         eprintln!(
             "loopspy: sampling pid {pid} (Python {python_version}) at {} Hz{}, incidents >= {} ms; {}",
-            s.rate_hz,
+            s.sampling.rate_hz,
             if s.blocking {
                 ", pausing the target for each read"
             } else {
@@ -323,15 +323,15 @@ impl Recording<'_> {
         let sampler = sampler::spawn(
             spy,
             SamplerSettings {
-                rate_hz: s.rate_hz,
                 duration,
+                ..s.sampling.clone()
             },
             stop.clone(),
             self.tx.clone(),
         );
         let analyzer = Analyzer::new(AnalyzerSettings {
             threshold: s.threshold,
-            interval: Duration::from_secs_f64(1.0 / s.rate_hz as f64),
+            interval: Duration::from_secs_f64(1.0 / s.sampling.rate_hz as f64),
             only_thread: s.thread,
             pid,
             max_incidents: crate::analyzer::MAX_INCIDENTS,
@@ -503,7 +503,7 @@ fn info_for(p: &Recorded, settings: &RecordSettings, reason: StopReason) -> Reco
         pid: p.pid,
         python_version: p.python_version.clone(),
         command: p.command.clone(),
-        rate_hz: settings.rate_hz,
+        rate_hz: settings.sampling.rate_hz,
         threshold_ms: settings.threshold.as_secs_f64() * 1000.0,
         blocking: settings.blocking,
         stop_reason: p.outcome.as_ref().map(|o| o.reason).unwrap_or(reason),

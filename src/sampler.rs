@@ -5,28 +5,35 @@
 //! the sample is dropped and counted. A read that fails in non-blocking mode (the target changed
 //! its frames under us) is counted and dropped, never sent half-read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Sender, TrySendError};
+use py_spy::config::LockingStrategy;
 use py_spy::PythonSpy;
 
+// The sampler reads every tick only the threads that run an event loop, by the same anchor
+// frames the analyzer uses (a pure function of the frames; no state flows back).
+use crate::analyzer::loop_detect::anchor_index;
+use crate::target::memory::ProcessMemory;
 use crate::target::offsets;
-use crate::target::procfs::{self, Syscall};
+use crate::target::procfs::{self, Syscall, ThreadFiles};
 use crate::target::resources::{Resource, ResourceResolver};
+use crate::target::stacks::{StackError, StackReader, ThreadHead};
 use crate::target::tasks::{RunningTask, TaskGeneration, TaskReader};
 use crate::target::threads::ThreadIdMap;
 
 /// One Python frame, as read from the target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Frame {
-    /// Function name; qualified (`Class.method`) on CPython 3.11+.
-    pub function: String,
+    /// Function name; qualified (`Class.method`) on CPython 3.11+. Shared with the reader's
+    /// code cache, so a sample costs no string copies.
+    pub function: Arc<str>,
     /// Source file path as the target sees it.
-    pub file: String,
+    pub file: Arc<str>,
     /// Line number being executed (0 when unknown).
     pub line: u32,
 }
@@ -61,6 +68,9 @@ pub struct ThreadSample {
     pub os_state: OsState,
     /// Whether this thread held the GIL.
     pub owns_gil: bool,
+    /// How many ticks this read stands for: 1 for event-loop threads, which are read every
+    /// tick; more for other threads, read at `--other-threads-rate`.
+    pub every: u32,
 }
 
 /// Every Python thread of the target at one instant.
@@ -148,13 +158,48 @@ impl SamplerStats {
     }
 }
 
+/// Which stack reader the sampler uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReaderKind {
+    /// loopspy's own reader (`target::stacks`) where `python_offsets/` has a table for the
+    /// version, py-spy's otherwise.
+    #[default]
+    Own,
+    /// py-spy's reader for every thread on every tick (the reference the own reader is tested
+    /// against, and a fallback should the own reader misread some build).
+    PySpy,
+}
+
 /// How the sampler runs.
 #[derive(Debug, Clone)]
 pub struct SamplerSettings {
-    /// Reads per second.
+    /// Reads per second of event-loop threads.
     pub rate_hz: u32,
+    /// Reads per second of threads that run no event loop (at most `rate_hz`); the own reader
+    /// only. Their samples are weighted by the ticks they stand for.
+    pub other_threads_hz: u32,
+    /// Which reader.
+    pub reader: ReaderKind,
     /// Stop after this long (None: until stopped or the target exits).
     pub duration: Option<Duration>,
+}
+
+impl SamplerSettings {
+    /// Every thread at `rate_hz`, with the default reader.
+    pub fn every_thread(rate_hz: u32, duration: Option<Duration>) -> Self {
+        SamplerSettings {
+            rate_hz,
+            other_threads_hz: rate_hz,
+            reader: ReaderKind::Own,
+            duration,
+        }
+    }
+
+    /// Every how many ticks a thread without an event loop is read.
+    fn other_stride(&self) -> u32 {
+        let other = self.other_threads_hz.clamp(1, self.rate_hz.max(1));
+        (self.rate_hz.max(1) as f64 / other as f64).round().max(1.0) as u32
+    }
 }
 
 /// The sampler's result, once it has stopped.
@@ -209,24 +254,27 @@ impl IntervalHistogram {
 /// Starts the sampler thread. It stops when `stop` is set, the duration elapses, or the target
 /// exits; the channel is closed when it returns.
 pub fn spawn(
-    mut spy: PythonSpy,
+    spy: PythonSpy,
     settings: SamplerSettings,
     stop: Arc<AtomicBool>,
     tx: Sender<SamplerMessage>,
 ) -> JoinHandle<SamplerOutcome> {
     std::thread::Builder::new()
         .name("loopspy-sampler".into())
-        .spawn(move || run(&mut spy, &settings, &stop, &tx))
+        .spawn(move || {
+            let mut reader = TargetReader::new(spy, &settings);
+            run(&mut reader, &settings, &stop, &tx)
+        })
         .expect("spawning the sampler thread")
 }
 
 fn run(
-    spy: &mut PythonSpy,
+    reader: &mut TargetReader,
     settings: &SamplerSettings,
     stop: &AtomicBool,
     tx: &Sender<SamplerMessage>,
 ) -> SamplerOutcome {
-    let pid = spy.pid;
+    let pid = reader.pid;
     let interval = Duration::from_secs_f64(1.0 / settings.rate_hz.max(1) as f64);
     let start = Instant::now();
     let unix_start = SystemTime::now()
@@ -238,12 +286,6 @@ fn run(
     let mut next_tick = start;
     let mut last_read: Option<Instant> = None;
     let mut consecutive_errors = 0u32;
-    let mut thread_ids = ThreadIdMap::default();
-    let mut resources = ResourceResolver::default();
-    let mut python_to_os: HashMap<u64, u64> = HashMap::new();
-    let mut tasks = offsets::for_minor(spy.version.minor)
-        .filter(|_| spy.version.major == 3)
-        .map(|table| TaskReader::new(pid, table, spy.addresses.imports_modules_address));
 
     let reason = loop {
         if stop.load(Ordering::Relaxed) {
@@ -275,16 +317,12 @@ fn run(
         last_read = Some(read_at);
         stats.ticks += 1;
 
-        match spy.get_stack_traces() {
-            Ok(traces) => {
+        match reader.read_threads(read_at) {
+            Some(threads) => {
                 consecutive_errors = 0;
                 let unix = unix_start + read_at.duration_since(start).as_secs_f64();
-                let threads: Vec<ThreadSample> = traces
-                    .into_iter()
-                    .map(|trace| thread_sample(pid, trace, &mut thread_ids, &mut resources))
-                    .collect();
-                forget_recycled_names(spy, &mut python_to_os, &threads);
-                let (running_tasks, task_generation) = tasks
+                let (running_tasks, task_generation) = reader
+                    .tasks
                     .as_mut()
                     .map(TaskReader::running_tasks)
                     .unwrap_or_default();
@@ -302,7 +340,7 @@ fn run(
                     Err(TrySendError::Disconnected(_)) => break StopReason::Interrupted,
                 }
             }
-            Err(_) => {
+            None => {
                 if !procfs::is_alive(pid) {
                     stats.ticks -= 1;
                     break StopReason::TargetExited;
@@ -326,16 +364,239 @@ fn run(
     SamplerOutcome { reason, stats }
 }
 
+/// Everything the sampler holds on one target: the stack reader, the kernel's view of the
+/// threads, the running-task reader, and which threads run event loops.
+struct TargetReader {
+    pid: i32,
+    spy: PythonSpy,
+    own: Option<StackReader<ProcessMemory>>,
+    blocking: bool,
+    tasks: Option<TaskReader>,
+    thread_ids: ThreadIdMap,
+    thread_files: ThreadFiles,
+    resources: ResourceResolver,
+    /// Python thread id -> (kernel tid, name) from py-spy's thread-name lookup.
+    names: HashMap<u64, (u64, Option<String>)>,
+    names_looked_up: Option<Instant>,
+    /// Python thread ids whose last full read showed an event loop: read every tick.
+    loop_threads: HashSet<u64>,
+    stride: u32,
+    tick: u64,
+}
+
+/// How often thread names are looked up again while some thread has none (or a new one came).
+const NAME_LOOKUP_EVERY: Duration = Duration::from_secs(1);
+
+impl TargetReader {
+    fn new(spy: PythonSpy, settings: &SamplerSettings) -> Self {
+        let pid = spy.pid;
+        let table = offsets::for_minor(spy.version.minor).filter(|_| spy.version.major == 3);
+        let tasks = table
+            .clone()
+            .map(|table| TaskReader::new(pid, table, spy.addresses.imports_modules_address));
+        let own = table
+            .filter(|_| settings.reader == ReaderKind::Own)
+            .map(|table| {
+                StackReader::new(
+                    ProcessMemory { pid },
+                    table,
+                    spy.addresses.interpreter_address as u64,
+                    spy.addresses.threadstate_address as u64,
+                )
+            });
+        TargetReader {
+            pid,
+            blocking: spy.config.blocking == LockingStrategy::Lock,
+            spy,
+            own,
+            tasks,
+            thread_ids: ThreadIdMap::default(),
+            thread_files: ThreadFiles::new(pid),
+            resources: ResourceResolver::default(),
+            names: HashMap::new(),
+            names_looked_up: None,
+            loop_threads: HashSet::new(),
+            stride: settings.other_stride(),
+            tick: 0,
+        }
+    }
+
+    /// One tick's threads, or None when the read failed (torn, or the target is gone).
+    fn read_threads(&mut self, now: Instant) -> Option<Vec<ThreadSample>> {
+        self.tick += 1;
+        if self.own.is_none() {
+            return self.read_with_py_spy();
+        }
+        let full = self.stride == 1 || self.tick % self.stride as u64 == 1;
+        let read = {
+            // --blocking: pause the target for the read, as py-spy does.
+            let _lock = if self.blocking {
+                Some(self.spy.process.lock().ok()?)
+            } else {
+                None
+            };
+            self.read_own(now, full)
+        };
+        let (threads, frames) = read.ok()?;
+        if full {
+            self.thread_files
+                .retain(|tid| threads.iter().any(|(_, t)| t.native_tid == Some(tid)));
+        }
+        self.refresh_names(&threads, now);
+        Some(
+            threads
+                .into_iter()
+                .zip(frames)
+                .map(|((owns_gil, head), frames)| self.thread_sample(head, frames, owns_gil, full))
+                .collect(),
+        )
+    }
+
+    /// The thread list, and the frames of the threads due this tick.
+    #[allow(clippy::type_complexity)]
+    fn read_own(
+        &mut self,
+        now: Instant,
+        full: bool,
+    ) -> Result<(Vec<(bool, ThreadHead)>, Vec<Vec<Frame>>), StackError> {
+        let reader = self.own.as_mut().expect("own reader");
+        let heads = reader.threads(now)?;
+        let holder = reader.gil_holder();
+        let mut threads = Vec::with_capacity(heads.len());
+        let mut stacks = Vec::with_capacity(heads.len());
+        for head in heads {
+            let is_loop = self.loop_threads.contains(&head.python_tid);
+            if !full && !is_loop {
+                continue;
+            }
+            let mut frames = Vec::new();
+            reader.stack(&head, &mut frames)?;
+            // Which threads run a loop is re-decided on every full read, and a loop thread
+            // whose loop has ended drops back to the lower rate at once.
+            if anchor_index(&frames).is_some() {
+                self.loop_threads.insert(head.python_tid);
+            } else {
+                self.loop_threads.remove(&head.python_tid);
+            }
+            threads.push((holder == Some(head.tstate), head));
+            stacks.push(frames);
+        }
+        if full && self.loop_threads.len() > threads.len() {
+            self.loop_threads
+                .retain(|id| threads.iter().any(|(_, h)| h.python_tid == *id));
+        }
+        Ok((threads, stacks))
+    }
+
+    fn thread_sample(
+        &mut self,
+        head: ThreadHead,
+        frames: Vec<Frame>,
+        owns_gil: bool,
+        full: bool,
+    ) -> ThreadSample {
+        let pid = self.pid;
+        let os_tid = head
+            .native_tid
+            .or_else(|| self.thread_ids.resolve(pid, head.python_tid));
+        let running = match os_tid {
+            Some(tid) => self.thread_files.state(tid) == Some('R') && !waits_by_frames(&frames),
+            None => true,
+        };
+        let os_state = match os_tid {
+            Some(tid) if !running => {
+                let syscall = self.thread_files.syscall(tid);
+                let resource = syscall.and_then(|s| self.resources.resolve(pid, &s));
+                OsState::Waiting { syscall, resource }
+            }
+            _ => OsState::Running,
+        };
+        let is_loop = self.loop_threads.contains(&head.python_tid);
+        ThreadSample {
+            os_tid: os_tid.unwrap_or(head.python_tid),
+            python_tid: head.python_tid,
+            name: self
+                .names
+                .get(&head.python_tid)
+                .and_then(|(_, name)| name.clone()),
+            frames,
+            os_state,
+            owns_gil,
+            every: if full || is_loop { 1 } else { self.stride },
+        }
+    }
+
+    /// Thread names come from py-spy's lookup in `threading._active` (a full py-spy read), done
+    /// when a thread appears and then at most once a second while some thread has no name. A
+    /// `pthread_t` reused by a new thread (its kernel tid changed) is looked up again.
+    fn refresh_names(&mut self, threads: &[(bool, ThreadHead)], now: Instant) {
+        let mut stale = false;
+        for (_, head) in threads {
+            let os_tid = head.native_tid.unwrap_or(0);
+            match self.names.get(&head.python_tid) {
+                Some((tid, name)) => stale |= name.is_none() || (os_tid != 0 && *tid != os_tid),
+                None => stale = true,
+            }
+        }
+        let due = self
+            .names_looked_up
+            .is_none_or(|at| now.duration_since(at) >= NAME_LOOKUP_EVERY);
+        if !stale || !due {
+            return;
+        }
+        self.names_looked_up = Some(now);
+        self.spy.python_thread_names.clear();
+        if let Ok(traces) = self.spy.get_stack_traces() {
+            self.names = traces
+                .into_iter()
+                .map(|t| {
+                    let tid = t.os_thread_id.unwrap_or(0);
+                    (t.thread_id, (tid, t.thread_name))
+                })
+                .collect();
+        }
+    }
+
+    /// py-spy's reader: every thread, every tick.
+    fn read_with_py_spy(&mut self) -> Option<Vec<ThreadSample>> {
+        let traces = self.spy.get_stack_traces().ok()?;
+        let threads: Vec<ThreadSample> = traces
+            .into_iter()
+            .map(|trace| {
+                py_spy_thread_sample(
+                    self.pid,
+                    trace,
+                    &mut self.thread_ids,
+                    &mut self.thread_files,
+                    &mut self.resources,
+                )
+            })
+            .collect();
+        forget_recycled_names(&mut self.spy, &mut self.names, &threads);
+        Some(threads)
+    }
+}
+
+/// py-spy's idle rule for a thread the kernel shows running: a leaf in `threading`'s `wait` or
+/// `selectors`' `select` is about to block (the kernel lags the frames by a moment).
+fn waits_by_frames(frames: &[Frame]) -> bool {
+    frames.first().is_some_and(|leaf| {
+        let name = leaf.function.rsplit('.').next().unwrap_or(&leaf.function);
+        (name == "wait" && leaf.file.ends_with("threading.py"))
+            || (name == "select" && leaf.file.ends_with("selectors.py"))
+    })
+}
+
 /// py-spy caches thread names by Python thread id (the `pthread_t`), which a new thread reuses
 /// as soon as an old one exits; when the kernel tid behind an id changes, drop the cached name
 /// so the next read looks it up again.
 fn forget_recycled_names(
     spy: &mut PythonSpy,
-    python_to_os: &mut HashMap<u64, u64>,
+    python_to_os: &mut HashMap<u64, (u64, Option<String>)>,
     threads: &[ThreadSample],
 ) {
     for thread in threads {
-        if let Some(old) = python_to_os.insert(thread.python_tid, thread.os_tid) {
+        if let Some((old, _)) = python_to_os.insert(thread.python_tid, (thread.os_tid, None)) {
             if old != thread.os_tid {
                 spy.python_thread_names.remove(&thread.python_tid);
             }
@@ -355,10 +616,11 @@ fn interpreter_gone(pid: i32) -> bool {
             .unwrap_or(true)
 }
 
-fn thread_sample(
+fn py_spy_thread_sample(
     pid: i32,
     trace: py_spy::StackTrace,
     thread_ids: &mut ThreadIdMap,
+    thread_files: &mut ThreadFiles,
     resources: &mut ResourceResolver,
 ) -> ThreadSample {
     // CPython 3.11+ records the kernel tid (py-spy reads it, with the running state); before
@@ -366,14 +628,14 @@ fn thread_sample(
     let (os_tid, running) = match trace.os_thread_id {
         Some(tid) => (tid, trace.active),
         None => match thread_ids.resolve(pid, trace.thread_id) {
-            Some(tid) => (tid, procfs::thread_state(pid, tid) == Some('R')),
+            Some(tid) => (tid, thread_files.state(tid) == Some('R')),
             None => (trace.thread_id, trace.active),
         },
     };
     let os_state = if running {
         OsState::Running
     } else {
-        let syscall = procfs::read_syscall(pid, os_tid);
+        let syscall = thread_files.syscall(os_tid);
         let resource = syscall.and_then(|s| resources.resolve(pid, &s));
         OsState::Waiting { syscall, resource }
     };
@@ -381,8 +643,8 @@ fn thread_sample(
         .frames
         .into_iter()
         .map(|f| Frame {
-            function: f.name,
-            file: f.filename,
+            function: f.name.into(),
+            file: f.filename.into(),
             line: f.line.max(0) as u32,
         })
         .collect();
@@ -393,6 +655,7 @@ fn thread_sample(
         frames,
         os_state,
         owns_gil: trace.owns_gil,
+        every: 1,
     }
 }
 

@@ -436,6 +436,7 @@ mod tests {
                 resource,
             },
             owns_gil: false,
+            every: 1,
         }
     }
 

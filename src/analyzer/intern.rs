@@ -95,6 +95,6 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(s.frames.len(), 2);
-        assert_eq!(s.stack_frames(c).next().unwrap().function, "y");
+        assert_eq!(s.stack_frames(c).next().unwrap().function.as_ref(), "y");
     }
 }

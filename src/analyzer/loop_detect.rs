@@ -79,7 +79,7 @@ fn is_runner_anchor(frame: &Frame) -> bool {
     let name = bare(&frame.function);
     (name == "run"
         && (in_file(frame, "asyncio/runners.py") || in_file(frame, "uvloop/__init__.py")))
-        || (frame.function == "Runner.run" && in_file(frame, "asyncio/runners.py"))
+        || (&*frame.function == "Runner.run" && in_file(frame, "asyncio/runners.py"))
 }
 
 fn is_asyncio_machinery(frame: &Frame) -> bool {

@@ -265,8 +265,10 @@ impl Analyzer {
         }
     }
 
-    fn weight(&mut self, thread_id: u64, at: Instant) -> Duration {
-        let cap = self.settings.interval * 5;
+    /// The time a thread's read stands for: since its previous read, capped at five of its
+    /// own intervals (a thread read every `every` ticks has a longer one).
+    fn weight(&mut self, thread_id: u64, at: Instant, every: u32) -> Duration {
+        let cap = self.settings.interval * 5 * every.max(1);
         match self.last_seen.insert(thread_id, at) {
             Some(prev) => at.saturating_duration_since(prev).min(cap),
             None => self.settings.interval,
@@ -283,7 +285,7 @@ impl Analyzer {
         a.last_at = Some(sample.at);
         let gil_holder = sample.threads.iter().find(|t| t.owns_gil);
         for thread in &sample.threads {
-            let weight = self.weight(thread.os_tid, sample.at);
+            let weight = self.weight(thread.os_tid, sample.at, thread.every);
             self.add_thread(sample, thread, gil_holder, weight);
         }
     }
@@ -815,6 +817,7 @@ mod tests {
                 frames,
                 os_state: OsState::Running,
                 owns_gil: true,
+                every: 1,
             }],
         })
     }

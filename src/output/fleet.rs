@@ -117,10 +117,10 @@ fn merged_sites(members: &[Member]) -> Vec<MergedSite> {
         for (frame, site) in &m.analysis.sites {
             let f = m.analysis.symbols.frames.get(*frame);
             let entry = merged
-                .entry((f.function.clone(), f.file.clone(), f.line))
+                .entry((f.function.to_string(), f.file.to_string(), f.line))
                 .or_insert_with(|| MergedSite {
-                    function: f.function.clone(),
-                    file: f.file.clone(),
+                    function: f.function.to_string(),
+                    file: f.file.to_string(),
                     line: f.line,
                     count: 0,
                     total_ms: 0.0,

@@ -37,3 +37,23 @@ pub fn word_at(buf: &[u8], offset: usize) -> u64 {
         .map(u64::from_ne_bytes)
         .unwrap_or(0)
 }
+
+/// Where the stack reader gets the target's bytes from: the live process, or, in the reader's
+/// property tests, a made-up memory image full of garbage.
+pub trait RemoteMemory {
+    /// Fills `buf` from `addr`; false when any byte of the range cannot be read.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
+}
+
+/// The target process's memory, read with `process_vm_readv` (never written, never paused).
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessMemory {
+    /// The process.
+    pub pid: i32,
+}
+
+impl RemoteMemory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        addr != 0 && read_exact(self.pid, addr as usize, buf).is_ok()
+    }
+}

@@ -5,11 +5,13 @@
 
 pub mod attach;
 pub mod launch;
+pub mod linetable;
 pub mod memory;
 pub mod offsets;
 pub mod procfs;
 pub mod resources;
 pub mod source;
+pub mod stacks;
 pub mod tasks;
 pub mod threads;
 

@@ -72,6 +72,141 @@ pub struct CoroOffsets {
     pub qualname: usize,
 }
 
+/// `PyInterpreterState`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InterpreterOffsets {
+    /// The head of the thread-state list (`tstate_head`, or `threads.head` from 3.11).
+    pub threads_head: usize,
+}
+
+/// `PyThreadState`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ThreadOffsets {
+    /// `next` in the interpreter's thread list.
+    pub next: usize,
+    /// The current frame pointer held directly in the thread state (`frame` up to 3.10,
+    /// `current_frame` from 3.13).
+    #[serde(default)]
+    pub frame: Option<usize>,
+    /// 3.11 and 3.12: the `_PyCFrame *cframe` whose `current_frame` is the innermost frame.
+    #[serde(default)]
+    pub cframe: Option<usize>,
+    /// `current_frame` inside `_PyCFrame`.
+    #[serde(default)]
+    pub cframe_current_frame: Option<usize>,
+    /// `thread_id` (the `pthread_t`, `threading.get_ident()`).
+    pub thread_id: usize,
+    /// `native_thread_id` (the kernel tid), 3.11+.
+    #[serde(default)]
+    pub native_thread_id: Option<usize>,
+}
+
+/// Which frame struct a version keeps on its frame chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameLayout {
+    /// `PyFrameObject` (3.8–3.10): a heap object per frame, `f_lasti` for the position.
+    Object,
+    /// `_PyInterpreterFrame` (3.11+): frames on the thread's data stack (or inside a
+    /// generator), an instruction pointer for the position.
+    Interpreter,
+}
+
+/// The frame struct.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FrameOffsets {
+    /// Which struct this is.
+    pub layout: FrameLayout,
+    /// `f_back` / `previous`: the caller.
+    pub back: usize,
+    /// `f_code` / `f_executable`.
+    pub code: usize,
+    /// `f_lasti` (an `int`), `PyFrameObject` only.
+    #[serde(default)]
+    pub lasti: Option<usize>,
+    /// `prev_instr` / `instr_ptr`, `_PyInterpreterFrame` only.
+    #[serde(default)]
+    pub instr: Option<usize>,
+    /// True when `instr` points at the instruction started last (3.11, 3.12), false when at
+    /// the one executing or next (3.13).
+    #[serde(default)]
+    pub instr_is_previous: bool,
+    /// `owner` (a `char`), `_PyInterpreterFrame` only.
+    #[serde(default)]
+    pub owner: Option<usize>,
+    /// The `owner` value of shim frames that belong to the C stack (3.12+), skipped.
+    #[serde(default)]
+    pub cstack_owner: Option<u8>,
+}
+
+/// How a code object maps bytecode offsets to lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineTableFormat {
+    /// 3.8–3.9 `co_lnotab`.
+    Lnotab,
+    /// 3.10 `co_linetable` (PEP 626).
+    Linetable310,
+    /// 3.11+ `co_linetable` (the location table).
+    Locations311,
+}
+
+/// `PyCodeObject`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeOffsets {
+    /// `co_filename`.
+    pub filename: usize,
+    /// `co_name`.
+    pub name: usize,
+    /// `co_qualname` (3.11+).
+    #[serde(default)]
+    pub qualname: Option<usize>,
+    /// `co_firstlineno` (an `int`).
+    pub firstlineno: usize,
+    /// `co_lnotab` / `co_linetable`.
+    pub linetable: usize,
+    /// `co_code` (a bytes object), up to 3.10.
+    #[serde(default)]
+    pub code: Option<usize>,
+    /// `co_code_adaptive`, the bytecode inside the code object (3.11+).
+    #[serde(default)]
+    pub code_adaptive: Option<usize>,
+    /// The line table's format.
+    pub line_table: LineTableFormat,
+}
+
+/// `PyBytesObject`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BytesOffsets {
+    /// `ob_size`.
+    pub ob_size: usize,
+    /// `ob_sval`, the data.
+    pub ob_sval: usize,
+}
+
+/// Where the GIL holder is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GilLayout {
+    /// Up to 3.11: a word holding the thread state that holds the GIL (0 when free).
+    TstateCurrent,
+    /// 3.12+: `struct _gil_runtime_state` with `locked` and `last_holder`.
+    RuntimeState,
+}
+
+/// The GIL.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GilOffsets {
+    /// Which form.
+    pub layout: GilLayout,
+    /// `last_holder` in `_gil_runtime_state`.
+    #[serde(default)]
+    pub last_holder: Option<usize>,
+    /// `locked` in `_gil_runtime_state`.
+    #[serde(default)]
+    pub locked: Option<usize>,
+}
+
 /// One version's table.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PythonOffsets {
@@ -91,6 +226,18 @@ pub struct PythonOffsets {
     pub task: TaskOffsets,
     /// Coroutines.
     pub coro: CoroOffsets,
+    /// The interpreter state.
+    pub interpreter: InterpreterOffsets,
+    /// Thread states.
+    pub thread: ThreadOffsets,
+    /// Frames.
+    pub frame: FrameOffsets,
+    /// Code objects.
+    pub code: CodeOffsets,
+    /// Bytes objects (line tables).
+    pub bytes: BytesOffsets,
+    /// The GIL holder.
+    pub gil: GilOffsets,
 }
 
 const TABLES: &[(u64, &str)] = &[

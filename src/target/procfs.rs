@@ -61,6 +61,72 @@ pub fn thread_state(pid: i32, tid: u64) -> Option<char> {
     after.split_whitespace().next()?.chars().next()
 }
 
+/// `stat` and `syscall` of a process's threads, kept open and re-read in place (`pread` at
+/// offset 0 makes the kernel render them afresh), so the sampler's per-tick look at a thread
+/// costs one system call instead of open, read and close.
+#[derive(Debug)]
+pub struct ThreadFiles {
+    pid: i32,
+    open: HashMap<u64, (Option<fs::File>, Option<fs::File>)>,
+}
+
+impl ThreadFiles {
+    /// Most threads kept open; past it the files are closed and opened again as needed.
+    const MAX_OPEN: usize = 256;
+
+    /// For the threads of `pid`.
+    pub fn new(pid: i32) -> Self {
+        ThreadFiles {
+            pid,
+            open: HashMap::new(),
+        }
+    }
+
+    fn files(&mut self, tid: u64) -> &mut (Option<fs::File>, Option<fs::File>) {
+        if self.open.len() >= Self::MAX_OPEN && !self.open.contains_key(&tid) {
+            self.open.clear();
+        }
+        let pid = self.pid;
+        self.open.entry(tid).or_insert_with(|| {
+            let open = |name: &str| fs::File::open(format!("/proc/{pid}/task/{tid}/{name}")).ok();
+            (open("stat"), open("syscall"))
+        })
+    }
+
+    fn read(file: &Option<fs::File>, buf: &mut [u8]) -> Option<usize> {
+        use std::os::unix::fs::FileExt;
+        file.as_ref()?.read_at(buf, 0).ok().filter(|&n| n > 0)
+    }
+
+    /// The scheduler state of thread `tid` (`R`, `S`, `D`, ...), `None` when it is gone.
+    pub fn state(&mut self, tid: u64) -> Option<char> {
+        let mut buf = [0u8; 512];
+        let n = Self::read(&self.files(tid).0, &mut buf);
+        let Some(n) = n else {
+            self.open.remove(&tid);
+            return None;
+        };
+        let stat = &buf[..n];
+        let close = stat.iter().rposition(|&b| b == b')')?;
+        stat[close + 1..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .map(|&b| b as char)
+    }
+
+    /// The system call thread `tid` waits in (see [`read_syscall`]).
+    pub fn syscall(&mut self, tid: u64) -> Option<Syscall> {
+        let mut buf = [0u8; 256];
+        let n = Self::read(&self.files(tid).1, &mut buf)?;
+        parse_syscall(std::str::from_utf8(&buf[..n]).ok()?)
+    }
+
+    /// Closes the files of threads not in `live`.
+    pub fn retain(&mut self, live: impl Fn(u64) -> bool) {
+        self.open.retain(|tid, _| live(*tid));
+    }
+}
+
 /// True while the process exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
     !matches!(process_state(pid), None | Some('Z') | Some('X'))

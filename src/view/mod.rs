@@ -33,8 +33,8 @@ use state::{FunctionTable, ThreadFilter, ViewState};
 pub struct TopSettings {
     /// Target pid.
     pub pid: i32,
-    /// Samples per second.
-    pub rate_hz: u32,
+    /// Rates and reader.
+    pub sampling: crate::sampler::SamplerSettings,
     /// Incident threshold.
     pub threshold: Duration,
     /// Print one text snapshot and exit (also when stdout is not a terminal).
@@ -253,13 +253,13 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
     let sampler = sampler::spawn(
         spy,
         SamplerSettings {
-            rate_hz: settings.rate_hz,
             duration: None,
+            ..settings.sampling.clone()
         },
         stop.clone(),
         tx,
     );
-    let interval = Duration::from_secs_f64(1.0 / settings.rate_hz as f64);
+    let interval = Duration::from_secs_f64(1.0 / settings.sampling.rate_hz as f64);
     let mut app = App {
         analyzer: Analyzer::new(AnalyzerSettings {
             threshold: settings.threshold,
@@ -275,7 +275,7 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
         interval,
         pid,
         python_version,
-        asked_rate_hz: settings.rate_hz,
+        asked_rate_hz: settings.sampling.rate_hz,
         last_refresh: Instant::now(),
         last_samples: 0,
         last_loop_totals: HashMap::new(),

@@ -3,6 +3,7 @@
 //! [`ViewState`]: sort, pause, thread filter — UI state only).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::analyzer::loop_detect::{self, LoopPosition};
@@ -23,7 +24,7 @@ pub struct FunctionStats {
 #[derive(Debug, Default)]
 pub struct FunctionTable {
     /// (thread id, function, file) -> stats.
-    pub stats: HashMap<(u64, String, String), FunctionStats>,
+    pub stats: HashMap<(u64, Arc<str>, Arc<str>), FunctionStats>,
     /// Time covered per thread, µs (the 100% of the percentages).
     pub thread_time_us: HashMap<u64, u64>,
 }
@@ -48,7 +49,7 @@ impl FunctionTable {
             *self.thread_time_us.entry(thread.os_tid).or_default() += us;
             let mut seen: Vec<(&str, &str)> = Vec::with_capacity(thread.frames.len());
             for (depth, frame) in thread.frames.iter().enumerate() {
-                let key = (frame.function.as_str(), frame.file.as_str());
+                let key = (&*frame.function, &*frame.file);
                 if seen.contains(&key) {
                     continue;
                 }
@@ -82,15 +83,13 @@ impl FunctionTable {
             if !wanted(tid) {
                 continue;
             }
-            let row = merged
-                .entry((function.as_str(), file.as_str()))
-                .or_insert_with(|| Row {
-                    function: function.clone(),
-                    file: file.clone(),
-                    line: stats.line,
-                    own_us: 0,
-                    total_us: 0,
-                });
+            let row = merged.entry((&**function, &**file)).or_insert_with(|| Row {
+                function: function.to_string(),
+                file: file.to_string(),
+                line: stats.line,
+                own_us: 0,
+                total_us: 0,
+            });
             row.own_us += stats.own_us;
             row.total_us += stats.total_us;
         }
@@ -213,13 +212,14 @@ mod tests {
                 frames: frames
                     .iter()
                     .map(|(f, file)| Frame {
-                        function: f.to_string(),
-                        file: file.to_string(),
+                        function: (*f).into(),
+                        file: (*file).into(),
                         line: 1,
                     })
                     .collect(),
                 os_state: OsState::Running,
                 owns_gil: true,
+                every: 1,
             }],
         }
     }

@@ -1,0 +1,463 @@
+//! loopspy's own stack reader for CPython 3.8–3.13, driven by the offset tables in
+//! `python_offsets/`. It exists because py-spy's reader re-reads every code object, name,
+//! file name and line table for every frame of every thread on every sample (about eight
+//! `process_vm_readv` calls a frame); at 1 kHz that costs most of a core.
+//!
+//! Per tick this reader does one read per thread state (to walk the thread list), one per
+//! frame of the threads the sampler asks for, and one for the GIL holder. Everything that never
+//! changes while a code object lives — its names, file name and decoded line table — is cached
+//! by the code object's address. A cached entry is re-checked against the target once a second
+//! (a code object freed and its address reused by another one is noticed then), and at once
+//! whenever a frame's position does not fit the cached bytecode length.
+//!
+//! Nothing here trusts what it reads: the target runs on while we read it, so a frame can be
+//! popped or a code object freed half-way through a walk. Every pointer is checked (a code
+//! object must have the type named `code`, a position must fall inside its bytecode, a chain
+//! must end within [`MAX_DEPTH`]); a walk that does not add up is reported as
+//! [`StackError::Torn`], never turned into a made-up frame, and never a panic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::linetable::LineTable;
+use super::memory::RemoteMemory;
+use super::offsets::{FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
+use crate::sampler::Frame;
+
+/// Longest frame chain or thread list accepted; past it the chain is taken to be torn.
+pub const MAX_DEPTH: usize = 4096;
+/// How long a cached code object is trusted before it is compared with the target again.
+const REVALIDATE: Duration = Duration::from_secs(1);
+/// Code objects cached at most; the cache starts over past it (bounded memory over hours).
+const MAX_CODES: usize = 16_384;
+/// Longest string (file name, function name) read, in characters.
+const MAX_STR_CHARS: usize = 4096;
+/// Longest line table read, in bytes.
+const MAX_LINE_TABLE: usize = 1 << 20;
+
+/// Why a read did not produce a stack.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StackError {
+    /// The memory could not be read at all (the process is gone, or the address unmapped).
+    #[error("cannot read the target's memory at {0:#x}")]
+    Memory(u64),
+    /// What was read does not add up: the target changed it while we read.
+    #[error("torn read: {0}")]
+    Torn(&'static str),
+}
+
+/// One Python thread as found on the interpreter's thread list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadHead {
+    /// Address of its `PyThreadState`.
+    pub tstate: u64,
+    /// `threading.get_ident()` (the `pthread_t`).
+    pub python_tid: u64,
+    /// The kernel tid (3.11+ records it; None before).
+    pub native_tid: Option<u64>,
+    /// Its innermost frame (0: no Python code running).
+    frame: u64,
+}
+
+/// What the reader knows of one code object.
+#[derive(Debug)]
+struct CodeInfo {
+    function: Arc<str>,
+    file: Arc<str>,
+    lines: LineTable,
+    /// Bytecode length in bytes: positions must fall inside it.
+    code_bytes: i64,
+    /// The fields the entry was decoded from, compared when the entry is re-checked.
+    fingerprint: [u64; 4],
+    checked_at: Instant,
+    /// 3.13 shim frames (`<shim>` or an empty file name), which py-spy and we leave out.
+    shim: bool,
+}
+
+/// Counters a benchmark or a curious user can look at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// Code objects decoded (cache misses, including re-decodes).
+    pub codes_decoded: u64,
+    /// Times the code cache was emptied for being full.
+    pub cache_resets: u64,
+}
+
+/// Reads thread lists and stacks of one interpreter.
+pub struct StackReader<M> {
+    mem: M,
+    offsets: PythonOffsets,
+    interpreter: u64,
+    gil: u64,
+    codes: HashMap<u64, CodeInfo>,
+    /// Type object address -> whether its `tp_name` is `code`.
+    code_types: HashMap<u64, bool>,
+    frame_len: usize,
+    tstate_len: usize,
+    code_len: usize,
+    now: Instant,
+    stats: ReaderStats,
+}
+
+fn word(buf: &[u8], at: usize) -> u64 {
+    buf.get(at..at + 8)
+        .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+fn int32(buf: &[u8], at: usize) -> i32 {
+    buf.get(at..at + 4)
+        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+impl<M: RemoteMemory> StackReader<M> {
+    /// A reader of the interpreter at `interpreter`, whose GIL holder is recorded at `gil`
+    /// (py-spy's `threadstate_address`; 0 when unknown).
+    pub fn new(mem: M, offsets: PythonOffsets, interpreter: u64, gil: u64) -> Self {
+        let f = &offsets.frame;
+        let frame_len = [Some(f.back), Some(f.code), f.lasti, f.instr, f.owner]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0)
+            + 8;
+        let t = &offsets.thread;
+        let tstate_len = [
+            Some(t.next),
+            t.frame,
+            t.cframe,
+            Some(t.thread_id),
+            t.native_thread_id,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+            + 8;
+        let c = &offsets.code;
+        let code_len = [
+            Some(c.filename),
+            Some(c.name),
+            c.qualname,
+            Some(c.firstlineno),
+            Some(c.linetable),
+            c.code,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+            + 8;
+        StackReader {
+            mem,
+            offsets,
+            interpreter,
+            gil,
+            codes: HashMap::new(),
+            code_types: HashMap::new(),
+            frame_len,
+            tstate_len,
+            code_len,
+            now: Instant::now(),
+            stats: ReaderStats::default(),
+        }
+    }
+
+    /// The reader's counters.
+    pub fn stats(&self) -> ReaderStats {
+        self.stats
+    }
+
+    /// Code objects in the cache.
+    pub fn cached_codes(&self) -> usize {
+        self.codes.len()
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), StackError> {
+        if self.mem.read(addr, buf) {
+            Ok(())
+        } else {
+            Err(StackError::Memory(addr))
+        }
+    }
+
+    fn read_word(&self, addr: u64) -> Result<u64, StackError> {
+        let mut buf = [0u8; 8];
+        self.read(addr, &mut buf)?;
+        Ok(u64::from_ne_bytes(buf))
+    }
+
+    /// Walks the interpreter's thread list. `now` dates the cache checks of this tick.
+    pub fn threads(&mut self, now: Instant) -> Result<Vec<ThreadHead>, StackError> {
+        self.now = now;
+        let t = &self.offsets.thread;
+        let mut tstate =
+            self.read_word(self.interpreter + self.offsets.interpreter.threads_head as u64)?;
+        let mut heads = Vec::new();
+        let mut buf = [0u8; 256];
+        let buf = &mut buf[..self.tstate_len.min(256)];
+        while tstate != 0 {
+            if heads.len() >= MAX_DEPTH {
+                return Err(StackError::Torn("thread list does not end"));
+            }
+            self.read(tstate, buf)?;
+            let frame = match (t.frame, t.cframe, t.cframe_current_frame) {
+                (Some(at), _, _) => word(buf, at),
+                (None, Some(cframe), Some(current)) => match word(buf, cframe) {
+                    0 => 0,
+                    cframe => self.read_word(cframe + current as u64)?,
+                },
+                _ => 0,
+            };
+            heads.push(ThreadHead {
+                tstate,
+                python_tid: word(buf, t.thread_id),
+                native_tid: t.native_thread_id.map(|at| word(buf, at)),
+                frame,
+            });
+            tstate = word(buf, t.next);
+        }
+        Ok(heads)
+    }
+
+    /// The thread state holding the GIL, if any thread holds it.
+    pub fn gil_holder(&self) -> Option<u64> {
+        if self.gil == 0 {
+            return None;
+        }
+        let g = &self.offsets.gil;
+        let holder = match g.layout {
+            GilLayout::TstateCurrent => self.read_word(self.gil).ok()?,
+            GilLayout::RuntimeState => {
+                let mut buf = [0u8; 32];
+                self.read(self.gil, &mut buf).ok()?;
+                if int32(&buf, g.locked?) == 0 {
+                    return None;
+                }
+                word(&buf, g.last_holder?)
+            }
+        };
+        (holder != 0).then_some(holder)
+    }
+
+    /// The thread's frames, innermost first, appended to `out` (cleared first).
+    pub fn stack(&mut self, thread: &ThreadHead, out: &mut Vec<Frame>) -> Result<(), StackError> {
+        out.clear();
+        let mut addr = thread.frame;
+        let mut buf = [0u8; 256];
+        let len = self.frame_len.min(256);
+        let mut depth = 0;
+        while addr != 0 {
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return Err(StackError::Torn("frame chain does not end"));
+            }
+            self.read(addr, &mut buf[..len])?;
+            let frame = &buf[..len];
+            let f = &self.offsets.frame;
+            let back = word(frame, f.back);
+            if let (Some(owner_at), Some(cstack)) = (f.owner, f.cstack_owner) {
+                let owner = frame[owner_at];
+                if owner == cstack {
+                    addr = back;
+                    continue;
+                }
+                if owner > cstack {
+                    return Err(StackError::Torn("frame owner out of range"));
+                }
+            }
+            let code = word(frame, f.code);
+            let position = match f.layout {
+                FrameLayout::Object => {
+                    let lasti = int32(frame, f.lasti.unwrap_or(0)) as i64;
+                    match self.offsets.code.line_table {
+                        // 3.10 counts code units, earlier versions bytes.
+                        LineTableFormat::Linetable310 => lasti * 2,
+                        _ => lasti,
+                    }
+                }
+                FrameLayout::Interpreter => {
+                    let instr = word(frame, f.instr.unwrap_or(0)) as i64;
+                    let start = code as i64 + self.offsets.code.code_adaptive.unwrap_or(0) as i64;
+                    instr.wrapping_sub(start)
+                }
+            };
+            let info = self.code(code, position)?;
+            if !info.shim {
+                out.push(Frame {
+                    function: info.function.clone(),
+                    file: info.file.clone(),
+                    line: info
+                        .lines
+                        .line_at(position.clamp(-2, i32::MAX as i64) as i32),
+                });
+            }
+            addr = back;
+        }
+        Ok(())
+    }
+
+    /// The cached facts of the code object at `code`, decoding it on first sight, when the
+    /// entry is due for a check, or when `position` does not fit it.
+    fn code(&mut self, code: u64, position: i64) -> Result<&CodeInfo, StackError> {
+        let fits = |info: &CodeInfo| position >= -2 && position <= info.code_bytes;
+        let state = match self.codes.get(&code) {
+            Some(info) if !fits(info) => Some(false),
+            Some(info) if self.now.duration_since(info.checked_at) < REVALIDATE => None,
+            Some(_) => Some(true),
+            None => Some(false),
+        };
+        match state {
+            None => {}
+            Some(recheck) => {
+                let header = self.read_code_header(code)?;
+                let fingerprint = self.fingerprint(&header);
+                let unchanged = recheck
+                    && self
+                        .codes
+                        .get(&code)
+                        .is_some_and(|info| info.fingerprint == fingerprint);
+                if unchanged {
+                    if let Some(info) = self.codes.get_mut(&code) {
+                        info.checked_at = self.now;
+                    }
+                } else {
+                    let info = self.decode_code(&header, fingerprint)?;
+                    if self.codes.len() >= MAX_CODES {
+                        self.codes.clear();
+                        self.stats.cache_resets += 1;
+                    }
+                    self.stats.codes_decoded += 1;
+                    self.codes.insert(code, info);
+                }
+            }
+        }
+        let info = &self.codes[&code];
+        if !fits(info) {
+            return Err(StackError::Torn("frame position outside its code object"));
+        }
+        Ok(info)
+    }
+
+    fn read_code_header(&mut self, code: u64) -> Result<Vec<u8>, StackError> {
+        if code == 0 {
+            return Err(StackError::Torn("frame without a code object"));
+        }
+        let mut header = vec![0u8; self.code_len];
+        self.read(code, &mut header)?;
+        if !self.is_code_type(word(&header, 8))? {
+            return Err(StackError::Torn(
+                "frame's code pointer is not a code object",
+            ));
+        }
+        Ok(header)
+    }
+
+    fn fingerprint(&self, header: &[u8]) -> [u64; 4] {
+        let c = &self.offsets.code;
+        [
+            word(header, c.filename),
+            word(header, c.qualname.unwrap_or(c.name)),
+            word(header, c.linetable),
+            int32(header, c.firstlineno) as u64,
+        ]
+    }
+
+    fn is_code_type(&mut self, ty: u64) -> Result<bool, StackError> {
+        if let Some(&is_code) = self.code_types.get(&ty) {
+            return Ok(is_code);
+        }
+        let tp_name = self.read_word(ty + self.offsets.r#type.tp_name as u64)?;
+        let mut name = [0u8; 5];
+        self.read(tp_name, &mut name)?;
+        let is_code = &name == b"code\0";
+        if self.code_types.len() < 1024 {
+            self.code_types.insert(ty, is_code);
+        }
+        Ok(is_code)
+    }
+
+    fn decode_code(&self, header: &[u8], fingerprint: [u64; 4]) -> Result<CodeInfo, StackError> {
+        let c = &self.offsets.code;
+        let file = self.read_str(word(header, c.filename))?;
+        let function = self.read_str(word(header, c.qualname.unwrap_or(c.name)))?;
+        let first_line = int32(header, c.firstlineno);
+        if first_line < 0 {
+            return Err(StackError::Torn("negative first line"));
+        }
+        let table = self.read_bytes(word(header, c.linetable))?;
+        let code_bytes = match (c.code, c.code_adaptive) {
+            // 3.11+: the code object is variable-sized, ob_size counting its code units.
+            (_, Some(_)) => word(header, 16) as i64 * 2,
+            (Some(co_code), None) => self.bytes_len(word(header, co_code))? as i64,
+            (None, None) => i64::MAX,
+        };
+        if code_bytes <= 0 || code_bytes > 1 << 30 {
+            return Err(StackError::Torn("implausible bytecode length"));
+        }
+        let shim = file.is_empty() || &*file == "<shim>";
+        Ok(CodeInfo {
+            lines: LineTable::decode(c.line_table, &table, first_line as u32),
+            function: function.into(),
+            file: file.into(),
+            code_bytes,
+            fingerprint,
+            checked_at: self.now,
+            shim,
+        })
+    }
+
+    fn bytes_len(&self, bytes: u64) -> Result<usize, StackError> {
+        let size = self.read_word(bytes + self.offsets.bytes.ob_size as u64)? as usize;
+        if size > MAX_LINE_TABLE {
+            return Err(StackError::Torn("implausible bytes length"));
+        }
+        Ok(size)
+    }
+
+    fn read_bytes(&self, bytes: u64) -> Result<Vec<u8>, StackError> {
+        let size = self.bytes_len(bytes)?;
+        let mut data = vec![0u8; size];
+        self.read(bytes + self.offsets.bytes.ob_sval as u64, &mut data)?;
+        Ok(data)
+    }
+
+    /// A compact `str` (every code object's names are compact), any of the three widths.
+    fn read_str(&self, obj: u64) -> Result<String, StackError> {
+        let u = &self.offsets.unicode;
+        let mut header = [0u8; 64];
+        let header = &mut header[..u.compact_data.min(64)];
+        self.read(obj, header)?;
+        let length = word(header, u.length) as usize;
+        let state = int32(header, u.state) as u32;
+        let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
+        if compact == 0 || length > MAX_STR_CHARS || !matches!(kind, 1 | 2 | 4) {
+            return Err(StackError::Torn("not a compact string"));
+        }
+        let data_at = if ascii == 1 {
+            u.ascii_data
+        } else {
+            u.compact_data
+        };
+        let width = kind as usize;
+        let mut data = vec![0u8; length * width];
+        self.read(obj + data_at as u64, &mut data)?;
+        let chars: Option<String> = match width {
+            1 if ascii == 1 => {
+                return String::from_utf8(data).map_err(|_| StackError::Torn("not ASCII"))
+            }
+            1 => Some(data.iter().map(|&b| b as char).collect()),
+            2 => data
+                .chunks_exact(2)
+                .map(|c| char::from_u32(u16::from_ne_bytes([c[0], c[1]]) as u32))
+                .collect(),
+            _ => data
+                .chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        };
+        chars.ok_or(StackError::Torn("invalid character"))
+    }
+}
