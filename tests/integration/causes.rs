@@ -142,9 +142,11 @@ fn names_every_cause_under_uvloop() {
 }
 
 /// The offset tables in python_offsets/ agree with what each interpreter really lays out
-/// (python_offsets/derive.py measures them inside the interpreter with ctypes).
+/// (python_offsets/derive.py measures them inside the interpreter with ctypes; null where a
+/// version has no such field).
 #[test]
 fn offset_tables_match_every_interpreter() {
+    use loopspy::target::offsets::{FrameLayout, GilLayout, LineTableFormat};
     for minor in 8..=13u64 {
         let version = format!("3.{minor}");
         let Some(python) = require_python(&version) else {
@@ -162,23 +164,94 @@ fn offset_tables_match_every_interpreter() {
             String::from_utf8_lossy(&out.stderr)
         );
         let measured: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(measured["version"].as_str(), Some(version.as_str()));
         let table = loopspy::target::offsets::for_minor(minor).unwrap();
-        let expect = [
-            ("task_coro", table.task.task_coro),
-            ("task_name", table.task.task_name),
-            ("coro_qualname", table.coro.qualname),
-            ("module_dict", table.module.md_dict),
-            ("ascii_data", table.unicode.ascii_data),
-            ("str_length", table.unicode.length),
-            ("str_state", table.unicode.state),
-            ("type_name", table.r#type.tp_name),
+        let (thread, frame, code, gil) = (&table.thread, &table.frame, &table.code, &table.gil);
+        let expect: Vec<(&str, Option<usize>)> = vec![
+            ("task_coro", Some(table.task.task_coro)),
+            ("task_name", Some(table.task.task_name)),
+            ("coro_qualname", Some(table.coro.qualname)),
+            ("module_dict", Some(table.module.md_dict)),
+            ("ascii_data", Some(table.unicode.ascii_data)),
+            ("str_length", Some(table.unicode.length)),
+            ("str_state", Some(table.unicode.state)),
+            ("type_name", Some(table.r#type.tp_name)),
+            ("interp_threads_head", Some(table.interpreter.threads_head)),
+            ("thread_next", Some(thread.next)),
+            ("thread_frame", thread.frame),
+            ("thread_cframe", thread.cframe),
+            ("cframe_current_frame", thread.cframe_current_frame),
+            ("thread_thread_id", Some(thread.thread_id)),
+            ("thread_native_thread_id", thread.native_thread_id),
+            ("frame_back", Some(frame.back)),
+            ("frame_code", Some(frame.code)),
+            ("frame_lasti", frame.lasti),
+            ("frame_instr", frame.instr),
+            ("frame_owner", frame.owner),
+            ("frame_cstack_owner", frame.cstack_owner.map(usize::from)),
+            // Bytes per unit of the C f_lasti: the reader doubles it for 3.10 only.
+            (
+                "frame_lasti_unit",
+                frame.lasti.map(|_| match code.line_table {
+                    LineTableFormat::Linetable310 => 2,
+                    _ => 1,
+                }),
+            ),
+            ("code_filename", Some(code.filename)),
+            ("code_name", Some(code.name)),
+            ("code_qualname", code.qualname),
+            ("code_firstlineno", Some(code.firstlineno)),
+            ("code_linetable", Some(code.linetable)),
+            ("code_code", code.code),
+            ("code_code_adaptive", code.code_adaptive),
+            ("bytes_ob_size", Some(table.bytes.ob_size)),
+            ("bytes_ob_sval", Some(table.bytes.ob_sval)),
+            ("gil_last_holder", gil.last_holder),
+            ("gil_locked", gil.locked),
         ];
         for (key, value) in expect {
+            assert!(
+                measured.get(key).is_some(),
+                "{version}: derive.py does not report {key}"
+            );
             assert_eq!(
                 measured[key].as_u64(),
-                Some(value as u64),
+                value.map(|v| v as u64),
                 "{version} {key}"
             );
         }
+        let layout = match frame.layout {
+            FrameLayout::Object => "object",
+            FrameLayout::Interpreter => "interpreter",
+        };
+        assert_eq!(
+            measured["frame_layout"].as_str(),
+            Some(layout),
+            "{version} frame layout"
+        );
+        // instr_is_previous only means something where frames carry an instruction pointer.
+        assert_eq!(
+            measured["frame_instr_is_previous"].as_bool(),
+            frame.instr.map(|_| frame.instr_is_previous),
+            "{version} frame instr_is_previous"
+        );
+        let gil_layout = match gil.layout {
+            GilLayout::TstateCurrent => "tstate_current",
+            GilLayout::RuntimeState => "runtime_state",
+        };
+        assert_eq!(
+            measured["gil_layout"].as_str(),
+            Some(gil_layout),
+            "{version} gil layout"
+        );
+        let linetable = match code.line_table {
+            LineTableFormat::Lnotab => "co_lnotab",
+            LineTableFormat::Linetable310 | LineTableFormat::Locations311 => "co_linetable",
+        };
+        assert_eq!(
+            measured["code_linetable_attr"].as_str(),
+            Some(linetable),
+            "{version} line table attribute"
+        );
     }
 }
