@@ -5,7 +5,7 @@
 //! the sample is dropped and counted. A read that fails in non-blocking mode (the target changed
 //! its frames under us) is counted and dropped, never sent half-read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -262,6 +262,12 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("loopspy-sampler".into())
         .spawn(move || {
+            // Linux lets a sleeping thread's wake-up slip by up to 50 µs by default (timer
+            // slack); at 10 kHz that is half an interval. Ask for 1 µs.
+            // SAFETY: prctl with PR_SET_TIMERSLACK only changes this thread's timer slack.
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64);
+            }
             let mut reader = TargetReader::new(spy, &settings);
             run(&mut reader, &settings, &stop, &tx)
         })
@@ -378,8 +384,10 @@ struct TargetReader {
     /// Python thread id -> (kernel tid, name) from py-spy's thread-name lookup.
     names: HashMap<u64, (u64, Option<String>)>,
     names_looked_up: Option<Instant>,
-    /// Python thread ids whose last full read showed an event loop: read every tick.
-    loop_threads: HashSet<u64>,
+    /// Threads whose last read showed an event loop: read every tick.
+    loop_threads: Vec<ThreadHead>,
+    /// Walk the whole thread list on the next tick (a loop thread went away).
+    walk_next: bool,
     stride: u32,
     tick: u64,
 }
@@ -415,7 +423,8 @@ impl TargetReader {
             resources: ResourceResolver::default(),
             names: HashMap::new(),
             names_looked_up: None,
-            loop_threads: HashSet::new(),
+            loop_threads: Vec::new(),
+            walk_next: false,
             stride: settings.other_stride(),
             tick: 0,
         }
@@ -427,7 +436,9 @@ impl TargetReader {
         if self.own.is_none() {
             return self.read_with_py_spy();
         }
-        let full = self.stride == 1 || self.tick % self.stride as u64 == 1;
+        let full = self.stride == 1
+            || self.tick % self.stride as u64 == 1
+            || std::mem::take(&mut self.walk_next);
         let read = {
             // --blocking: pause the target for the read, as py-spy does.
             let _lock = if self.blocking {
@@ -452,7 +463,8 @@ impl TargetReader {
         )
     }
 
-    /// The thread list, and the frames of the threads due this tick.
+    /// The threads due this tick and their frames: on a full tick every thread on the list;
+    /// in between, only the event-loop threads, whose thread states are read again directly.
     #[allow(clippy::type_complexity)]
     fn read_own(
         &mut self,
@@ -460,31 +472,37 @@ impl TargetReader {
         full: bool,
     ) -> Result<(Vec<(bool, ThreadHead)>, Vec<Vec<Frame>>), StackError> {
         let reader = self.own.as_mut().expect("own reader");
-        let heads = reader.threads(now)?;
+        reader.begin_tick(now);
+        let heads = if full {
+            reader.threads()?
+        } else {
+            let mut heads = Vec::with_capacity(self.loop_threads.len());
+            for known in &self.loop_threads {
+                match reader.refresh(known) {
+                    Ok(Some(head)) => heads.push(head),
+                    // The thread exited: the next tick walks the list again.
+                    Ok(None) | Err(StackError::Memory(_)) => self.walk_next = true,
+                    Err(err) => return Err(err),
+                }
+            }
+            heads
+        };
         let holder = reader.gil_holder();
         let mut threads = Vec::with_capacity(heads.len());
         let mut stacks = Vec::with_capacity(heads.len());
+        let mut loops = Vec::new();
         for head in heads {
-            let is_loop = self.loop_threads.contains(&head.python_tid);
-            if !full && !is_loop {
-                continue;
-            }
             let mut frames = Vec::new();
             reader.stack(&head, &mut frames)?;
-            // Which threads run a loop is re-decided on every full read, and a loop thread
+            // Which threads run a loop is decided anew on every full read, and a loop thread
             // whose loop has ended drops back to the lower rate at once.
             if anchor_index(&frames).is_some() {
-                self.loop_threads.insert(head.python_tid);
-            } else {
-                self.loop_threads.remove(&head.python_tid);
+                loops.push(head);
             }
             threads.push((holder == Some(head.tstate), head));
             stacks.push(frames);
         }
-        if full && self.loop_threads.len() > threads.len() {
-            self.loop_threads
-                .retain(|id| threads.iter().any(|(_, h)| h.python_tid == *id));
-        }
+        self.loop_threads = loops;
         Ok((threads, stacks))
     }
 
@@ -499,19 +517,19 @@ impl TargetReader {
         let os_tid = head
             .native_tid
             .or_else(|| self.thread_ids.resolve(pid, head.python_tid));
-        let running = match os_tid {
-            Some(tid) => self.thread_files.state(tid) == Some('R') && !waits_by_frames(&frames),
-            None => true,
-        };
-        let os_state = match os_tid {
-            Some(tid) if !running => {
-                let syscall = self.thread_files.syscall(tid);
+        let os_state = match os_tid.map(|tid| self.thread_files.kernel_view(tid)) {
+            None => OsState::Running,
+            Some(Some(None)) if !waits_by_frames(&frames) => OsState::Running,
+            Some(view) => {
+                let syscall = view.flatten();
                 let resource = syscall.and_then(|s| self.resources.resolve(pid, &s));
                 OsState::Waiting { syscall, resource }
             }
-            _ => OsState::Running,
         };
-        let is_loop = self.loop_threads.contains(&head.python_tid);
+        let is_loop = self
+            .loop_threads
+            .iter()
+            .any(|t| t.python_tid == head.python_tid);
         ThreadSample {
             os_tid: os_tid.unwrap_or(head.python_tid),
             python_tid: head.python_tid,

@@ -116,9 +116,24 @@ impl ThreadFiles {
 
     /// The system call thread `tid` waits in (see [`read_syscall`]).
     pub fn syscall(&mut self, tid: u64) -> Option<Syscall> {
+        self.kernel_view(tid).flatten()
+    }
+
+    /// Thread `tid` as the kernel sees it, from its `syscall` file alone (one read): `None`
+    /// when unreadable (gone), `Some(None)` while running (the kernel prints `running` for a
+    /// runnable thread), `Some(Some(call))` while waiting in a system call.
+    pub fn kernel_view(&mut self, tid: u64) -> Option<Option<Syscall>> {
         let mut buf = [0u8; 256];
-        let n = Self::read(&self.files(tid).1, &mut buf)?;
-        parse_syscall(std::str::from_utf8(&buf[..n]).ok()?)
+        let n = Self::read(&self.files(tid).1, &mut buf);
+        let Some(n) = n else {
+            self.open.remove(&tid);
+            return None;
+        };
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        if text.starts_with("running") {
+            return Some(None);
+        }
+        Some(parse_syscall(text))
     }
 
     /// Closes the files of threads not in `live`.

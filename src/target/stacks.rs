@@ -35,6 +35,12 @@ const MAX_CODES: usize = 16_384;
 const MAX_STR_CHARS: usize = 4096;
 /// Longest line table read, in bytes.
 const MAX_LINE_TABLE: usize = 1 << 20;
+/// Thread states and frames are read a whole page at a time and kept for the tick: a
+/// coroutine chain's frames sit in coroutine objects allocated side by side, and 3.11+ keeps
+/// plain frames contiguous on the thread's data stack, so a 30-frame stack costs a few reads.
+const PAGE: u64 = 4096;
+/// Pages kept per tick; reads past them go straight to the target.
+const MAX_PAGES: usize = 64;
 
 /// Why a read did not produce a stack.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +86,10 @@ struct CodeInfo {
 pub struct ReaderStats {
     /// Code objects decoded (cache misses, including re-decodes).
     pub codes_decoded: u64,
+    /// Pages read from the target for thread states and frames.
+    pub pages_read: u64,
+    /// Thread-state and frame reads served from a page already read that tick.
+    pub page_hits: u64,
     /// Times the code cache was emptied for being full.
     pub cache_resets: u64,
 }
@@ -98,6 +108,14 @@ pub struct StackReader<M> {
     code_len: usize,
     now: Instant,
     stats: ReaderStats,
+    pages: TickPages,
+}
+
+/// The target's pages read during the current tick (buffers reused across ticks).
+#[derive(Default)]
+struct TickPages {
+    pages: Vec<(u64, Box<[u8]>)>,
+    used: usize,
 }
 
 fn word(buf: &[u8], at: usize) -> u64 {
@@ -162,6 +180,7 @@ impl<M: RemoteMemory> StackReader<M> {
             code_len,
             now: Instant::now(),
             stats: ReaderStats::default(),
+            pages: TickPages::default(),
         }
     }
 
@@ -183,43 +202,117 @@ impl<M: RemoteMemory> StackReader<M> {
         }
     }
 
+    /// Starts a tick: pages read before are stale now, and `now` dates this tick's cache checks.
+    pub fn begin_tick(&mut self, now: Instant) {
+        self.now = now;
+        self.pages.used = 0;
+    }
+
+    /// Reads through the tick's page cache (for thread states and frames).
+    fn read_hot(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), StackError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = addr.wrapping_add(done as u64);
+            let page = at & !(PAGE - 1);
+            let in_page = (at - page) as usize;
+            let take = (PAGE as usize - in_page).min(buf.len() - done);
+            let Some(data) = self.page(page) else {
+                return self.read(addr, buf);
+            };
+            buf[done..done + take].copy_from_slice(&data[in_page..in_page + take]);
+            done += take;
+        }
+        Ok(())
+    }
+
+    fn page(&mut self, page: u64) -> Option<&[u8]> {
+        let pages = &mut self.pages;
+        if let Some(i) = pages.pages[..pages.used]
+            .iter()
+            .position(|(at, _)| *at == page)
+        {
+            self.stats.page_hits += 1;
+            return Some(&pages.pages[i].1);
+        }
+        if pages.used == MAX_PAGES || page == 0 {
+            return None;
+        }
+        if pages.used == pages.pages.len() {
+            pages
+                .pages
+                .push((0, vec![0u8; PAGE as usize].into_boxed_slice()));
+        }
+        let slot = &mut pages.pages[pages.used];
+        if !self.mem.read(page, &mut slot.1) {
+            return None;
+        }
+        slot.0 = page;
+        pages.used += 1;
+        self.stats.pages_read += 1;
+        Some(&pages.pages[pages.used - 1].1)
+    }
+
     fn read_word(&self, addr: u64) -> Result<u64, StackError> {
         let mut buf = [0u8; 8];
         self.read(addr, &mut buf)?;
         Ok(u64::from_ne_bytes(buf))
     }
 
-    /// Walks the interpreter's thread list. `now` dates the cache checks of this tick.
-    pub fn threads(&mut self, now: Instant) -> Result<Vec<ThreadHead>, StackError> {
-        self.now = now;
-        let t = &self.offsets.thread;
+    /// Walks the interpreter's thread list.
+    pub fn threads(&mut self) -> Result<Vec<ThreadHead>, StackError> {
         let mut tstate =
             self.read_word(self.interpreter + self.offsets.interpreter.threads_head as u64)?;
         let mut heads = Vec::new();
-        let mut buf = [0u8; 256];
-        let buf = &mut buf[..self.tstate_len.min(256)];
         while tstate != 0 {
             if heads.len() >= MAX_DEPTH {
                 return Err(StackError::Torn("thread list does not end"));
             }
-            self.read(tstate, buf)?;
-            let frame = match (t.frame, t.cframe, t.cframe_current_frame) {
-                (Some(at), _, _) => word(buf, at),
-                (None, Some(cframe), Some(current)) => match word(buf, cframe) {
-                    0 => 0,
-                    cframe => self.read_word(cframe + current as u64)?,
-                },
-                _ => 0,
-            };
-            heads.push(ThreadHead {
-                tstate,
-                python_tid: word(buf, t.thread_id),
-                native_tid: t.native_thread_id.map(|at| word(buf, at)),
-                frame,
-            });
-            tstate = word(buf, t.next);
+            let (head, next) = self.read_thread(tstate)?;
+            heads.push(head);
+            tstate = next;
         }
         Ok(heads)
+    }
+
+    /// Reads `head`'s thread state again (its current frame), without walking the list: the
+    /// event-loop threads between two full walks. None when the state no longer belongs to
+    /// that thread (it exited, and the memory went to something else).
+    pub fn refresh(&mut self, head: &ThreadHead) -> Result<Option<ThreadHead>, StackError> {
+        let (now, _) = self.read_thread(head.tstate)?;
+        Ok((now.python_tid == head.python_tid).then_some(now))
+    }
+
+    /// One thread state, and the next one on the list.
+    fn read_thread(&mut self, tstate: u64) -> Result<(ThreadHead, u64), StackError> {
+        let mut buf = [0u8; 256];
+        let len = self.tstate_len.min(256);
+        self.read_hot(tstate, &mut buf[..len])?;
+        let buf = &buf[..len];
+        let t = &self.offsets.thread;
+        let (thread_id, native, next) = (
+            word(buf, t.thread_id),
+            t.native_thread_id.map(|at| word(buf, at)),
+            word(buf, t.next),
+        );
+        let frame = match (t.frame, t.cframe, t.cframe_current_frame) {
+            (Some(at), _, _) => word(buf, at),
+            (None, Some(cframe), Some(current)) => match word(buf, cframe) {
+                0 => 0,
+                cframe => {
+                    let mut ptr = [0u8; 8];
+                    self.read_hot(cframe + current as u64, &mut ptr)?;
+                    u64::from_ne_bytes(ptr)
+                }
+            },
+            _ => 0,
+        };
+        let head = ThreadHead {
+            tstate,
+            python_tid: thread_id,
+            native_tid: native,
+            frame,
+        };
+        Ok((head, next))
     }
 
     /// The thread state holding the GIL, if any thread holds it.
@@ -254,7 +347,7 @@ impl<M: RemoteMemory> StackReader<M> {
             if depth > MAX_DEPTH {
                 return Err(StackError::Torn("frame chain does not end"));
             }
-            self.read(addr, &mut buf[..len])?;
+            self.read_hot(addr, &mut buf[..len])?;
             let frame = &buf[..len];
             let f = &self.offsets.frame;
             let back = word(frame, f.back);
