@@ -1,0 +1,162 @@
+//! loopspy's own stack reader against py-spy's, on the same quiescent target: on CPython
+//! 3.8–3.13, with asyncio's selector loop and with uvloop, every thread's stack must be the
+//! same frames (function, file, line), the same thread names and the same GIL holder.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Per thread id: (name, owns_gil, frames as "function file:line").
+type Threads = BTreeMap<u64, (String, bool, Vec<String>)>;
+
+fn threads_of(dump: &Value) -> Threads {
+    dump["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| {
+            let frames = t["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let text = |key: &str| f[key].as_str().unwrap_or_default().to_string();
+                    format!("{} {}:{}", text("function"), text("file"), f["line"])
+                })
+                .collect();
+            (
+                t["thread_id"].as_u64().unwrap(),
+                (
+                    t["name"].as_str().unwrap_or_default().to_string(),
+                    t["owns_gil"].as_bool().unwrap(),
+                    frames,
+                ),
+            )
+        })
+        .collect()
+}
+
+fn dump_with(pid: i32, reader: &str) -> Threads {
+    let pid = pid.to_string();
+    let run = run_loopspy(
+        &["dump", "--pid", &pid, "--json", "--reader", reader],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code(), 0, "dump --reader {reader}: {}", run.stderr);
+    threads_of(&serde_json::from_str(&run.stdout).unwrap())
+}
+
+fn same_stacks_as_py_spy(minor: &str, uvloop: bool) {
+    let Some(python) = require_python(minor) else {
+        return;
+    };
+    if uvloop && !require_module(&python, "uvloop") {
+        return;
+    }
+    let mut cmd = Command::new(&python);
+    cmd.arg(fixture("reader_target.py")).stdout(Stdio::piped());
+    if uvloop {
+        cmd.arg("--uvloop");
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let target = ChildGuard(child);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let own = dump_with(target.pid(), "own");
+    let reference = dump_with(target.pid(), "py-spy");
+    assert_eq!(
+        own, reference,
+        "CPython {minor} (uvloop: {uvloop}): own reader (left) differs from py-spy (right)"
+    );
+
+    // The comparison must have covered what the fixture set up, read correctly by both.
+    let names: Vec<&str> = own.values().map(|(name, _, _)| name.as_str()).collect();
+    for name in [
+        "MainThread",
+        "worker",
+        "ünïcödé-thread",
+        "generators",
+        "idle-loop",
+    ] {
+        assert!(
+            names.contains(&name),
+            "{minor}: no thread {name} in {names:?}"
+        );
+    }
+    let stack = |name: &str| {
+        own.values()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, frames)| frames.clone())
+            .unwrap()
+    };
+    let count =
+        |frames: &[String], needle: &str| frames.iter().filter(|f| f.contains(needle)).count();
+    assert_eq!(
+        count(&stack("MainThread"), "blocked_chain"),
+        9,
+        "{:#?}",
+        stack("MainThread")
+    );
+    assert_eq!(
+        count(&stack("worker"), "recurse "),
+        13,
+        "{:#?}",
+        stack("worker")
+    );
+    let unicode = stack("ünïcödé-thread");
+    assert!(
+        count(&unicode, "ünïcödé_函数") == 1 && count(&unicode, "<generated>:1") == 1,
+        "{unicode:#?}"
+    );
+    assert!(
+        count(&stack("idle-loop"), "select") >= 1,
+        "{:#?}",
+        stack("idle-loop")
+    );
+}
+
+#[test]
+fn own_reader_equals_py_spy_on_3_8() {
+    same_stacks_as_py_spy("3.8", false);
+    same_stacks_as_py_spy("3.8", true);
+}
+
+#[test]
+fn own_reader_equals_py_spy_on_3_9() {
+    same_stacks_as_py_spy("3.9", false);
+    same_stacks_as_py_spy("3.9", true);
+}
+
+#[test]
+fn own_reader_equals_py_spy_on_3_10() {
+    same_stacks_as_py_spy("3.10", false);
+    same_stacks_as_py_spy("3.10", true);
+}
+
+#[test]
+fn own_reader_equals_py_spy_on_3_11() {
+    same_stacks_as_py_spy("3.11", false);
+    same_stacks_as_py_spy("3.11", true);
+}
+
+#[test]
+fn own_reader_equals_py_spy_on_3_12() {
+    same_stacks_as_py_spy("3.12", false);
+    same_stacks_as_py_spy("3.12", true);
+}
+
+#[test]
+fn own_reader_equals_py_spy_on_3_13() {
+    same_stacks_as_py_spy("3.13", false);
+    same_stacks_as_py_spy("3.13", true);
+}
