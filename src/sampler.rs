@@ -388,6 +388,8 @@ struct TargetReader {
     loop_threads: Vec<ThreadHead>,
     /// Walk the whole thread list on the next tick (a loop thread went away).
     walk_next: bool,
+    /// Every thread as of the last full walk.
+    all_threads: Vec<ThreadHead>,
     stride: u32,
     tick: u64,
 }
@@ -425,6 +427,7 @@ impl TargetReader {
             names_looked_up: None,
             loop_threads: Vec::new(),
             walk_next: false,
+            all_threads: Vec::new(),
             stride: settings.other_stride(),
             tick: 0,
         }
@@ -473,11 +476,21 @@ impl TargetReader {
     ) -> Result<(Vec<(bool, ThreadHead)>, Vec<Vec<Frame>>), StackError> {
         let reader = self.own.as_mut().expect("own reader");
         reader.begin_tick(now);
+        let holder = reader.gil_holder();
         let heads = if full {
-            reader.threads()?
+            let heads = reader.threads()?;
+            self.all_threads.clone_from(&heads);
+            heads
         } else {
-            let mut heads = Vec::with_capacity(self.loop_threads.len());
-            for known in &self.loop_threads {
+            // The loop threads, and whichever thread holds the GIL: a loop that cannot take
+            // the GIL is stalled by that thread, whose stack names the culprit.
+            let holder = holder.and_then(|h| self.all_threads.iter().find(|t| t.tstate == h));
+            let wanted = self
+                .loop_threads
+                .iter()
+                .chain(holder.filter(|h| !self.loop_threads.iter().any(|t| t.tstate == h.tstate)));
+            let mut heads = Vec::with_capacity(self.loop_threads.len() + 1);
+            for known in wanted {
                 match reader.refresh(known) {
                     Ok(Some(head)) => heads.push(head),
                     // The thread exited: the next tick walks the list again.
@@ -487,7 +500,6 @@ impl TargetReader {
             }
             heads
         };
-        let holder = reader.gil_holder();
         let mut threads = Vec::with_capacity(heads.len());
         let mut stacks = Vec::with_capacity(heads.len());
         let mut loops = Vec::new();
