@@ -11,7 +11,7 @@ stack on the loop thread, 3 idle threads), attaches after a warm-up, and measure
 - the target's throughput while profiled vs unprofiled (its own per-second work counter),
 - for loopspy, the achieved sampling rate it reports;
 
-then the highest rate loopspy sustains (achieved >= 95% of asked) and, with --rss-minutes,
+then the highest rate loopspy sustains (achieved >= 95% of asked, on at most one core) and, with --rss-minutes,
 loopspy's RSS over a long recording at --rate. Prints a Markdown report (docs/performance.md
 keeps the latest one).
 """
@@ -28,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(ROOT, "bench", "target.py")
-LOOPSPY = os.path.join(ROOT, "target", "release", "loopspy")
+LOOPSPY = os.environ.get("LOOPSPY_BIN", os.path.join(ROOT, "target", "release", "loopspy"))
 VENV = os.path.join(ROOT, "bench", ".venv")
 WARMUP = 3.0
 
@@ -77,7 +77,7 @@ def run_profiled(python, seconds, argv_for_pid, tmp, name):
     return {"name": name, "cores": cores, "work": statistics.mean(work) if work else 0, **extra}
 
 
-def loopspy_argv(rate, seconds, out):
+def loopspy_argv(rate, seconds, out, extra=()):
     def argv(pid):
         def after():
             with open(os.path.join(out, "incidents.json")) as f:
@@ -86,7 +86,7 @@ def loopspy_argv(rate, seconds, out):
                     "samples": rec.get("samples")}
         shutil.rmtree(out, ignore_errors=True)
         return [LOOPSPY, "record", "--pid", str(pid), "--rate", str(rate), "--duration",
-                f"{seconds}s", "-o", out], after
+                f"{seconds}s", "-o", out, *extra], after
     return argv
 
 
@@ -142,6 +142,8 @@ def main():
     runs = [
         ("no profiler", None),
         (f"loopspy record --rate {r}", loopspy_argv(r, s, os.path.join(tmp, "ls"))),
+        (f"loopspy record --rate {r} --reader py-spy",
+         loopspy_argv(r, s, os.path.join(tmp, "lp"), ["--reader", "py-spy"])),
         (f"py-spy record --nonblocking --idle --rate {r}",
          pyspy_argv(exe, r, s, os.path.join(tmp, "a.svg"), True)),
         (f"py-spy record --idle --rate {r} (pauses the target)",
@@ -150,7 +152,7 @@ def main():
     results = [run_profiled(args.python, s, argv, tmp, f"run{i}") | {"label": label}
                for i, (label, argv) in enumerate(runs)]
     base = results[0]["work"]
-    pyspy_nb = results[2]["cores"]
+    pyspy_nb = results[3]["cores"]
     py = subprocess.run([args.python, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"## Overhead at {r} Hz, {s:.0f} s per run ({platform.machine()}, {os.cpu_count()} cores, {py}, {version})\n")
     print("| profiler | CPU (cores) | vs py-spy --nonblocking | target slowdown | achieved rate |")
@@ -163,13 +165,14 @@ def main():
         print(f"| {res['label']} | {cores} | {ratio} | {slow:+.1f}% | {ach} |")
 
     print("\n## Highest loopspy rate\n")
-    print("| asked | achieved | CPU (cores) | read errors |")
-    print("|---|---|---|---|")
+    print("| asked | achieved | CPU (cores) | read errors | sustained |")
+    print("|---|---|---|---|---|")
     for rate in (1000, 2000, 5000, 10000, 20000):
         res = run_profiled(args.python, 6, loopspy_argv(rate, 6, os.path.join(tmp, f"r{rate}")),
                            tmp, f"rate{rate}")
         errors = f"{res['errors'] / max(res['samples'] + res['errors'], 1) * 100:.1f}%"
-        print(f"| {rate} | {res['achieved']:.0f} | {res['cores']:.3f} | {errors} |")
+        sustained = "yes" if res["achieved"] >= 0.95 * rate and res["cores"] <= 1.0 else "no"
+        print(f"| {rate} | {res['achieved']:.0f} | {res['cores']:.3f} | {errors} | {sustained} |")
 
     if args.rss_minutes:
         report_rss(args, tmp)

@@ -202,9 +202,9 @@ pub struct RawRecordArgs {
     pub command: Vec<String>,
 }
 
-/// Default sampling rate: 1 ms resolution costs py-spy's reader most of a core, 200 Hz keeps
-/// incident durations within 10 ms (two intervals) at a fraction of that.
-pub const DEFAULT_RATE_HZ: u32 = 200;
+/// Default sampling rate: 1 ms resolution, incident durations within 2 ms. The own reader
+/// does it for about a tenth of a core (docs/performance.md).
+pub const DEFAULT_RATE_HZ: u32 = 1000;
 /// Default rate of threads that run no event loop: enough for their flame graph, and cheap.
 pub const DEFAULT_OTHER_THREADS_HZ: u32 = 100;
 /// The highest rate accepted.

@@ -449,7 +449,11 @@ impl TargetReader {
             } else {
                 None
             };
+            // A torn read is a race with the target that is usually over a few microseconds
+            // later (on 3.11-3.12 most are a C-stack `_PyCFrame` popped between reading the
+            // thread state and reading it): try once more before dropping the tick.
             self.read_own(now, full)
+                .or_else(|_| self.read_own(now, full))
         };
         let (threads, frames) = read.ok()?;
         if full {

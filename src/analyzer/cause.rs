@@ -166,7 +166,7 @@ impl CauseEvidence {
     pub fn add(
         &mut self,
         thread: &ThreadSample,
-        callback_frames: &[Frame],
+        library: Option<&'static str>,
         gil_holder: Option<&ThreadSample>,
     ) {
         self.samples += 1;
@@ -190,7 +190,7 @@ impl CauseEvidence {
                 }
             }
         }
-        if let Some(lib) = library_on_stack(callback_frames) {
+        if let Some(lib) = library {
             *self.library_hits.entry(lib).or_default() += 1;
         }
     }
@@ -392,7 +392,7 @@ fn describe_thread(thread: &ThreadSample) -> String {
 /// The outermost recognised library on the callback's stack: the one the user's code called
 /// (`urllib`, not the `socket` it uses underneath; `logging`, not the HTTP client its handler
 /// uses).
-fn library_on_stack(frames: &[Frame]) -> Option<&'static str> {
+pub fn library_on_stack(frames: &[Frame]) -> Option<&'static str> {
     frames.iter().rev().find_map(|frame| {
         LIBRARY_HINTS
             .iter()
@@ -451,10 +451,10 @@ mod tests {
     #[test]
     fn sleep_from_clock_nanosleep_and_empty_select() {
         let mut e = CauseEvidence::default();
-        e.add(&waiting(230, 0, None), &[], None);
+        e.add(&waiting(230, 0, None), None, None);
         assert_eq!(e.decide(None).category, "sleep");
         let mut e = CauseEvidence::default();
-        e.add(&waiting(23, 0, None), &[], None);
+        e.add(&waiting(23, 0, None), None, None);
         assert_eq!(e.decide(None).category, "sleep");
     }
 
@@ -463,9 +463,9 @@ mod tests {
         let mut e = CauseEvidence::default();
         let mut running = waiting(0, 0, None);
         running.os_state = OsState::Running;
-        e.add(&running, &[], None);
-        e.add(&running, &[], None);
-        e.add(&waiting(230, 0, None), &[], None);
+        e.add(&running, None, None);
+        e.add(&running, None, None);
+        e.add(&waiting(230, 0, None), None, None);
         let cause = e.decide(None);
         assert_eq!(cause.category, "cpu");
         assert!(cause.detail.contains("67%"), "{}", cause.detail);
@@ -479,7 +479,7 @@ mod tests {
             service: crate::target::resources::service_name(port),
         };
         let mut e = CauseEvidence::default();
-        e.add(&waiting(45, 4, Some(tcp(8080))), &[], None);
+        e.add(&waiting(45, 4, Some(tcp(8080))), None, None);
         let cause = e.decide(None);
         assert_eq!(cause.category, "network");
         assert_eq!(cause.peer.as_deref(), Some("127.0.0.1:8080"));
@@ -489,7 +489,7 @@ mod tests {
             cause.detail
         );
         let mut e = CauseEvidence::default();
-        e.add(&waiting(45, 4, Some(tcp(5432))), &[], None);
+        e.add(&waiting(45, 4, Some(tcp(5432))), None, None);
         assert_eq!(e.decide(None).category, "database");
     }
 
@@ -498,7 +498,7 @@ mod tests {
         let mut e = CauseEvidence::default();
         let frames = [frame("/py/lib/python3.11/logging/__init__.py")];
         for _ in 0..3 {
-            e.add(&waiting(230, 0, None), &frames, None);
+            e.add(&waiting(230, 0, None), library_on_stack(&frames), None);
         }
         assert_eq!(e.decide(None).category, "logging");
     }
@@ -508,9 +508,9 @@ mod tests {
         let mut e = CauseEvidence::default();
         let logging = [frame("/py/lib/python3.11/logging/__init__.py")];
         let app = [frame("/app/app.py")];
-        e.add(&waiting(230, 0, None), &logging, None);
+        e.add(&waiting(230, 0, None), library_on_stack(&logging), None);
         for _ in 0..40 {
-            e.add(&waiting(230, 0, None), &app, None);
+            e.add(&waiting(230, 0, None), library_on_stack(&app), None);
         }
         assert_eq!(e.decide(None).category, "sleep");
         assert_eq!(e.decide(None).library, None);
@@ -521,7 +521,7 @@ mod tests {
         let mut e = CauseEvidence::default();
         let mut running = waiting(0, 0, None);
         running.os_state = OsState::Running;
-        e.add(&running, &[], None);
+        e.add(&running, None, None);
         let cause = e.decide(Some("cur.execute(SLOW_QUERY)"));
         assert_eq!(cause.category, "database");
         assert!(cause.detail.contains("execute()"), "{}", cause.detail);
@@ -539,7 +539,7 @@ mod tests {
             file: "/app/x.py".into(),
             line: 3,
         }];
-        e.add(&waiting(202, 0, None), &[], Some(&holder));
+        e.add(&waiting(202, 0, None), None, Some(&holder));
         let cause = e.decide(None);
         assert_eq!(cause.category, "gil");
         assert!(cause
@@ -547,7 +547,7 @@ mod tests {
             .unwrap()
             .contains("hog (1) in spin (x.py:3)"));
         let mut e = CauseEvidence::default();
-        e.add(&waiting(202, 0, None), &[], None);
+        e.add(&waiting(202, 0, None), None, None);
         assert_eq!(e.decide(None).category, "lock");
     }
 }

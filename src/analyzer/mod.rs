@@ -226,11 +226,45 @@ impl Analysis {
     }
 }
 
+/// The frame-only facts about one stack (see `loop_detect`).
+#[derive(Debug, Clone, Copy)]
+struct StackFacts {
+    position: LoopPosition,
+    loop_context: Option<u64>,
+    run_once_line: Option<u32>,
+    /// For a callback: the culprit frame's index and the library the callback called into.
+    culprit: usize,
+    library: Option<&'static str>,
+}
+
+impl StackFacts {
+    fn of(frames: &[Frame]) -> Self {
+        let position = loop_detect::classify(frames);
+        let (culprit, library) = match position {
+            LoopPosition::Callback { root, .. } => (
+                culprit::culprit_index(frames, root),
+                cause::library_on_stack(&frames[..=root]),
+            ),
+            _ => (0, None),
+        };
+        StackFacts {
+            position,
+            loop_context: loop_detect::loop_context(frames),
+            run_once_line: loop_detect::run_once_line(frames),
+            culprit,
+            library,
+        }
+    }
+}
+
 /// Consumes samples; call [`Analyzer::finish`] at the end.
 pub struct Analyzer {
     settings: AnalyzerSettings,
     analysis: Analysis,
     last_seen: HashMap<u64, Instant>,
+    /// What the frames alone say, per distinct stack: a recording repeats a few hundred
+    /// stacks thousands of times, and these are string searches over every frame.
+    stack_facts: HashMap<StackId, StackFacts>,
     sources: SourceCache,
     closed: Vec<Incident>,
 }
@@ -241,6 +275,7 @@ impl Analyzer {
         Analyzer {
             analysis: Analysis::default(),
             last_seen: HashMap::new(),
+            stack_facts: HashMap::new(),
             sources: SourceCache::new(settings.pid),
             closed: Vec::new(),
             settings,
@@ -313,7 +348,14 @@ impl Analyzer {
         }
         let gil_holder = gil_holder.filter(|h| h.os_tid != tid);
         let mut gil_stall = false;
-        let position = match loop_detect::classify(&thread.frames) {
+        let facts = match stack {
+            Some(id) => *self
+                .stack_facts
+                .entry(id)
+                .or_insert_with(|| StackFacts::of(&thread.frames)),
+            None => StackFacts::of(&thread.frames),
+        };
+        let position = match facts.position {
             // uvloop's idle wait and its C code between callbacks look alike in the frames; the
             // kernel tells them apart: a thread waiting in epoll is not running.
             LoopPosition::Idle(LoopKind::Uvloop) if thread.os_state == OsState::Running => {
@@ -395,7 +437,7 @@ impl Analyzer {
 
         // A different loop run (a new asyncio.run in the same thread) ends the previous busy
         // run even when no idle sample came between them.
-        let context = loop_detect::loop_context(&thread.frames);
+        let context = facts.loop_context;
         if loop_thread
             .run
             .as_ref()
@@ -412,7 +454,7 @@ impl Analyzer {
             }
             _ => (None, None),
         };
-        let run_once_line = loop_detect::run_once_line(&thread.frames);
+        let run_once_line = facts.run_once_line;
         let split_at = self.run_boundary(
             tid,
             at,
@@ -445,13 +487,13 @@ impl Analyzer {
             run.loop_context = context;
             run
         });
-        let callback_frames = match position {
-            LoopPosition::Callback { root, .. } => &thread.frames[..=root],
-            _ => &[],
+        let library = match position {
+            LoopPosition::Callback { .. } => facts.library,
+            _ => None,
         };
         let callback = match position {
             LoopPosition::Callback { root, .. } => {
-                let culprit_idx = culprit::culprit_index(&thread.frames, root);
+                let culprit_idx = facts.culprit;
                 let culprit = a.symbols.frames.intern(&thread.frames[culprit_idx]);
                 let root_frame = a.symbols.frames.intern(&thread.frames[root]);
                 Some((
@@ -486,7 +528,7 @@ impl Analyzer {
                 run.observe_gil_holder(culprit);
             }
         }
-        run.evidence.add(thread, callback_frames, gil_holder);
+        run.evidence.add(thread, library, gil_holder);
     }
 
     /// The loop of `tid` was seen idle at `at`: its busy run, if any, ends.

@@ -554,3 +554,7 @@ impl<M: RemoteMemory> StackReader<M> {
         chars.ok_or(StackError::Torn("invalid character"))
     }
 }
+
+#[cfg(test)]
+#[path = "stacks_tests.rs"]
+mod tests;

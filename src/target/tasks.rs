@@ -48,6 +48,8 @@ pub struct TaskReader {
     current_tasks: Option<usize>,
     next_lookup: Instant,
     type_names: HashMap<u64, String>,
+    /// The tasks read at the last generation.
+    last: Option<(TaskGeneration, Vec<RunningTask>)>,
 }
 
 /// How often to look for `asyncio.tasks` again while the target has not imported it.
@@ -66,6 +68,7 @@ impl TaskReader {
             current_tasks: None,
             next_lookup: Instant::now(),
             type_names: HashMap::new(),
+            last: None,
         }
     }
 
@@ -84,14 +87,29 @@ impl TaskReader {
             entries: self.entry_count(&table),
         };
         if word_at(&table.header, self.offsets.dict.ma_used) == 0 {
+            self.last = None;
             return (Vec::new(), Some(generation));
         }
-        let tasks = self
-            .entries(&table)
-            .unwrap_or_default()
+        let entries = self.entries(&table).unwrap_or_default();
+        // No task step started or ended since the last tick, and the same task objects in the
+        // dict (which holds them alive): what was read of them still holds. A loop blocked in
+        // one callback costs three small reads a tick.
+        if let Some((last_generation, tasks)) = &self.last {
+            if *last_generation == generation
+                && tasks.len() == entries.len()
+                && tasks
+                    .iter()
+                    .zip(&entries)
+                    .all(|(t, (_, e))| t.address == *e)
+            {
+                return (tasks.clone(), Some(generation));
+            }
+        }
+        let tasks: Vec<RunningTask> = entries
             .into_iter()
             .filter_map(|(_, task)| self.read_task(task))
             .collect();
+        self.last = Some((generation, tasks.clone()));
         (tasks, Some(generation))
     }
 
