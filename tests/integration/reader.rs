@@ -160,3 +160,53 @@ fn own_reader_equals_py_spy_on_3_13() {
     same_stacks_as_py_spy("3.13", false);
     same_stacks_as_py_spy("3.13", true);
 }
+
+/// Sum of the collapsed-stack weights (µs) of the stacks that contain `needle`.
+fn weight_of(collapsed: &str, needle: &str) -> u64 {
+    collapsed
+        .lines()
+        .filter(|line| line.contains(needle))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Threads without an event loop are read at `--other-threads-rate` only, each read weighted by
+/// the time it stands for: a thread busy the whole recording still adds up to the recording's
+/// length in the flame graph, at 100 Hz as at every tick.
+#[test]
+fn threads_without_a_loop_are_read_less_often_and_weighted_by_time() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    let _serial = timing_lock();
+    let target = start_python(&python, &[fixture("no_loop.py").to_str().unwrap(), "30"]);
+    for other_rate in ["100", "1000"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let run = run_loopspy(
+            &[
+                "record",
+                "--pid",
+                &target.pid().to_string(),
+                "--duration",
+                "3s",
+                "--rate",
+                "1000",
+                "--other-threads-rate",
+                other_rate,
+                "--format",
+                "collapsed",
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        );
+        let collapsed = std::fs::read_to_string(out.join("flamegraph.collapsed"))
+            .unwrap_or_else(|e| panic!("{e}: {}", run.stderr));
+        let busy_ms = weight_of(&collapsed, "churn_without_loop") as f64 / 1000.0;
+        assert!(
+            (2000.0..=3300.0).contains(&busy_ms),
+            "--other-threads-rate {other_rate}: the busy thread weighs {busy_ms:.0} ms of a 3 s recording\n{collapsed}"
+        );
+    }
+}
