@@ -16,13 +16,16 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
     let s = &info.sampler;
     let _ = writeln!(
         out,
-        "loopspy: recorded pid {} (Python {}) for {:.1}s: {} samples at {:.0} Hz (asked {}), {} read errors, {} dropped",
+        "loopspy: recorded pid {} (Python {}) for {:.1}s: {} samples at {:.0} Hz (asked {}; interval p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms), {} read errors, {} dropped",
         info.pid,
         info.python_version,
         s.elapsed.as_secs_f64(),
         analysis.samples,
         s.achieved_rate(),
         info.rate_hz,
+        s.interval_p50_us as f64 / 1000.0,
+        s.interval_p99_us as f64 / 1000.0,
+        s.interval_max_us as f64 / 1000.0,
         analysis.sample_errors,
         s.dropped_analyzer_lag + s.missed_ticks,
     );
