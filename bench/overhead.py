@@ -129,6 +129,7 @@ def main():
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--rss-minutes", type=float, default=0)
     parser.add_argument("--rss-only", action="store_true", help="skip the overhead and rate runs")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the overhead runs")
     args = parser.parse_args()
     if not os.path.exists(LOOPSPY):
         sys.exit("build first: cargo build --release")
@@ -149,20 +150,37 @@ def main():
         (f"py-spy record --idle --rate {r} (pauses the target)",
          pyspy_argv(exe, r, s, os.path.join(tmp, "b.svg"), False)),
     ]
-    results = [run_profiled(args.python, s, argv, tmp, f"run{i}") | {"label": label}
-               for i, (label, argv) in enumerate(runs)]
+    # Every profiler runs --repeat times, in rounds (each round runs all of them once), so that
+    # a slow spell of the machine hits every row alike; the rows report means.
+    per_label = {label: [] for label, _ in runs}
+    for round_no in range(args.repeat):
+        for i, (label, argv) in enumerate(runs):
+            per_label[label].append(run_profiled(args.python, s, argv, tmp, f"run{round_no}-{i}"))
+
+    def mean_of(rows, key):
+        values = [row[key] for row in rows if row.get(key) is not None]
+        return statistics.mean(values) if values else None
+
+    results = []
+    for label, _ in runs:
+        rows = per_label[label]
+        results.append({"label": label, "cores": mean_of(rows, "cores"),
+                        "work": mean_of(rows, "work"), "achieved": mean_of(rows, "achieved"),
+                        "works": [row["work"] for row in rows]})
     base = results[0]["work"]
     pyspy_nb = results[3]["cores"]
     py = subprocess.run([args.python, "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"## Overhead at {r} Hz, {s:.0f} s per run ({platform.machine()}, {os.cpu_count()} cores, {py}, {version})\n")
-    print("| profiler | CPU (cores) | vs py-spy --nonblocking | target slowdown | achieved rate |")
-    print("|---|---|---|---|---|")
+    print(f"## Overhead at {r} Hz, {s:.0f} s per run, {args.repeat} rounds ({platform.machine()}, "
+          f"{os.cpu_count()} cores, {py}, {version})\n")
+    print("| profiler | CPU (cores) | vs py-spy --nonblocking | target slowdown | target work/s per round | achieved rate |")
+    print("|---|---|---|---|---|---|")
     for res in results:
         cores = "" if res["cores"] is None else f"{res['cores']:.3f}"
         ratio = "" if res["cores"] is None else f"{res['cores'] / pyspy_nb:.2f}x"
         slow = (1 - res["work"] / base) * 100 if base else 0
+        works = ", ".join(f"{w:.0f}" for w in res["works"])
         ach = f"{res['achieved']:.0f} Hz" if res.get("achieved") else ""
-        print(f"| {res['label']} | {cores} | {ratio} | {slow:+.1f}% | {ach} |")
+        print(f"| {res['label']} | {cores} | {ratio} | {slow:+.1f}% | {works} | {ach} |")
 
     print("\n## Highest loopspy rate\n")
     print("| asked | achieved | CPU (cores) | read errors | sustained |")

@@ -60,8 +60,8 @@ pub struct ThreadSample {
     pub os_tid: u64,
     /// Python's thread id (`threading.get_ident()`, the `pthread_t`).
     pub python_tid: u64,
-    /// Python's thread name when known (`MainThread`, ...).
-    pub name: Option<String>,
+    /// Python's thread name when known (`MainThread`, ...); shared, not copied, per sample.
+    pub name: Option<Arc<str>>,
     /// Frames, innermost (leaf) first.
     pub frames: Vec<Frame>,
     /// Kernel view of the thread.
@@ -382,7 +382,7 @@ struct TargetReader {
     thread_files: ThreadFiles,
     resources: ResourceResolver,
     /// Python thread id -> (kernel tid, name) from py-spy's thread-name lookup.
-    names: HashMap<u64, (u64, Option<String>)>,
+    names: HashMap<u64, (u64, Option<Arc<str>>)>,
     names_looked_up: Option<Instant>,
     /// Threads whose last read showed an event loop: read every tick.
     loop_threads: Vec<ThreadHead>,
@@ -585,7 +585,7 @@ impl TargetReader {
                 .into_iter()
                 .map(|t| {
                     let tid = t.os_thread_id.unwrap_or(0);
-                    (t.thread_id, (tid, t.thread_name))
+                    (t.thread_id, (tid, t.thread_name.map(Arc::from)))
                 })
                 .collect();
         }
@@ -626,7 +626,7 @@ fn waits_by_frames(frames: &[Frame]) -> bool {
 /// so the next read looks it up again.
 fn forget_recycled_names(
     spy: &mut PythonSpy,
-    python_to_os: &mut HashMap<u64, (u64, Option<String>)>,
+    python_to_os: &mut HashMap<u64, (u64, Option<Arc<str>>)>,
     threads: &[ThreadSample],
 ) {
     for thread in threads {
@@ -685,7 +685,7 @@ fn py_spy_thread_sample(
     ThreadSample {
         os_tid,
         python_tid: trace.thread_id,
-        name: trace.thread_name,
+        name: trace.thread_name.map(Arc::from),
         frames,
         os_state,
         owns_gil: trace.owns_gil,

@@ -337,7 +337,9 @@ impl Analyzer {
         let tid = thread.os_tid;
         let a = &mut self.analysis;
         if let Some(name) = &thread.name {
-            a.thread_names.entry(tid).or_insert_with(|| name.clone());
+            a.thread_names
+                .entry(tid)
+                .or_insert_with(|| name.to_string());
         }
         let stack = (!thread.frames.is_empty()).then(|| a.symbols.intern_stack(&thread.frames));
         if let (Some(stack), OsState::Running) = (stack, &thread.os_state) {
@@ -402,7 +404,7 @@ impl Analyzer {
             .intern(thread.frames.last().expect("a loop has frames"));
         let loop_thread = a.loops.entry(tid).or_insert_with(|| LoopThread {
             thread_id: tid,
-            name: thread.name.clone(),
+            name: thread.name.as_deref().map(String::from),
             kind,
             kind_samples: [0; 2],
             observed: Duration::ZERO,
@@ -425,7 +427,7 @@ impl Analyzer {
         }
         // py-spy learns thread names lazily; take the name once it is known.
         if loop_thread.name.is_none() {
-            loop_thread.name = thread.name.clone();
+            loop_thread.name = thread.name.as_deref().map(String::from);
         }
         let first_sample = loop_thread.last_sample_at.is_none();
         loop_thread.last_sample_at = Some(at);
