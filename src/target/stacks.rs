@@ -260,8 +260,10 @@ impl<M: RemoteMemory> StackReader<M> {
 
     /// Walks the interpreter's thread list.
     pub fn threads(&mut self) -> Result<Vec<ThreadHead>, StackError> {
-        let mut tstate =
-            self.read_word(self.interpreter + self.offsets.interpreter.threads_head as u64)?;
+        let mut tstate = self.read_word(
+            self.interpreter
+                .wrapping_add(self.offsets.interpreter.threads_head as u64),
+        )?;
         let mut heads = Vec::new();
         while tstate != 0 {
             if heads.len() >= MAX_DEPTH {
@@ -300,7 +302,7 @@ impl<M: RemoteMemory> StackReader<M> {
                 0 => 0,
                 cframe => {
                     let mut ptr = [0u8; 8];
-                    self.read_hot(cframe + current as u64, &mut ptr)?;
+                    self.read_hot(cframe.wrapping_add(current as u64), &mut ptr)?;
                     u64::from_ne_bytes(ptr)
                 }
             },
@@ -373,7 +375,8 @@ impl<M: RemoteMemory> StackReader<M> {
                 }
                 FrameLayout::Interpreter => {
                     let instr = word(frame, f.instr.unwrap_or(0)) as i64;
-                    let start = code as i64 + self.offsets.code.code_adaptive.unwrap_or(0) as i64;
+                    let start = (code as i64)
+                        .wrapping_add(self.offsets.code.code_adaptive.unwrap_or(0) as i64);
                     instr.wrapping_sub(start)
                 }
             };
@@ -462,7 +465,7 @@ impl<M: RemoteMemory> StackReader<M> {
         if let Some(&is_code) = self.code_types.get(&ty) {
             return Ok(is_code);
         }
-        let tp_name = self.read_word(ty + self.offsets.r#type.tp_name as u64)?;
+        let tp_name = self.read_word(ty.wrapping_add(self.offsets.r#type.tp_name as u64))?;
         let mut name = [0u8; 5];
         self.read(tp_name, &mut name)?;
         let is_code = &name == b"code\0";
@@ -483,7 +486,7 @@ impl<M: RemoteMemory> StackReader<M> {
         let table = self.read_bytes(word(header, c.linetable))?;
         let code_bytes = match (c.code, c.code_adaptive) {
             // 3.11+: the code object is variable-sized, ob_size counting its code units.
-            (_, Some(_)) => word(header, 16) as i64 * 2,
+            (_, Some(_)) => (word(header, 16) as i64).saturating_mul(2),
             (Some(co_code), None) => self.bytes_len(word(header, co_code))? as i64,
             (None, None) => i64::MAX,
         };
@@ -503,7 +506,7 @@ impl<M: RemoteMemory> StackReader<M> {
     }
 
     fn bytes_len(&self, bytes: u64) -> Result<usize, StackError> {
-        let size = self.read_word(bytes + self.offsets.bytes.ob_size as u64)? as usize;
+        let size = self.read_word(bytes.wrapping_add(self.offsets.bytes.ob_size as u64))? as usize;
         if size > MAX_LINE_TABLE {
             return Err(StackError::Torn("implausible bytes length"));
         }
@@ -513,7 +516,10 @@ impl<M: RemoteMemory> StackReader<M> {
     fn read_bytes(&self, bytes: u64) -> Result<Vec<u8>, StackError> {
         let size = self.bytes_len(bytes)?;
         let mut data = vec![0u8; size];
-        self.read(bytes + self.offsets.bytes.ob_sval as u64, &mut data)?;
+        self.read(
+            bytes.wrapping_add(self.offsets.bytes.ob_sval as u64),
+            &mut data,
+        )?;
         Ok(data)
     }
 
@@ -521,7 +527,9 @@ impl<M: RemoteMemory> StackReader<M> {
     fn read_str(&self, obj: u64) -> Result<String, StackError> {
         let u = &self.offsets.unicode;
         let mut header = [0u8; 64];
-        let header = &mut header[..u.compact_data.min(64)];
+        // The fixed part every compact str has (a short ASCII name can end its mapping right
+        // after its data, so read no further than that).
+        let header = &mut header[..u.ascii_data.min(64)];
         self.read(obj, header)?;
         let length = word(header, u.length) as usize;
         let state = int32(header, u.state) as u32;
@@ -536,7 +544,7 @@ impl<M: RemoteMemory> StackReader<M> {
         };
         let width = kind as usize;
         let mut data = vec![0u8; length * width];
-        self.read(obj + data_at as u64, &mut data)?;
+        self.read(obj.wrapping_add(data_at as u64), &mut data)?;
         let chars: Option<String> = match width {
             1 if ascii == 1 => {
                 return String::from_utf8(data).map_err(|_| StackError::Torn("not ASCII"))
