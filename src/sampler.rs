@@ -390,6 +390,8 @@ struct TargetReader {
     walk_next: bool,
     /// Every thread as of the last full walk.
     all_threads: Vec<ThreadHead>,
+    /// Kernel tids of the threads read last tick.
+    last_tids: Vec<u64>,
     stride: u32,
     tick: u64,
 }
@@ -428,6 +430,7 @@ impl TargetReader {
             loop_threads: Vec::new(),
             walk_next: false,
             all_threads: Vec::new(),
+            last_tids: Vec::new(),
             stride: settings.other_stride(),
             tick: 0,
         }
@@ -442,6 +445,14 @@ impl TargetReader {
         let full = self.stride == 1
             || self.tick % self.stride as u64 == 1
             || std::mem::take(&mut self.walk_next);
+        // --blocking: the kernel's view of the threads is taken before the target is paused
+        // (a stopped thread is not waiting in its syscall, and one just resumed shows running).
+        let mut views = HashMap::new();
+        if self.blocking {
+            for &tid in &self.last_tids {
+                views.insert(tid, self.thread_files.kernel_view(tid));
+            }
+        }
         let read = {
             // --blocking: pause the target for the read, as py-spy does.
             let _lock = if self.blocking {
@@ -456,18 +467,21 @@ impl TargetReader {
                 .or_else(|_| self.read_own(now, full))
         };
         let (threads, frames) = read.ok()?;
+        self.refresh_names(&threads, now);
+        let samples: Vec<ThreadSample> = threads
+            .into_iter()
+            .zip(frames)
+            .map(|((owns_gil, head), frames)| {
+                self.thread_sample(head, frames, owns_gil, full, &mut views)
+            })
+            .collect();
         if full {
             self.thread_files
-                .retain(|tid| threads.iter().any(|(_, t)| t.native_tid == Some(tid)));
+                .retain(|tid| samples.iter().any(|t| t.os_tid == tid));
         }
-        self.refresh_names(&threads, now);
-        Some(
-            threads
-                .into_iter()
-                .zip(frames)
-                .map(|((owns_gil, head), frames)| self.thread_sample(head, frames, owns_gil, full))
-                .collect(),
-        )
+        self.last_tids.clear();
+        self.last_tids.extend(samples.iter().map(|t| t.os_tid));
+        Some(samples)
     }
 
     /// The threads due this tick and their frames: on a full tick every thread on the list;
@@ -528,12 +542,18 @@ impl TargetReader {
         frames: Vec<Frame>,
         owns_gil: bool,
         full: bool,
+        views: &mut HashMap<u64, Option<Option<Syscall>>>,
     ) -> ThreadSample {
         let pid = self.pid;
         let os_tid = head
             .native_tid
             .or_else(|| self.thread_ids.resolve(pid, head.python_tid));
-        let os_state = match os_tid.map(|tid| self.thread_files.kernel_view(tid)) {
+        let view = os_tid.map(|tid| {
+            views
+                .remove(&tid)
+                .unwrap_or_else(|| self.thread_files.kernel_view(tid))
+        });
+        let os_state = match view {
             None => OsState::Running,
             Some(Some(None)) if !waits_by_frames(&frames) => OsState::Running,
             Some(view) => {

@@ -130,44 +130,33 @@ fn int32(buf: &[u8], at: usize) -> i32 {
         .unwrap_or(0)
 }
 
+/// Bytes to read from a struct's start to cover every field at these offsets (none wider than
+/// a pointer), so one read gets them all.
+fn span(fields: &[Option<usize>]) -> usize {
+    fields.iter().flatten().max().copied().unwrap_or(0) + 8
+}
+
 impl<M: RemoteMemory> StackReader<M> {
     /// A reader of the interpreter at `interpreter`, whose GIL holder is recorded at `gil`
     /// (py-spy's `threadstate_address`; 0 when unknown).
     pub fn new(mem: M, offsets: PythonOffsets, interpreter: u64, gil: u64) -> Self {
-        let f = &offsets.frame;
-        let frame_len = [Some(f.back), Some(f.code), f.lasti, f.instr, f.owner]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(0)
-            + 8;
-        let t = &offsets.thread;
-        let tstate_len = [
+        let (f, t, c) = (&offsets.frame, &offsets.thread, &offsets.code);
+        let frame_len = span(&[Some(f.back), Some(f.code), f.lasti, f.instr, f.owner]);
+        let tstate_len = span(&[
             Some(t.next),
             t.frame,
             t.cframe,
             Some(t.thread_id),
             t.native_thread_id,
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(0)
-            + 8;
-        let c = &offsets.code;
-        let code_len = [
+        ]);
+        let code_len = span(&[
             Some(c.filename),
             Some(c.name),
             c.qualname,
             Some(c.firstlineno),
             Some(c.linetable),
             c.code,
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(0)
-            + 8;
+        ]);
         StackReader {
             mem,
             offsets,

@@ -260,3 +260,20 @@ pub fn start_python(python: &Path, args: &[&str]) -> ChildGuard {
     std::thread::sleep(Duration::from_millis(300));
     ChildGuard(child)
 }
+
+/// Starts a Python fixture that prints `ready` on stdout once it is set up, and waits for it.
+pub fn start_until_ready(python: &Path, args: &[&str]) -> ChildGuard {
+    let mut child = Command::new(python)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting python");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let guard = ChildGuard(child);
+    assert_eq!(line.trim(), "ready", "{args:?} did not get ready");
+    guard
+}

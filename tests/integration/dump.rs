@@ -1,8 +1,6 @@
 //! `loopspy dump` on CPython 3.8–3.13 and uvloop: every thread's stack, which threads run
 //! event loops, idle or inside a callback, for how long, and in which task.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -10,20 +8,15 @@ use serde_json::Value;
 use crate::common::*;
 
 fn start_dump_target(python: &std::path::Path, uvloop: bool) -> ChildGuard {
-    let mut cmd = Command::new(python);
-    cmd.arg(fixture("dump_target.py")).stdout(Stdio::piped());
+    let script = fixture("dump_target.py");
+    let mut args = vec![script.to_str().unwrap()];
     if uvloop {
-        cmd.arg("--uvloop");
+        args.push("--uvloop");
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let target = start_until_ready(python, &args);
     // Let the main loop enter its blocking handler and stay there a while.
     std::thread::sleep(Duration::from_millis(600));
-    ChildGuard(child)
+    target
 }
 
 fn dump(minor: &str, uvloop: bool) {

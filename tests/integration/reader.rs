@@ -3,8 +3,6 @@
 //! same frames (function, file, line), the same thread names and the same GIL holder.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -58,18 +56,12 @@ fn same_stacks_as_py_spy(minor: &str, uvloop: bool) {
     if uvloop && !require_module(&python, "uvloop") {
         return;
     }
-    let mut cmd = Command::new(&python);
-    cmd.arg(fixture("reader_target.py")).stdout(Stdio::piped());
+    let script = fixture("reader_target.py");
+    let mut args = vec![script.to_str().unwrap()];
     if uvloop {
-        cmd.arg("--uvloop");
+        args.push("--uvloop");
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    let target = ChildGuard(child);
+    let target = start_until_ready(&python, &args);
     std::thread::sleep(Duration::from_millis(300));
 
     let own = dump_with(target.pid(), "own");
