@@ -144,6 +144,10 @@ pub struct SamplerStats {
     pub interval_p99_us: u64,
     /// See `interval_p50_us`.
     pub interval_max_us: u64,
+    /// The stack reader used: `own`, or `py-spy` (asked for, or no offset table).
+    pub reader: &'static str,
+    /// Reads per second of threads without an event loop (own reader; else `rate_hz`).
+    pub other_threads_hz: u32,
 }
 
 impl SamplerStats {
@@ -364,6 +368,16 @@ fn run(
     stats.elapsed = last_read
         .map(|t| t.duration_since(start))
         .unwrap_or_default();
+    stats.reader = if reader.own.is_some() {
+        "own"
+    } else {
+        "py-spy"
+    };
+    stats.other_threads_hz = if reader.own.is_some() {
+        (settings.rate_hz.max(1) as f64 / reader.stride as f64).round() as u32
+    } else {
+        settings.rate_hz
+    };
     stats.interval_p50_us = intervals.quantile(0.50);
     stats.interval_p99_us = intervals.quantile(0.99);
     stats.interval_max_us = intervals.max_us;

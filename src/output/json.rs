@@ -102,6 +102,8 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
             "duration_s": round(s.elapsed.as_secs_f64(), 3),
             "rate_hz": info.rate_hz,
             "achieved_rate_hz": round(s.achieved_rate(), 1),
+            "reader": s.reader,
+            "other_threads_hz": s.other_threads_hz,
             "interval_us": { "p50": s.interval_p50_us, "p99": s.interval_p99_us, "max": s.interval_max_us },
             "missed_ticks": s.missed_ticks,
             "dropped_samples": s.dropped_analyzer_lag,

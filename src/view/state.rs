@@ -30,14 +30,15 @@ pub struct FunctionTable {
 }
 
 impl FunctionTable {
-    /// Adds a sample, each thread weighted by `interval`. Idle samples — a loop waiting in its
+    /// Adds a sample, each thread weighted by `interval` times the ticks its read stands for
+    /// (threads without a loop are read less often). Idle samples — a loop waiting in its
     /// selector, or a non-loop thread the kernel shows off CPU — count only if `include_idle`.
     pub fn add(&mut self, sample: &Sample, interval: Duration, include_idle: bool) {
-        let us = interval.as_micros() as u64;
         for thread in &sample.threads {
             if thread.frames.is_empty() {
                 continue;
             }
+            let us = interval.as_micros() as u64 * u64::from(thread.every.max(1));
             let idle = match loop_detect::classify(&thread.frames) {
                 LoopPosition::Idle(_) => true,
                 LoopPosition::NoLoop => thread.os_state != OsState::Running,
@@ -237,5 +238,15 @@ mod tests {
         assert_eq!((rows[1].own_us, rows[1].total_us), (1000, 1000));
         assert!(table.rows(Some(&[8]), SortColumn::OwnPct).0.is_empty());
         assert_eq!(SortColumn::Function.next(), SortColumn::OwnPct);
+    }
+
+    #[test]
+    fn a_thread_read_every_tenth_tick_weighs_ten_ticks() {
+        let mut table = FunctionTable::default();
+        let mut rare = sample(&[("worker", "w.py")]);
+        rare.threads[0].every = 10;
+        table.add(&rare, Duration::from_millis(1), false);
+        let (rows, total) = table.rows(None, SortColumn::TotalPct);
+        assert_eq!((total, rows[0].own_us), (10_000, 10_000));
     }
 }

@@ -195,6 +195,12 @@ fn threads_without_a_loop_are_read_less_often_and_weighted_by_time() {
         );
         let collapsed = std::fs::read_to_string(out.join("flamegraph.collapsed"))
             .unwrap_or_else(|e| panic!("{e}: {}", run.stderr));
+        let recording = &read_json(&out.join("incidents.json"))["recording"];
+        assert_eq!(recording["reader"], "own");
+        assert_eq!(
+            recording["other_threads_hz"].as_u64(),
+            other_rate.parse().ok()
+        );
         let busy_ms = weight_of(&collapsed, "churn_without_loop") as f64 / 1000.0;
         assert!(
             (2000.0..=3300.0).contains(&busy_ms),
