@@ -387,28 +387,30 @@ impl<M: RemoteMemory> StackReader<M> {
     /// The cached facts of the code object at `code`, decoding it on first sight, when the
     /// entry is due for a check, or when `position` does not fit it.
     fn code(&mut self, code: u64, position: i64) -> Result<&CodeInfo, StackError> {
+        /// What the cache entry calls for this time.
+        enum Lookup {
+            Trust,
+            Recheck,
+            Decode,
+        }
         let fits = |info: &CodeInfo| position >= -2 && position <= info.code_bytes;
-        let state = match self.codes.get(&code) {
-            Some(info) if !fits(info) => Some(false),
-            Some(info) if self.now.duration_since(info.checked_at) < REVALIDATE => None,
-            Some(_) => Some(true),
-            None => Some(false),
+        let lookup = match self.codes.get(&code) {
+            Some(info) if !fits(info) => Lookup::Decode,
+            Some(info) if self.now.duration_since(info.checked_at) < REVALIDATE => Lookup::Trust,
+            Some(_) => Lookup::Recheck,
+            None => Lookup::Decode,
         };
-        match state {
-            None => {}
-            Some(recheck) => {
-                let header = self.read_code_header(code)?;
-                let fingerprint = self.fingerprint(&header);
-                let unchanged = recheck
-                    && self
-                        .codes
-                        .get(&code)
-                        .is_some_and(|info| info.fingerprint == fingerprint);
-                if unchanged {
-                    if let Some(info) = self.codes.get_mut(&code) {
-                        info.checked_at = self.now;
-                    }
-                } else {
+        if !matches!(lookup, Lookup::Trust) {
+            let header = self.read_code_header(code)?;
+            let fingerprint = self.fingerprint(&header);
+            let entry = self.codes.get_mut(&code);
+            match entry {
+                Some(info)
+                    if matches!(lookup, Lookup::Recheck) && info.fingerprint == fingerprint =>
+                {
+                    info.checked_at = self.now;
+                }
+                _ => {
                     let info = self.decode_code(&header, fingerprint)?;
                     if self.codes.len() >= MAX_CODES {
                         self.codes.clear();
