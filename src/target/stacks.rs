@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::linetable::LineTable;
 use super::memory::RemoteMemory;
-use super::offsets::{FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
+use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
 use crate::sampler::Frame;
 
 /// Longest frame chain or thread list accepted; past it the chain is taken to be torn.
@@ -136,6 +136,18 @@ fn span(fields: &[Option<usize>]) -> usize {
     fields.iter().flatten().max().copied().unwrap_or(0) + 8
 }
 
+/// Bytes of a code object's start that hold every field the reader uses.
+fn code_header_len(c: &CodeOffsets) -> usize {
+    span(&[
+        Some(c.filename),
+        Some(c.name),
+        c.qualname,
+        Some(c.firstlineno),
+        Some(c.linetable),
+        c.code,
+    ])
+}
+
 impl<M: RemoteMemory> StackReader<M> {
     /// A reader of the interpreter at `interpreter`, whose GIL holder is recorded at `gil`
     /// (py-spy's `threadstate_address`; 0 when unknown).
@@ -149,14 +161,7 @@ impl<M: RemoteMemory> StackReader<M> {
             Some(t.thread_id),
             t.native_thread_id,
         ]);
-        let code_len = span(&[
-            Some(c.filename),
-            Some(c.name),
-            c.qualname,
-            Some(c.firstlineno),
-            Some(c.linetable),
-            c.code,
-        ]);
+        let code_len = code_header_len(c);
         StackReader {
             mem,
             offsets,

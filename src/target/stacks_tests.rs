@@ -682,14 +682,7 @@ impl Builder {
         let co_code = c
             .code
             .map(|_| self.bytes_obj(&vec![0x64; 2 * units as usize]));
-        let fields_end = span(&[
-            Some(c.filename),
-            Some(c.name),
-            c.qualname,
-            Some(c.firstlineno),
-            Some(c.linetable),
-            c.code,
-        ]);
+        let fields_end = code_header_len(&c);
         let size = match c.code_adaptive {
             Some(at) => (at + 2 * units as usize).max(fields_end),
             None => fields_end,
