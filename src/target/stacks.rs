@@ -31,6 +31,8 @@ pub const MAX_DEPTH: usize = 4096;
 const REVALIDATE: Duration = Duration::from_secs(1);
 /// Code objects cached at most; the cache starts over past it (bounded memory over hours).
 const MAX_CODES: usize = 16_384;
+/// Heap bytes the cached names and line tables may hold before the cache starts over.
+const MAX_CACHE_BYTES: usize = 32 << 20;
 /// Longest string (file name, function name) read, in characters.
 const MAX_STR_CHARS: usize = 4096;
 /// Longest line table read, in bytes.
@@ -81,6 +83,13 @@ struct CodeInfo {
     shim: bool,
 }
 
+impl CodeInfo {
+    /// Heap bytes this entry holds (its strings may be shared with samples, counted anyway).
+    fn heap_bytes(&self) -> usize {
+        self.function.len() + self.file.len() + self.lines.heap_bytes()
+    }
+}
+
 /// Counters a benchmark or a curious user can look at.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReaderStats {
@@ -101,6 +110,8 @@ pub struct StackReader<M> {
     interpreter: u64,
     gil: u64,
     codes: HashMap<u64, CodeInfo>,
+    /// Heap bytes held by `codes` (names, file names, line tables).
+    cache_bytes: usize,
     /// Type object address -> whether its `tp_name` is `code`.
     code_types: HashMap<u64, bool>,
     frame_len: usize,
@@ -168,6 +179,7 @@ impl<M: RemoteMemory> StackReader<M> {
             interpreter,
             gil,
             codes: HashMap::new(),
+            cache_bytes: 0,
             code_types: HashMap::new(),
             frame_len,
             tstate_len,
@@ -417,12 +429,16 @@ impl<M: RemoteMemory> StackReader<M> {
                 }
                 _ => {
                     let info = self.decode_code(&header, fingerprint)?;
-                    if self.codes.len() >= MAX_CODES {
+                    if self.codes.len() >= MAX_CODES || self.cache_bytes >= MAX_CACHE_BYTES {
                         self.codes.clear();
+                        self.cache_bytes = 0;
                         self.stats.cache_resets += 1;
                     }
+                    self.cache_bytes += info.heap_bytes();
                     self.stats.codes_decoded += 1;
-                    self.codes.insert(code, info);
+                    if let Some(old) = self.codes.insert(code, info) {
+                        self.cache_bytes = self.cache_bytes.saturating_sub(old.heap_bytes());
+                    }
                 }
             }
         }

@@ -1766,6 +1766,12 @@ fn the_code_cache_stays_bounded() {
         let stats = reader.stats();
         assert!(stats.cache_resets >= 2, "3.{minor}: {stats:?}");
         assert!(reader.cached_codes() <= MAX_CODES, "3.{minor}");
+        let held: usize = reader.codes.values().map(CodeInfo::heap_bytes).sum();
+        assert_eq!(
+            reader.cache_bytes, held,
+            "3.{minor}: the byte count drifted"
+        );
+        assert!(reader.cache_bytes <= MAX_CACHE_BYTES);
         assert!(reader.code_types.len() <= 1024);
         assert!(reader.pages.pages.len() <= MAX_PAGES);
     }
@@ -1880,6 +1886,7 @@ fn exercise<M: RemoteMemory>(
     }
     let _ = reader.gil_holder();
     if reader.cached_codes() > MAX_CODES
+        || reader.cache_bytes > MAX_CACHE_BYTES + MAX_LINE_TABLE * 16
         || reader.code_types.len() > 1024
         || reader.pages.pages.len() > MAX_PAGES
     {
