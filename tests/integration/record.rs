@@ -220,6 +220,11 @@ pub fn check_against_truth(rec: &Recorded, check_saturation: bool) {
 }
 
 fn check_files(rec: &Recorded) {
+    // The own reader, checked against py-spy when it attached, read this interpreter.
+    assert_eq!(
+        rec.json["recording"]["reader"], "own",
+        "fell back to py-spy's reader"
+    );
     for name in [
         "flamegraph.svg",
         "blocking.svg",
