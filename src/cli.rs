@@ -228,7 +228,7 @@ pub struct RecordSettings {
     pub duration: Option<Duration>,
     /// Incident threshold.
     pub threshold: Duration,
-    /// Rates and reader (its `duration` is the recording's).
+    /// Rates and reader (each sampler's duration comes from `duration`).
     pub sampling: crate::sampler::SamplerSettings,
     /// Output directory, if given.
     pub output: Option<PathBuf>,
@@ -273,8 +273,7 @@ impl RawRecordArgs {
         if threshold.is_zero() {
             return Err("--threshold must be more than zero".into());
         }
-        let mut sampling = self.sampling.validate()?;
-        sampling.duration = duration;
+        let sampling = self.sampling.validate()?;
         let fail_on_block = self
             .fail_on_block
             .as_deref()

@@ -20,7 +20,7 @@ use py_spy::PythonSpy;
 use crate::analyzer::loop_detect::anchor_index;
 use crate::target::memory::ProcessMemory;
 use crate::target::offsets;
-use crate::target::procfs::{self, Syscall, ThreadFiles};
+use crate::target::procfs::{self, KernelView, Syscall, ThreadFiles};
 use crate::target::resources::{Resource, ResourceResolver};
 use crate::target::stacks::{StackError, StackReader, ThreadHead};
 use crate::target::tasks::{RunningTask, TaskGeneration, TaskReader};
@@ -384,6 +384,13 @@ fn run(
     SamplerOutcome { reason, stats }
 }
 
+/// One thread as the own reader read it this tick.
+struct ThreadRead {
+    head: ThreadHead,
+    owns_gil: bool,
+    frames: Vec<Frame>,
+}
+
 /// Everything the sampler holds on one target: the stack reader, the kernel's view of the
 /// threads, the running-task reader, and which threads run event loops.
 struct TargetReader {
@@ -490,14 +497,11 @@ impl TargetReader {
             self.read_own(now, full)
                 .or_else(|_| self.read_own(now, full))
         };
-        let (threads, frames) = read.ok()?;
-        self.refresh_names(&threads, now);
-        let samples: Vec<ThreadSample> = threads
+        let reads = read.ok()?;
+        self.refresh_names(&reads, now);
+        let samples: Vec<ThreadSample> = reads
             .into_iter()
-            .zip(frames)
-            .map(|((owns_gil, head), frames)| {
-                self.thread_sample(head, frames, owns_gil, full, &mut views)
-            })
+            .map(|read| self.thread_sample(read, full, &mut views))
             .collect();
         if full {
             self.thread_files
@@ -510,12 +514,7 @@ impl TargetReader {
 
     /// The threads due this tick and their frames: on a full tick every thread on the list;
     /// in between, only the event-loop threads, whose thread states are read again directly.
-    #[allow(clippy::type_complexity)]
-    fn read_own(
-        &mut self,
-        now: Instant,
-        full: bool,
-    ) -> Result<(Vec<(bool, ThreadHead)>, Vec<Vec<Frame>>), StackError> {
+    fn read_own(&mut self, now: Instant, full: bool) -> Result<Vec<ThreadRead>, StackError> {
         let reader = self.own.as_mut().expect("own reader");
         reader.begin_tick(now);
         let holder = reader.gil_holder();
@@ -542,8 +541,7 @@ impl TargetReader {
             }
             heads
         };
-        let mut threads = Vec::with_capacity(heads.len());
-        let mut stacks = Vec::with_capacity(heads.len());
+        let mut reads = Vec::with_capacity(heads.len());
         let mut loops = Vec::new();
         for head in heads {
             let mut frames = Vec::new();
@@ -553,21 +551,27 @@ impl TargetReader {
             if anchor_index(&frames).is_some() {
                 loops.push(head);
             }
-            threads.push((holder == Some(head.tstate), head));
-            stacks.push(frames);
+            reads.push(ThreadRead {
+                owns_gil: holder == Some(head.tstate),
+                head,
+                frames,
+            });
         }
         self.loop_threads = loops;
-        Ok((threads, stacks))
+        Ok(reads)
     }
 
     fn thread_sample(
         &mut self,
-        head: ThreadHead,
-        frames: Vec<Frame>,
-        owns_gil: bool,
+        read: ThreadRead,
         full: bool,
-        views: &mut HashMap<u64, Option<Option<Syscall>>>,
+        views: &mut HashMap<u64, Option<KernelView>>,
     ) -> ThreadSample {
+        let ThreadRead {
+            head,
+            owns_gil,
+            frames,
+        } = read;
         let pid = self.pid;
         let os_tid = head
             .native_tid
@@ -579,9 +583,9 @@ impl TargetReader {
         });
         let os_state = match view {
             None => OsState::Running,
-            Some(Some(None)) if !waits_by_frames(&frames) => OsState::Running,
+            Some(Some(KernelView::Running)) if !waits_by_frames(&frames) => OsState::Running,
             Some(view) => {
-                let syscall = view.flatten();
+                let syscall = view.and_then(KernelView::syscall);
                 let resource = syscall.and_then(|s| self.resources.resolve(pid, &s));
                 OsState::Waiting { syscall, resource }
             }
@@ -607,9 +611,9 @@ impl TargetReader {
     /// Thread names come from py-spy's lookup in `threading._active` (a full py-spy read), done
     /// when a thread appears and then at most once a second while some thread has no name. A
     /// `pthread_t` reused by a new thread (its kernel tid changed) is looked up again.
-    fn refresh_names(&mut self, threads: &[(bool, ThreadHead)], now: Instant) {
+    fn refresh_names(&mut self, reads: &[ThreadRead], now: Instant) {
         let mut stale = false;
-        for (_, head) in threads {
+        for ThreadRead { head, .. } in reads {
             let os_tid = head.native_tid.unwrap_or(0);
             match self.names.get(&head.python_tid) {
                 Some((tid, name)) => stale |= name.is_none() || (os_tid != 0 && *tid != os_tid),
@@ -734,18 +738,19 @@ fn waits_by_frames(frames: &[Frame]) -> bool {
 /// so the next read looks it up again.
 fn forget_recycled_names(
     spy: &mut PythonSpy,
-    python_to_os: &mut HashMap<u64, (u64, Option<Arc<str>>)>,
+    names: &mut HashMap<u64, (u64, Option<Arc<str>>)>,
     threads: &[ThreadSample],
 ) {
     for thread in threads {
-        if let Some((old, _)) = python_to_os.insert(thread.python_tid, (thread.os_tid, None)) {
+        let named = (thread.os_tid, thread.name.clone());
+        if let Some((old, _)) = names.insert(thread.python_tid, named) {
             if old != thread.os_tid {
                 spy.python_thread_names.remove(&thread.python_tid);
             }
         }
     }
-    if python_to_os.len() > threads.len() * 4 + 64 {
-        python_to_os.retain(|id, _| threads.iter().any(|t| t.python_tid == *id));
+    if names.len() > threads.len() * 4 + 64 {
+        names.retain(|id, _| threads.iter().any(|t| t.python_tid == *id));
     }
 }
 
@@ -767,17 +772,22 @@ fn py_spy_thread_sample(
 ) -> ThreadSample {
     // CPython 3.11+ records the kernel tid (py-spy reads it, with the running state); before
     // that we map the pthread_t ourselves and ask the kernel whether the thread runs.
-    let (os_tid, running) = match trace.os_thread_id {
-        Some(tid) => (tid, trace.active),
+    let (os_tid, view) = match trace.os_thread_id {
+        Some(tid) => (tid, None),
         None => match thread_ids.resolve(pid, trace.thread_id) {
-            Some(tid) => (tid, thread_files.state(tid) == Some('R')),
-            None => (trace.thread_id, trace.active),
+            Some(tid) => (tid, Some(thread_files.kernel_view(tid))),
+            None => (trace.thread_id, None),
         },
+    };
+    let running = match view {
+        Some(view) => view == Some(KernelView::Running),
+        None => trace.active,
     };
     let os_state = if running {
         OsState::Running
     } else {
-        let syscall = thread_files.syscall(os_tid);
+        let view = view.unwrap_or_else(|| thread_files.kernel_view(os_tid));
+        let syscall = view.and_then(KernelView::syscall);
         let resource = syscall.and_then(|s| resources.resolve(pid, &s));
         OsState::Waiting { syscall, resource }
     };

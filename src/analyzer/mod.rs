@@ -232,7 +232,8 @@ struct StackFacts {
     position: LoopPosition,
     loop_context: Option<u64>,
     run_once_line: Option<u32>,
-    /// For a callback: the culprit frame's index and the library the callback called into.
+    /// For a callback (None/0 otherwise, and the analyzer never turns another position into a
+    /// callback): the culprit frame's index and the library the callback called into.
     culprit: usize,
     library: Option<&'static str>,
 }
@@ -489,10 +490,6 @@ impl Analyzer {
             run.loop_context = context;
             run
         });
-        let library = match position {
-            LoopPosition::Callback { .. } => facts.library,
-            _ => None,
-        };
         let callback = match position {
             LoopPosition::Callback { root, .. } => {
                 let culprit_idx = facts.culprit;
@@ -530,7 +527,7 @@ impl Analyzer {
                 run.observe_gil_holder(culprit);
             }
         }
-        run.evidence.add(thread, library, gil_holder);
+        run.evidence.add(thread, facts.library, gil_holder);
     }
 
     /// The loop of `tid` was seen idle at `at`: its busy run, if any, ends.

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 
 /// The system call a thread is blocked in, as `/proc/<pid>/task/<tid>/syscall` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,16 +11,6 @@ pub struct Syscall {
     pub nr: i64,
     /// The six argument registers.
     pub args: [u64; 6],
-}
-
-/// Reads the syscall a (non-running) thread sits in. `None` when the thread is running in user
-/// space (`running` in the file), has exited, or the file cannot be read.
-pub fn read_syscall(pid: i32, tid: u64) -> Option<Syscall> {
-    let mut buf = [0u8; 256];
-    let n = fs::File::open(format!("/proc/{pid}/task/{tid}/syscall"))
-        .and_then(|mut f| f.read(&mut buf))
-        .ok()?;
-    parse_syscall(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
 /// Parses the text of a `syscall` file: `NR ARG1 .. ARG6 SP PC` in hex after the number.
@@ -54,20 +43,32 @@ pub fn process_state(pid: i32) -> Option<char> {
     after.split_whitespace().next()?.chars().next()
 }
 
-/// The scheduler state of one thread of `pid`.
-pub fn thread_state(pid: i32, tid: u64) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().next()?.chars().next()
+/// What the kernel says a thread is doing, from its `/proc/<pid>/task/<tid>/syscall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelView {
+    /// Runnable: the kernel prints `running` for a thread in state `R`.
+    Running,
+    /// Off CPU, in this system call when the file names one.
+    Waiting(Option<Syscall>),
 }
 
-/// `stat` and `syscall` of a process's threads, kept open and re-read in place (`pread` at
+impl KernelView {
+    /// The system call waited in, if any.
+    pub fn syscall(self) -> Option<Syscall> {
+        match self {
+            KernelView::Running => None,
+            KernelView::Waiting(syscall) => syscall,
+        }
+    }
+}
+
+/// The `syscall` files of a process's threads, kept open and re-read in place (`pread` at
 /// offset 0 makes the kernel render them afresh), so the sampler's per-tick look at a thread
 /// costs one system call instead of open, read and close.
 #[derive(Debug)]
 pub struct ThreadFiles {
     pid: i32,
-    open: HashMap<u64, (Option<fs::File>, Option<fs::File>)>,
+    open: HashMap<u64, Option<fs::File>>,
 }
 
 impl ThreadFiles {
@@ -82,58 +83,28 @@ impl ThreadFiles {
         }
     }
 
-    fn files(&mut self, tid: u64) -> &mut (Option<fs::File>, Option<fs::File>) {
+    /// Thread `tid` as the kernel sees it (one read), `None` when it is gone or unreadable.
+    pub fn kernel_view(&mut self, tid: u64) -> Option<KernelView> {
+        use std::os::unix::fs::FileExt;
         if self.open.len() >= Self::MAX_OPEN && !self.open.contains_key(&tid) {
             self.open.clear();
         }
         let pid = self.pid;
-        self.open.entry(tid).or_insert_with(|| {
-            let open = |name: &str| fs::File::open(format!("/proc/{pid}/task/{tid}/{name}")).ok();
-            (open("stat"), open("syscall"))
-        })
-    }
-
-    fn read(file: &Option<fs::File>, buf: &mut [u8]) -> Option<usize> {
-        use std::os::unix::fs::FileExt;
-        file.as_ref()?.read_at(buf, 0).ok().filter(|&n| n > 0)
-    }
-
-    /// The scheduler state of thread `tid` (`R`, `S`, `D`, ...), `None` when it is gone.
-    pub fn state(&mut self, tid: u64) -> Option<char> {
-        let mut buf = [0u8; 512];
-        let n = Self::read(&self.files(tid).0, &mut buf);
-        let Some(n) = n else {
-            self.open.remove(&tid);
-            return None;
-        };
-        let stat = &buf[..n];
-        let close = stat.iter().rposition(|&b| b == b')')?;
-        stat[close + 1..]
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .map(|&b| b as char)
-    }
-
-    /// The system call thread `tid` waits in (see [`read_syscall`]).
-    pub fn syscall(&mut self, tid: u64) -> Option<Syscall> {
-        self.kernel_view(tid).flatten()
-    }
-
-    /// Thread `tid` as the kernel sees it, from its `syscall` file alone (one read): `None`
-    /// when unreadable (gone), `Some(None)` while running (the kernel prints `running` for a
-    /// runnable thread), `Some(Some(call))` while waiting in a system call.
-    pub fn kernel_view(&mut self, tid: u64) -> Option<Option<Syscall>> {
+        let file = self
+            .open
+            .entry(tid)
+            .or_insert_with(|| fs::File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok());
         let mut buf = [0u8; 256];
-        let n = Self::read(&self.files(tid).1, &mut buf);
-        let Some(n) = n else {
+        let read = file.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok());
+        let Some(n) = read.filter(|&n| n > 0) else {
             self.open.remove(&tid);
             return None;
         };
         let text = std::str::from_utf8(&buf[..n]).ok()?;
         if text.starts_with("running") {
-            return Some(None);
+            return Some(KernelView::Running);
         }
-        Some(parse_syscall(text))
+        Some(KernelView::Waiting(parse_syscall(text)))
     }
 
     /// Closes the files of threads not in `live`.
