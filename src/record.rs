@@ -181,9 +181,15 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
     let pids: Vec<i32> = rec.processes.keys().copied().collect();
     for pid in &pids {
         if let Some(handle) = rec.processes.get_mut(pid).and_then(|p| p.sampler.take()) {
-            let outcome = handle.join().map_err(|_| {
+            let mut outcome = handle.join().map_err(|_| {
                 anyhow::anyhow!("a sampler thread panicked; nothing could be saved")
             })?;
+            // A sampler still running was stopped by us: it says `Interrupted`, but why it
+            // stopped is why the recording did (its own clock started a little later, after
+            // attaching, so the recording's duration usually runs out first).
+            if outcome.reason == StopReason::Interrupted {
+                outcome.reason = reason;
+            }
             rec.processes.get_mut(pid).expect("known").outcome = Some(outcome);
         }
     }
