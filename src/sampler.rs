@@ -22,7 +22,8 @@ use crate::target::memory::ProcessMemory;
 use crate::target::offsets;
 use crate::target::procfs::{self, KernelView, Syscall, ThreadFiles};
 use crate::target::resources::{Resource, ResourceResolver};
-use crate::target::stacks::{StackError, StackReader, ThreadHead};
+pub use crate::target::stacks::MAX_FRAMES;
+use crate::target::stacks::{Depth, StackError, StackReader, ThreadHead};
 use crate::target::tasks::{RunningTask, TaskGeneration, TaskReader};
 use crate::target::threads::ThreadIdMap;
 
@@ -71,6 +72,9 @@ pub struct ThreadSample {
     /// How many ticks this read stands for: 1 for event-loop threads, which are read every
     /// tick; more for other threads, read at `--other-threads-rate`.
     pub every: u32,
+    /// The stack was deeper than the reader reads ([`MAX_FRAMES`]): `frames` are its
+    /// innermost ones, the outermost (where the event loop is) are missing.
+    pub truncated: bool,
 }
 
 /// Every Python thread of the target at one instant.
@@ -389,13 +393,87 @@ struct ThreadRead {
     head: ThreadHead,
     owns_gil: bool,
     frames: Vec<Frame>,
+    depth: Depth,
+}
+
+/// Python thread id -> (kernel tid, name), as py-spy's lookup in `threading` found them.
+type ThreadNames = HashMap<u64, (u64, Option<Arc<str>>)>;
+
+/// Thread names, looked up by py-spy (a full read of every thread and of `threading`'s
+/// tables: milliseconds, far longer on a target that starts hundreds of threads a second) on a
+/// thread of its own, so a thread appearing never delays a tick. The sampler asks; the answer
+/// arrives some ticks later and is taken when it has.
+struct NameLookup {
+    ask: Sender<()>,
+    answers: crossbeam_channel::Receiver<ThreadNames>,
+    in_flight: bool,
+    asked_at: Option<Instant>,
+}
+
+impl NameLookup {
+    fn spawn(mut spy: PythonSpy) -> Self {
+        let (ask, asks) = crossbeam_channel::bounded::<()>(1);
+        let (answer, answers) = crossbeam_channel::bounded(1);
+        let spawned = std::thread::Builder::new()
+            .name("loopspy-names".into())
+            .spawn(move || {
+                // Ends when the sampler drops its end of the channel.
+                for () in asks {
+                    spy.python_thread_names.clear();
+                    let names: ThreadNames = spy
+                        .get_stack_traces()
+                        .map(|traces| {
+                            traces
+                                .into_iter()
+                                .map(|t| {
+                                    let tid = t.os_thread_id.unwrap_or(0);
+                                    (t.thread_id, (tid, t.thread_name.map(Arc::from)))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if answer.send(names).is_err() {
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            eprintln!("loopspy: warning: cannot start the thread-name lookup; threads go unnamed");
+        }
+        NameLookup {
+            ask,
+            answers,
+            in_flight: false,
+            asked_at: None,
+        }
+    }
+
+    /// Asks for a lookup unless one is running or the last was asked less than
+    /// [`NAME_LOOKUP_EVERY`] ago.
+    fn ask(&mut self, now: Instant) {
+        let due = self
+            .asked_at
+            .is_none_or(|at| now.duration_since(at) >= NAME_LOOKUP_EVERY);
+        if !self.in_flight && due && self.ask.try_send(()).is_ok() {
+            self.in_flight = true;
+            self.asked_at = Some(now);
+        }
+    }
+
+    /// The names of a lookup that has finished since the last call.
+    fn answer(&mut self) -> Option<ThreadNames> {
+        let names = self.answers.try_recv().ok()?;
+        self.in_flight = false;
+        Some(names)
+    }
 }
 
 /// Everything the sampler holds on one target: the stack reader, the kernel's view of the
 /// threads, the running-task reader, and which threads run event loops.
 struct TargetReader {
     pid: i32,
-    spy: PythonSpy,
+    /// py-spy, while it reads the stacks (`--reader py-spy`, or no offset table).
+    spy: Option<PythonSpy>,
     own: Option<StackReader<ProcessMemory>>,
     blocking: bool,
     tasks: Option<TaskReader>,
@@ -403,8 +481,11 @@ struct TargetReader {
     thread_files: ThreadFiles,
     resources: ResourceResolver,
     /// Python thread id -> (kernel tid, name) from py-spy's thread-name lookup.
-    names: HashMap<u64, (u64, Option<Arc<str>>)>,
-    names_looked_up: Option<Instant>,
+    names: ThreadNames,
+    /// The lookup, with the own reader (py-spy's reader gets names with every read).
+    name_lookup: Option<NameLookup>,
+    /// Pauses the target for `--blocking` reads (the own reader's; py-spy's has its own).
+    process: Option<remoteprocess::Process>,
     /// Threads whose last read showed an event loop: read every tick.
     loop_threads: Vec<ThreadHead>,
     /// Walk the whole thread list on the next tick (a loop thread went away).
@@ -421,7 +502,24 @@ struct TargetReader {
 const NAME_LOOKUP_EVERY: Duration = Duration::from_secs(1);
 
 impl TargetReader {
-    fn new(mut spy: PythonSpy, settings: &SamplerSettings) -> Self {
+    fn new(spy: PythonSpy, settings: &SamplerSettings) -> Self {
+        let pid = spy.pid;
+        let blocking = spy.config.blocking == LockingStrategy::Lock;
+        let mut reader = Self::with_spy(spy, settings);
+        if reader.own.is_some() {
+            // The own reader needs py-spy only for thread names from now on: the lookup takes
+            // it to its own thread (and --blocking pauses through a handle of our own).
+            if let Some(spy) = reader.spy.take() {
+                reader.name_lookup = Some(NameLookup::spawn(spy));
+            }
+            if blocking {
+                reader.process = remoteprocess::Process::new(pid).ok();
+            }
+        }
+        reader
+    }
+
+    fn with_spy(mut spy: PythonSpy, settings: &SamplerSettings) -> Self {
         let pid = spy.pid;
         let table = offsets::for_minor(spy.version.minor).filter(|_| spy.version.major == 3);
         let tasks = table
@@ -450,14 +548,15 @@ impl TargetReader {
         TargetReader {
             pid,
             blocking: spy.config.blocking == LockingStrategy::Lock,
-            spy,
+            spy: Some(spy),
             own,
             tasks,
             thread_ids: ThreadIdMap::default(),
             thread_files: ThreadFiles::new(pid),
             resources: ResourceResolver::default(),
             names: HashMap::new(),
-            names_looked_up: None,
+            name_lookup: None,
+            process: None,
             loop_threads: Vec::new(),
             walk_next: false,
             all_threads: Vec::new(),
@@ -486,10 +585,9 @@ impl TargetReader {
         }
         let read = {
             // --blocking: pause the target for the read, as py-spy does.
-            let _lock = if self.blocking {
-                Some(self.spy.process.lock().ok()?)
-            } else {
-                None
+            let _lock = match &self.process {
+                Some(process) if self.blocking => Some(process.lock().ok()?),
+                _ => None,
             };
             // A torn read is a race with the target that is usually over a few microseconds
             // later (on 3.11-3.12 most are a C-stack `_PyCFrame` popped between reading the
@@ -545,16 +643,19 @@ impl TargetReader {
         let mut loops = Vec::new();
         for head in heads {
             let mut frames = Vec::new();
-            reader.stack(&head, &mut frames)?;
+            let depth = reader.stack(&head, &mut frames)?;
             // Which threads run a loop is decided anew on every full read, and a loop thread
-            // whose loop has ended drops back to the lower rate at once.
-            if anchor_index(&frames).is_some() {
+            // whose loop has ended drops back to the lower rate at once. A loop thread deep in
+            // a recursion (its loop frames cut off) still runs its loop.
+            let was_loop = || self.loop_threads.iter().any(|t| t.tstate == head.tstate);
+            if anchor_index(&frames).is_some() || (depth == Depth::Truncated && was_loop()) {
                 loops.push(head);
             }
             reads.push(ThreadRead {
                 owns_gil: holder == Some(head.tstate),
                 head,
                 frames,
+                depth,
             });
         }
         self.loop_threads = loops;
@@ -571,6 +672,7 @@ impl TargetReader {
             head,
             owns_gil,
             frames,
+            depth,
         } = read;
         let pid = self.pid;
         let os_tid = head
@@ -605,43 +707,42 @@ impl TargetReader {
             os_state,
             owns_gil,
             every: if full || is_loop { 1 } else { self.stride },
+            truncated: depth == Depth::Truncated,
         }
     }
 
-    /// Thread names come from py-spy's lookup in `threading._active` (a full py-spy read), done
-    /// when a thread appears and then at most once a second while some thread has no name. A
-    /// `pthread_t` reused by a new thread (its kernel tid changed) is looked up again.
+    /// Thread names come from py-spy's lookup in `threading._active`, asked for when a thread
+    /// appears and then at most once a second while some thread has no name, and done on the
+    /// lookup's own thread. A `pthread_t` reused by a new thread (its kernel tid changed) is
+    /// looked up again; until then the new thread goes unnamed rather than misnamed.
     fn refresh_names(&mut self, reads: &[ThreadRead], now: Instant) {
+        let Some(lookup) = self.name_lookup.as_mut() else {
+            return;
+        };
+        if let Some(names) = lookup.answer() {
+            self.names = names;
+        }
         let mut stale = false;
         for ThreadRead { head, .. } in reads {
             let os_tid = head.native_tid.unwrap_or(0);
-            match self.names.get(&head.python_tid) {
-                Some((tid, name)) => stale |= name.is_none() || (os_tid != 0 && *tid != os_tid),
-                None => stale = true,
+            let (named, recycled) = match self.names.get(&head.python_tid) {
+                Some((tid, name)) => (name.is_some(), os_tid != 0 && *tid != 0 && *tid != os_tid),
+                None => (false, false),
+            };
+            if recycled {
+                self.names.remove(&head.python_tid);
             }
+            stale |= !named;
         }
-        let due = self
-            .names_looked_up
-            .is_none_or(|at| now.duration_since(at) >= NAME_LOOKUP_EVERY);
-        if !stale || !due {
-            return;
-        }
-        self.names_looked_up = Some(now);
-        self.spy.python_thread_names.clear();
-        if let Ok(traces) = self.spy.get_stack_traces() {
-            self.names = traces
-                .into_iter()
-                .map(|t| {
-                    let tid = t.os_thread_id.unwrap_or(0);
-                    (t.thread_id, (tid, t.thread_name.map(Arc::from)))
-                })
-                .collect();
+        if stale {
+            lookup.ask(now);
         }
     }
 
     /// py-spy's reader: every thread, every tick.
     fn read_with_py_spy(&mut self) -> Option<Vec<ThreadSample>> {
-        let traces = self.spy.get_stack_traces().ok()?;
+        let spy = self.spy.as_mut()?;
+        let traces = spy.get_stack_traces().ok()?;
         let threads: Vec<ThreadSample> = traces
             .into_iter()
             .map(|trace| {
@@ -654,7 +755,7 @@ impl TargetReader {
                 )
             })
             .collect();
-        forget_recycled_names(&mut self.spy, &mut self.names, &threads);
+        forget_recycled_names(spy, &mut self.names, &threads);
         Some(threads)
     }
 }
@@ -808,6 +909,8 @@ fn py_spy_thread_sample(
         os_state,
         owns_gil: trace.owns_gil,
         every: 1,
+        // py-spy reads every frame (up to its own limit) and says nothing of a cut.
+        truncated: false,
     }
 }
 

@@ -437,6 +437,7 @@ mod tests {
             },
             owns_gil: false,
             every: 1,
+            truncated: false,
         }
     }
 

@@ -360,6 +360,12 @@ impl BusyRun {
         most_frequent(&self.culprits)
     }
 
+    /// The dominant callback: its root frame and [`root_id`] (what a sample whose stack was
+    /// cut above the callback's root is taken to continue).
+    pub fn dominant_callback(&self) -> Option<(FrameId, u64)> {
+        Some((self.top_callback()?, most_frequent(&self.roots)?))
+    }
+
     /// Most frequent callback root frame.
     pub fn top_callback(&self) -> Option<FrameId> {
         most_frequent(&self.callbacks)
@@ -367,7 +373,7 @@ impl BusyRun {
 }
 
 /// Highest count wins; ties go to the lowest id (first interned), so results are stable.
-pub fn most_frequent(counts: &HashMap<u32, u32>) -> Option<u32> {
+pub fn most_frequent<K: Copy + Ord>(counts: &HashMap<K, u32>) -> Option<K> {
     counts
         .iter()
         .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))

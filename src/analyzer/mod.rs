@@ -40,6 +40,26 @@ pub struct AnalyzerSettings {
     pub timeline: bool,
 }
 
+impl AnalyzerSettings {
+    /// Samples further apart than this leave a *gap*: the sampler was starved (or the target
+    /// unreadable) and what the loop did meanwhile is unknown. Ten intervals, and at least
+    /// 20 ms so that a scheduler hiccup inside a real block does not split it.
+    pub fn gap(&self) -> Duration {
+        (self.interval * 10).max(Duration::from_millis(20))
+    }
+}
+
+/// Sampling gaps: stretches with no sample longer than [`AnalyzerSettings::gap`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Gaps {
+    /// How many.
+    pub count: u64,
+    /// Their total length, ms.
+    pub total_ms: f64,
+    /// The longest, ms.
+    pub longest_ms: f64,
+}
+
 /// Busy spans kept at most for the timeline; later ones are counted, not kept.
 pub const MAX_TIMELINE: usize = 1_000_000;
 
@@ -197,6 +217,8 @@ pub struct Analysis {
     pub last_at: Option<Instant>,
     /// Wall-clock time of the first sample.
     pub first_unix: f64,
+    /// Stretches without a sample (no busy run is stretched across one).
+    pub gaps: Gaps,
 }
 
 impl Analysis {
@@ -239,6 +261,20 @@ struct StackFacts {
 }
 
 impl StackFacts {
+    /// A loop thread's stack cut short by the reader ([`ThreadSample::truncated`]): its
+    /// innermost frames are a callback's (an idle loop is a few frames deep), whose root and
+    /// loop frames were not read.
+    fn cut(frames: &[Frame], kind: LoopKind) -> Self {
+        let root = frames.len() - 1;
+        StackFacts {
+            position: LoopPosition::Callback { kind, root },
+            loop_context: None,
+            run_once_line: None,
+            culprit: culprit::culprit_index(frames, root),
+            library: cause::library_on_stack(frames),
+        }
+    }
+
     fn of(frames: &[Frame]) -> Self {
         let position = loop_detect::classify(frames);
         let (culprit, library) = match position {
@@ -318,6 +354,16 @@ impl Analyzer {
             a.first_at = Some(sample.at);
             a.first_unix = sample.unix;
         }
+        if let Some(gap) = a
+            .last_at
+            .map(|last| sample.at.saturating_duration_since(last))
+            .filter(|&gap| gap > self.settings.gap())
+        {
+            let ms = gap.as_secs_f64() * 1000.0;
+            a.gaps.count += 1;
+            a.gaps.total_ms += ms;
+            a.gaps.longest_ms = a.gaps.longest_ms.max(ms);
+        }
         a.last_at = Some(sample.at);
         let gil_holder = sample.threads.iter().find(|t| t.owns_gil);
         for thread in &sample.threads {
@@ -351,7 +397,13 @@ impl Analyzer {
         }
         let gil_holder = gil_holder.filter(|h| h.os_tid != tid);
         let mut gil_stall = false;
+        let cut = thread.truncated && !thread.frames.is_empty();
         let facts = match stack {
+            // Only a thread already known to run a loop: a cut stack holds no loop frames.
+            _ if cut => match a.loops.get(&tid) {
+                Some(l) => StackFacts::cut(&thread.frames, l.kind),
+                None => return,
+            },
             Some(id) => *self
                 .stack_facts
                 .entry(id)
@@ -431,7 +483,14 @@ impl Analyzer {
             loop_thread.name = thread.name.as_deref().map(String::from);
         }
         let first_sample = loop_thread.last_sample_at.is_none();
-        loop_thread.last_sample_at = Some(at);
+        let previous = loop_thread.last_sample_at.replace(at);
+        // A sampling gap is no evidence: whatever the loop did in it is unknown, so a busy run
+        // is not stretched across it (it ends at its last busy sample, and a new one starts).
+        if previous.is_some_and(|p| at.saturating_duration_since(p) > self.settings.gap()) {
+            self.close_run(tid, at, false);
+        }
+        let a = &mut self.analysis;
+        let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
 
         if !position.is_busy() {
             self.went_idle(tid, at);
@@ -441,14 +500,19 @@ impl Analyzer {
         // A different loop run (a new asyncio.run in the same thread) ends the previous busy
         // run even when no idle sample came between them.
         let context = facts.loop_context;
-        if loop_thread
-            .run
-            .as_ref()
-            .is_some_and(|run| run.loop_context != context)
+        if !cut
+            && loop_thread
+                .run
+                .as_ref()
+                .is_some_and(|run| run.loop_context != context)
         {
             self.close_run(tid, at, false);
         }
         let (task, key) = match position {
+            // Where a cut stack's callback begins is unknown: it continues the run's.
+            LoopPosition::Callback { root, .. } if cut => {
+                (task_for(&thread.frames[root].function, running_tasks), None)
+            }
             LoopPosition::Callback { root, .. } => {
                 let root = &thread.frames[root];
                 let task = task_for(&root.function, running_tasks);
@@ -491,6 +555,15 @@ impl Analyzer {
             run
         });
         let callback = match position {
+            LoopPosition::Callback { root, .. } if cut => {
+                let culprit = a.symbols.frames.intern(&thread.frames[facts.culprit]);
+                let (root_frame, root_id) = run.dominant_callback().unwrap_or_else(|| {
+                    let root = &thread.frames[root];
+                    let id = incident::root_id(&root.function, &root.file);
+                    (a.symbols.frames.intern(root), id)
+                });
+                Some((culprit, root_frame, root_id))
+            }
             LoopPosition::Callback { root, .. } => {
                 let culprit_idx = facts.culprit;
                 let culprit = a.symbols.frames.intern(&thread.frames[culprit_idx]);
@@ -859,6 +932,7 @@ mod tests {
                 os_state: OsState::Running,
                 owns_gil: true,
                 every: 1,
+                truncated: false,
             }],
         })
     }

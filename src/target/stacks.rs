@@ -12,9 +12,13 @@
 //!
 //! Nothing here trusts what it reads: the target runs on while we read it, so a frame can be
 //! popped or a code object freed half-way through a walk. Every pointer is checked (a code
-//! object must have the type named `code`, a position must fall inside its bytecode, a chain
-//! must end within [`MAX_DEPTH`]); a walk that does not add up is reported as
+//! object must have the type named `code`, a position must fall inside its bytecode, a thread
+//! list must end within [`MAX_DEPTH`]); a walk that does not add up is reported as
 //! [`StackError::Torn`], never turned into a made-up frame, and never a panic.
+//!
+//! Whatever the target holds, the work and memory of one read are bounded: a frame chain longer
+//! than [`MAX_FRAMES`] keeps its innermost frames (where the culprit is) and says it was cut
+//! ([`Depth::Truncated`]); a name longer than [`MAX_STR_CHARS`] keeps its start and ends in `…`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,24 +29,39 @@ use super::memory::RemoteMemory;
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
 use crate::sampler::Frame;
 
-/// Longest frame chain or thread list accepted; past it the chain is taken to be torn.
+/// Longest thread list accepted; past it the list is taken to be torn.
 pub const MAX_DEPTH: usize = 4096;
+/// Frames read of one stack, innermost first; a deeper stack is cut (a 20 000-deep recursion
+/// still shows its innermost 1024 frames, and a tick's work stays bounded).
+pub const MAX_FRAMES: usize = 1024;
 /// How long a cached code object is trusted before it is compared with the target again.
 const REVALIDATE: Duration = Duration::from_secs(1);
 /// Code objects cached at most; the cache starts over past it (bounded memory over hours).
 const MAX_CODES: usize = 16_384;
 /// Heap bytes the cached names and line tables may hold before the cache starts over.
 const MAX_CACHE_BYTES: usize = 32 << 20;
-/// Longest string (file name, function name) read, in characters.
-const MAX_STR_CHARS: usize = 4096;
+/// Characters of a string (file name, function name) read; a longer one is cut and ends in `…`.
+pub const MAX_STR_CHARS: usize = 4096;
+/// A string longer than this (1 Gi characters) is garbage from a torn read, not a long name.
+const MAX_PLAUSIBLE_CHARS: usize = 1 << 30;
 /// Longest line table read, in bytes.
 const MAX_LINE_TABLE: usize = 1 << 20;
 /// Thread states and frames are read a whole page at a time and kept for the tick: a
 /// coroutine chain's frames sit in coroutine objects allocated side by side, and 3.11+ keeps
 /// plain frames contiguous on the thread's data stack, so a 30-frame stack costs a few reads.
 const PAGE: u64 = 4096;
-/// Pages kept per tick; reads past them go straight to the target.
-const MAX_PAGES: usize = 64;
+/// Pages kept per tick (1 MiB); reads past them go straight to the target. Enough for
+/// [`MAX_FRAMES`] frames of any version.
+const MAX_PAGES: usize = 256;
+
+/// Whether [`StackReader::stack`] read the whole chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Every frame, down to the thread's first.
+    Whole,
+    /// The chain was longer than [`MAX_FRAMES`]: the innermost ones only.
+    Truncated,
+}
 
 /// Why a read did not produce a stack.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +146,8 @@ pub struct StackReader<M> {
 struct TickPages {
     pages: Vec<(u64, Box<[u8]>)>,
     used: usize,
+    /// The page hit last (a frame chain walks a few pages in order).
+    last: usize,
 }
 
 fn word(buf: &[u8], at: usize) -> u64 {
@@ -233,11 +254,16 @@ impl<M: RemoteMemory> StackReader<M> {
 
     fn page(&mut self, page: u64) -> Option<&[u8]> {
         let pages = &mut self.pages;
-        if let Some(i) = pages.pages[..pages.used]
-            .iter()
-            .position(|(at, _)| *at == page)
-        {
+        let hit = if pages.last < pages.used && pages.pages[pages.last].0 == page {
+            Some(pages.last)
+        } else {
+            pages.pages[..pages.used]
+                .iter()
+                .position(|(at, _)| *at == page)
+        };
+        if let Some(i) = hit {
             self.stats.page_hits += 1;
+            pages.last = i;
             return Some(&pages.pages[i].1);
         }
         if pages.used == MAX_PAGES || page == 0 {
@@ -253,6 +279,7 @@ impl<M: RemoteMemory> StackReader<M> {
             return None;
         }
         slot.0 = page;
+        pages.last = pages.used;
         pages.used += 1;
         self.stats.pages_read += 1;
         Some(&pages.pages[pages.used - 1].1)
@@ -343,17 +370,34 @@ impl<M: RemoteMemory> StackReader<M> {
         (holder != 0).then_some(holder)
     }
 
-    /// The thread's frames, innermost first, appended to `out` (cleared first).
-    pub fn stack(&mut self, thread: &ThreadHead, out: &mut Vec<Frame>) -> Result<(), StackError> {
+    /// The thread's frames, innermost first, appended to `out` (cleared first): at most
+    /// [`MAX_FRAMES`] of them, and whether that was all.
+    pub fn stack(
+        &mut self,
+        thread: &ThreadHead,
+        out: &mut Vec<Frame>,
+    ) -> Result<Depth, StackError> {
         out.clear();
         let mut addr = thread.frame;
         let mut buf = [0u8; 256];
         let len = self.frame_len.min(256);
-        let mut depth = 0;
+        // Shim frames are not kept but cost a read: count every frame walked.
+        let mut walked = 0;
+        // A torn read can close the chain into a loop: Brent's cycle check (a checkpoint
+        // address moved to the current frame at every power of two) finds it in O(1) memory,
+        // so a loop is reported torn rather than passed off as a deep stack.
+        let (mut checkpoint, mut since, mut power) = (0u64, 0usize, 1usize);
         while addr != 0 {
-            depth += 1;
-            if depth > MAX_DEPTH {
+            walked += 1;
+            if walked > MAX_FRAMES {
+                return Ok(Depth::Truncated);
+            }
+            if addr == checkpoint {
                 return Err(StackError::Torn("frame chain does not end"));
+            }
+            since += 1;
+            if since == power {
+                (checkpoint, since, power) = (addr, 0, power * 2);
             }
             self.read_hot(addr, &mut buf[..len])?;
             let frame = &buf[..len];
@@ -398,7 +442,7 @@ impl<M: RemoteMemory> StackReader<M> {
             }
             addr = back;
         }
-        Ok(())
+        Ok(Depth::Whole)
     }
 
     /// The cached facts of the code object at `code`, decoding it on first sight, when the
@@ -546,7 +590,7 @@ impl<M: RemoteMemory> StackReader<M> {
         let length = word(header, u.length) as usize;
         let state = int32(header, u.state) as u32;
         let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
-        if compact == 0 || length > MAX_STR_CHARS || !matches!(kind, 1 | 2 | 4) {
+        if compact == 0 || length > MAX_PLAUSIBLE_CHARS || !matches!(kind, 1 | 2 | 4) {
             return Err(StackError::Torn("not a compact string"));
         }
         let data_at = if ascii == 1 {
@@ -555,12 +599,27 @@ impl<M: RemoteMemory> StackReader<M> {
             u.compact_data
         };
         let width = kind as usize;
+        // A long name keeps its start. Its length is checked first: every compact str ends
+        // in a NUL character, which a garbage length (a torn read) almost never points at.
+        let cut = length > MAX_STR_CHARS;
+        if cut {
+            let mut nul = [0xffu8; 4];
+            let end = (data_at + length * width) as u64;
+            self.read(obj.wrapping_add(end), &mut nul[..width])?;
+            if nul[..width].iter().any(|&b| b != 0) {
+                return Err(StackError::Torn("not a compact string"));
+            }
+        }
+        let length = length.min(MAX_STR_CHARS);
         let mut data = vec![0u8; length * width];
         self.read(obj.wrapping_add(data_at as u64), &mut data)?;
         let chars: Option<String> = match width {
-            1 if ascii == 1 => {
-                return String::from_utf8(data).map_err(|_| StackError::Torn("not ASCII"))
-            }
+            1 if ascii == 1 => Some(
+                String::from_utf8(data)
+                    .ok()
+                    .filter(|s| s.is_ascii())
+                    .ok_or(StackError::Torn("not ASCII"))?,
+            ),
             1 => Some(data.iter().map(|&b| b as char).collect()),
             2 => data
                 .chunks_exact(2)
@@ -571,7 +630,11 @@ impl<M: RemoteMemory> StackReader<M> {
                 .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
                 .collect(),
         };
-        chars.ok_or(StackError::Torn("invalid character"))
+        let mut text = chars.ok_or(StackError::Torn("invalid character"))?;
+        if cut {
+            text.push('…');
+        }
+        Ok(text)
     }
 }
 

@@ -1594,9 +1594,9 @@ fn strings_that_are_no_compact_strings_are_torn() {
                 "not a compact string",
             ),
             (
-                "longer than MAX_STR_CHARS",
+                "longer than the address space",
                 ascii + u.length as u64,
-                (MAX_STR_CHARS as u64 + 1).to_ne_bytes().to_vec(),
+                (u64::MAX / 2).to_ne_bytes().to_vec(),
                 "not a compact string",
             ),
         ];
@@ -1639,7 +1639,11 @@ fn a_short_ascii_name_at_the_end_of_a_mapping_is_read() {
         reader.begin_tick(Instant::now());
         let heads = reader.threads().unwrap();
         let mut frames = Vec::new();
-        assert_eq!(reader.stack(&heads[1], &mut frames), Ok(()), "3.{minor}");
+        assert_eq!(
+            reader.stack(&heads[1], &mut frames),
+            Ok(Depth::Whole),
+            "3.{minor}"
+        );
         assert_eq!(frames[0].function.as_ref(), "tick", "3.{minor}");
     }
 }
@@ -1704,9 +1708,9 @@ fn extreme_words_never_panic() {
 
 #[test]
 fn the_code_cache_stays_bounded() {
-    // 20,000 distinct code objects on five 4,000-frame stacks.
+    // 20,000 distinct code objects on twenty 1,000-frame stacks.
     const CODES: usize = 20_000;
-    const DEPTH: usize = 4_000;
+    const DEPTH: usize = 1_000;
     for minor in [8, 12] {
         let t = for_minor(minor).unwrap();
         let mut b = Builder::new(t.clone());
@@ -1806,7 +1810,7 @@ impl Expect<'_> {
                     }
                 }
                 Expect::Bounded => {
-                    let long = |s: &str| s.chars().count() > MAX_STR_CHARS;
+                    let long = |s: &str| s.chars().count() > MAX_STR_CHARS + 1;
                     if long(&frame.function) || long(&frame.file) {
                         return Err(format!("an overlong name in {frame:?}"));
                     }
@@ -1847,13 +1851,13 @@ fn read_stack<M: RemoteMemory>(
     let mut frames = Vec::new();
     let read = reader.stack(head, &mut frames);
     match read {
-        Ok(()) if frames.is_empty() => tally.empty += 1,
-        Ok(()) => tally.frames += 1,
+        Ok(_) if frames.is_empty() => tally.empty += 1,
+        Ok(_) => tally.frames += 1,
         Err(StackError::Torn(_)) => tally.torn += 1,
         Err(StackError::Memory(_)) => tally.unreadable += 1,
     }
     match read {
-        Ok(()) => expect.check(&frames),
+        Ok(_) => expect.check(&frames),
         Err(_) => Ok(()),
     }
 }
@@ -2458,4 +2462,91 @@ fn fuzz_memory_changing_mid_walk_gives_real_frames_or_errors() {
             "{tally:?}"
         );
     });
+}
+
+// ------------------------------------------------------------------------------------------
+// What a hostile target can hold: deeper chains than we read, names longer than we keep.
+
+#[test]
+fn a_chain_deeper_than_max_frames_keeps_its_innermost_frames() {
+    for minor in MINORS {
+        let image = Image::build(minor, false);
+        let back = image.t.frame.back;
+        let leaf = image.threads[0].frames[0].addr;
+        let mut reader = image.reader();
+        let len = reader.frame_len;
+        let mut template = vec![0u8; len];
+        assert!(reader.mem.peek(leaf, &mut template));
+        // 3000 copies of the innermost frame, each called by the next, above the real chain.
+        let (base, n) = (0x6600_0000_0000u64, 3000usize);
+        let mut block = vec![0u8; n * len];
+        for (i, chunk) in block.chunks_exact_mut(len).enumerate() {
+            chunk.copy_from_slice(&template);
+            let caller = if i + 1 < n {
+                base + ((i + 1) * len) as u64
+            } else {
+                leaf
+            };
+            chunk[back..back + 8].copy_from_slice(&caller.to_ne_bytes());
+        }
+        reader.mem.map(base, block);
+        reader.begin_tick(Instant::now());
+        let mut frames = Vec::new();
+        let depth = reader.stack(&head_at(base), &mut frames);
+        assert_eq!(depth, Ok(Depth::Truncated), "3.{minor}");
+        assert_eq!(frames.len(), MAX_FRAMES, "3.{minor}");
+        // The innermost frames are the ones kept, read exactly.
+        let mut whole = Vec::new();
+        reader.stack(&head_at(leaf), &mut whole).unwrap();
+        assert!(frames.iter().all(|f| *f == whole[0]), "3.{minor}");
+        // A chain of exactly MAX_FRAMES is whole.
+        let shims = whole.len() < image.threads[0].frames.len();
+        if !shims {
+            let mut exact = Vec::new();
+            let at = base + ((n - (MAX_FRAMES - whole.len())) * len) as u64;
+            assert_eq!(
+                reader.stack(&head_at(at), &mut exact),
+                Ok(Depth::Whole),
+                "3.{minor}"
+            );
+            assert_eq!(exact.len(), MAX_FRAMES, "3.{minor}");
+        }
+    }
+}
+
+#[test]
+fn a_name_longer_than_max_str_chars_is_cut_not_dropped() {
+    for minor in MINORS {
+        let image = Image::build(minor, false);
+        let u = &image.t.unicode;
+        let mut mem = image.mem.clone();
+        // A one-million-character ASCII function name.
+        let at = 0x7710_0000_0000;
+        let length = 1_000_000usize;
+        let mut obj = vec![b'x'; u.ascii_data + length + 1];
+        obj[u.ascii_data + length] = 0;
+        obj[..8].copy_from_slice(&1u64.to_ne_bytes());
+        obj[8..16].copy_from_slice(&image.types["str"].to_ne_bytes());
+        obj[u.length..u.length + 8].copy_from_slice(&(length as u64).to_ne_bytes());
+        let state = STATE_INTERNED | 1 << 2 | STATE_COMPACT | STATE_ASCII;
+        obj[u.state..u.state + 4].copy_from_slice(&state.to_ne_bytes());
+        mem.map(at, obj);
+        mem.put_u64(image.function_field(HELPER), at);
+        let mut reader = StackReader::new(mem, image.t.clone(), image.interp, image.gil);
+        reader.begin_tick(Instant::now());
+        let heads = reader.threads().unwrap();
+        let mut frames = Vec::new();
+        let mut seen = false;
+        for head in &heads {
+            reader.stack(head, &mut frames).unwrap();
+            for f in &frames {
+                if f.function.starts_with("xxxx") {
+                    seen = true;
+                    assert_eq!(f.function.chars().count(), MAX_STR_CHARS + 1, "3.{minor}");
+                    assert!(f.function.ends_with('…'), "3.{minor}");
+                }
+            }
+        }
+        assert!(seen, "3.{minor}: the long-named frame was read");
+    }
 }

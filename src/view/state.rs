@@ -221,6 +221,7 @@ mod tests {
                 os_state: OsState::Running,
                 owns_gil: true,
                 every: 1,
+                truncated: false,
             }],
         }
     }
