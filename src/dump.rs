@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::analyzer::loop_detect::{self, LoopPosition};
-use crate::analyzer::{short_path, task_for, Analyzer, AnalyzerSettings};
+use crate::analyzer::{task_for, Analyzer, AnalyzerSettings};
 use crate::error::LoopspyError;
 use crate::sampler::{self, OsState, Sample, SamplerMessage, SamplerSettings};
 use crate::target::{self, AttachedTarget};
@@ -175,7 +175,7 @@ fn render_text(pid: i32, version: &str, command: &str, views: &[ThreadView]) -> 
             out,
             "Thread {} ({}) [{}]",
             t.os_tid,
-            t.name.as_deref().unwrap_or("?"),
+            crate::text::name(t.name.as_deref().unwrap_or("?")),
             flags.join(", ")
         );
         if let Some((kind, state)) = loop_state(view) {
@@ -196,7 +196,12 @@ fn render_text(pid: i32, version: &str, command: &str, views: &[ThreadView]) -> 
                         );
                     }
                     if let Some(task) = &view.task {
-                        let _ = write!(text, " (task {}, coroutine {})", task.name, task.coroutine);
+                        let _ = write!(
+                            text,
+                            " (task {}, coroutine {})",
+                            crate::text::name(&task.name),
+                            crate::text::name(&task.coroutine)
+                        );
                     }
                     text
                 }
@@ -206,10 +211,8 @@ fn render_text(pid: i32, version: &str, command: &str, views: &[ThreadView]) -> 
         for frame in &t.frames {
             let _ = writeln!(
                 out,
-                "    {} ({}:{})",
-                frame.function,
-                short_path(&frame.file),
-                frame.line
+                "    {}",
+                crate::text::frame_label(frame, true)
             );
         }
         let _ = writeln!(out);

@@ -14,4 +14,5 @@ pub mod output;
 pub mod record;
 pub mod sampler;
 pub mod target;
+pub mod text;
 pub mod view;

@@ -379,13 +379,12 @@ fn describe_thread(thread: &ThreadSample) -> String {
     let name = thread.name.as_deref().unwrap_or("thread");
     match thread.frames.first() {
         Some(leaf) => format!(
-            "{name} ({}) in {} ({}:{})",
+            "{} ({}) in {}",
+            crate::text::name(name),
             thread.os_tid,
-            leaf.function,
-            crate::analyzer::short_path(&leaf.file),
-            leaf.line
+            crate::text::frame_label(leaf, true)
         ),
-        None => format!("{name} ({})", thread.os_tid),
+        None => format!("{} ({})", crate::text::name(name), thread.os_tid),
     }
 }
 

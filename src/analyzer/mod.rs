@@ -859,32 +859,7 @@ fn waits_for_gil(thread: &ThreadSample) -> bool {
         && matches!(&thread.os_state, OsState::Waiting { syscall: Some(s), .. } if s.nr == 202)
 }
 
-/// A frame as written in collapsed stacks and reports: `function (file:line)`.
-pub fn frame_label(frame: &Frame, short: bool) -> String {
-    let file = if short {
-        short_path(&frame.file)
-    } else {
-        &frame.file
-    };
-    format!("{} ({}:{})", frame.function, file, frame.line)
-}
-
-/// The tail of a path worth showing: from the package or stdlib root when recognisable,
-/// otherwise the file name.
-pub fn short_path(path: &str) -> &str {
-    for marker in ["/site-packages/", "/dist-packages/"] {
-        if let Some(pos) = path.rfind(marker) {
-            return &path[pos + marker.len()..];
-        }
-    }
-    if let Some(pos) = path.find("/lib/python3.") {
-        let rest = &path[pos + "/lib/python3.".len()..];
-        if let Some(slash) = rest.find('/') {
-            return &rest[slash + 1..];
-        }
-    }
-    path.rsplit('/').next().unwrap_or(path)
-}
+pub use crate::text::{frame_label, short_path};
 
 #[cfg(test)]
 mod tests {

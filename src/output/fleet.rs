@@ -14,6 +14,7 @@ use super::json::{incident_json, stop_reason_str};
 use super::{flamegraph, ProfileFormat, RecordingInfo, WrittenFiles};
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::{short_path, Analysis, Profile};
+use crate::text;
 
 /// One process of the fleet.
 pub struct Member<'a> {
@@ -182,10 +183,10 @@ pub fn report(members: &[Member]) -> String {
     for (rank, site) in merged_sites(members).iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {} | `{}` {}:{} | {} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} | {} {}:{} | {} | {:.1} | {:.1} | {} | {} | {} |",
             rank + 1,
-            site.function,
-            site.file,
+            text::md_code(&site.function, text::NAME_CHARS),
+            text::md_code(&site.file, text::PATH_CHARS),
             site.line,
             site.count,
             site.total_ms,
@@ -292,8 +293,8 @@ pub fn summary(members: &[Member], written: &WrittenFiles) -> String {
                 site.count,
                 site.max_ms,
                 site.category,
-                site.function,
-                short_path(&site.file),
+                text::name(&site.function),
+                text::human(short_path(&site.file), text::PATH_CHARS),
                 site.line,
                 pid_list(&site.pids)
             );

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::incident::Incident;
-use crate::analyzer::{frame_label, short_path, Analysis};
+use crate::analyzer::Analysis;
+use crate::text::{self, frame_label};
 
 fn is_loop_entry(function: &str, file: &str) -> bool {
     let bare = function.rsplit('.').next().unwrap_or(function);
@@ -42,30 +43,30 @@ pub fn render(offenders: &[(&Analysis, &Incident)], limit: Duration) -> String {
         let culprit = analysis.symbols.frames.get(incident.culprit);
         let _ = writeln!(
             out,
-            "[{}] {:.1} ms {:?} in {} ({}:{}), pid {} thread {}",
+            "[{}] {:.1} ms {:?} in {}, pid {} thread {}",
             n + 1,
             incident.duration_ms,
             incident.kind,
-            culprit.function,
-            short_path(&culprit.file),
-            culprit.line,
+            frame_label(culprit, true),
             incident.pid,
             incident.thread_id
         );
         if let Some(source) = &incident.culprit_source {
-            let _ = writeln!(out, "    > {source}");
+            let _ = writeln!(out, "    > {}", text::human(source, text::SOURCE_CHARS));
         }
         if let Some(task) = &incident.task {
             let _ = writeln!(
                 out,
                 "    task: {} (coroutine {})",
-                task.name, task.coroutine
+                text::name(&task.name),
+                text::name(&task.coroutine)
             );
         }
         let _ = writeln!(
             out,
             "    cause: {} — {}",
-            incident.cause.category, incident.cause.detail
+            incident.cause.category,
+            text::human(&incident.cause.detail, 400)
         );
         let _ = writeln!(out, "    fix: {}", suggestion(incident.cause.category));
         let _ = writeln!(out, "    stack (innermost first, down to the event loop):");

@@ -113,6 +113,12 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
             "incidents_total": analysis.incidents_total,
             "incidents_kept": analysis.incidents.len(),
             "sample_errors": analysis.sample_errors,
+            "sampling_gaps": {
+                "count": analysis.gaps.count,
+                "total_ms": round(analysis.gaps.total_ms, 1),
+                "longest_ms": round(analysis.gaps.longest_ms, 1),
+            },
+            "loopspy_peak_rss_mib": super::peak_rss_mib().map(|m| round(m, 1)),
             "loop_utilization": analysis.loop_utilization().map(|u| round(u, 4)),
             "stop_reason": stop_reason_str(info.stop_reason),
         },

@@ -175,3 +175,13 @@ pub fn prepare_dir(dir: &Path) -> Result<(), crate::error::LoopspyError> {
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
+
+/// loopspy's own peak resident memory so far, MiB (what the memory budget in
+/// docs/how-it-works.md is checked against).
+pub fn peak_rss_mib() -> Option<f64> {
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF needs nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
+    // Linux reports ru_maxrss in KiB.
+    ok.then(|| usage.ru_maxrss as f64 / 1024.0)
+}

@@ -9,6 +9,18 @@ use super::RecordingInfo;
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::sites;
 use crate::analyzer::{frame_label, Analysis};
+use crate::sampler::Frame;
+use crate::text;
+
+/// A frame in Markdown text: its function and file as code spans nothing can break out of.
+fn md_frame(frame: &Frame) -> String {
+    format!(
+        "{} ({}:{})",
+        text::md_code(&frame.function, text::NAME_CHARS),
+        text::md_code(&frame.file, text::PATH_CHARS),
+        frame.line
+    )
+}
 
 /// Incidents shown in full; the rest are counted in their site's row.
 const DETAILED_INCIDENTS: usize = 200;
@@ -58,6 +70,13 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
         s.interval_p99_us,
         s.interval_max_us
     );
+    if analysis.gaps.count > 0 {
+        let _ = writeln!(
+            md,
+            "- Sampling gaps: {} (longest {:.0} ms, {:.0} ms in all): no incident spans one; a block inside one may be missed",
+            analysis.gaps.count, analysis.gaps.longest_ms, analysis.gaps.total_ms
+        );
+    }
     let _ = writeln!(md, "- Threshold: {} ms\n", info.threshold_ms);
 
     let _ = writeln!(md, "## Event loops\n");
@@ -111,15 +130,15 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
             let code = site
                 .source
                 .as_deref()
-                .map(|t| format!("`{}`", t.replace('|', "\\|")))
+                .map(|t| text::md_code(t, text::SOURCE_CHARS))
                 .unwrap_or_default();
             let category = site.category();
             let _ = writeln!(
                 md,
-                "| {} | `{}` {}:{} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                "| {} | {} {}:{} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
                 rank + 1,
-                f.function,
-                f.file,
+                text::md_code(&f.function, text::NAME_CHARS),
+                text::md_code(&f.file, text::PATH_CHARS),
                 f.line,
                 code,
                 site.count,
@@ -147,7 +166,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
             let callback = analysis.symbols.frames.get(inc.callback);
             let _ = writeln!(
                 md,
-                "### {}. {} — {:.1} ms {:?}{} in `{}`\n",
+                "### {}. {} — {:.1} ms {:?}{} in {}\n",
                 n + 1,
                 format_time(inc.start_unix),
                 inc.duration_ms,
@@ -157,37 +176,40 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
                 } else {
                     ""
                 },
-                culprit.function
+                text::md_code(&culprit.function, text::NAME_CHARS)
             );
             let _ = writeln!(
                 md,
                 "- Thread: {} ({}), {:?} loop, {} samples",
                 inc.thread_id,
-                inc.thread_name.as_deref().unwrap_or("?"),
+                text::name(inc.thread_name.as_deref().unwrap_or("?")),
                 inc.loop_kind,
                 inc.samples
             );
-            let _ = writeln!(md, "- Culprit: {}", frame_label(culprit, false));
-            if let Some(text) = &inc.culprit_source {
-                let _ = writeln!(md, "  `{text}`");
+            let _ = writeln!(md, "- Culprit: {}", md_frame(culprit));
+            if let Some(source) = &inc.culprit_source {
+                let _ = writeln!(md, "  {}", text::md_code(source, text::SOURCE_CHARS));
             }
-            let _ = writeln!(md, "- Callback: {}", frame_label(callback, false));
+            let _ = writeln!(md, "- Callback: {}", md_frame(callback));
             if let Some(task) = &inc.task {
                 let _ = writeln!(
                     md,
-                    "- Task: `{}` (coroutine `{}`)",
-                    task.name, task.coroutine
+                    "- Task: {} (coroutine {})",
+                    text::md_code(&task.name, text::NAME_CHARS),
+                    text::md_code(&task.coroutine, text::NAME_CHARS)
                 );
             }
             let _ = writeln!(
                 md,
                 "- Cause: **{}** — {}",
-                inc.cause.category, inc.cause.detail
+                inc.cause.category,
+                text::md_text(&inc.cause.detail, 400)
             );
             let _ = writeln!(md, "- Fix: {}", suggestion(inc.cause.category));
+            // Indented four spaces, no line of the block can close it, whatever a name holds.
             let _ = writeln!(md, "\n```");
             for frame in analysis.symbols.stack_frames(inc.stack) {
-                let _ = writeln!(md, "{}", frame_label(frame, false));
+                let _ = writeln!(md, "    {}", frame_label(frame, false));
             }
             let _ = writeln!(md, "```\n");
         }

@@ -5,7 +5,8 @@ use std::fmt::Write;
 
 use super::{RecordingInfo, WrittenFiles};
 use crate::analyzer::sites;
-use crate::analyzer::{short_path, Analysis};
+use crate::analyzer::Analysis;
+use crate::text::frame_label;
 
 /// How many sites the summary lists.
 const TOP_SITES: usize = 5;
@@ -29,6 +30,13 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
         analysis.sample_errors,
         s.dropped_analyzer_lag + s.missed_ticks,
     );
+    if analysis.gaps.count > 0 {
+        let _ = writeln!(
+            out,
+            "loopspy: {} sampling gaps (longest {:.0} ms, {:.0} ms in all): no incident spans a gap, a block inside one may be missed",
+            analysis.gaps.count, analysis.gaps.longest_ms, analysis.gaps.total_ms
+        );
+    }
     if analysis.loops.is_empty() {
         let _ = writeln!(
             out,
@@ -46,7 +54,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
                 out,
                 "Event loop in thread {} ({}, {:?}): busy {:.1}% of the time, {} incidents, longest stall {:.0} ms",
                 l.thread_id,
-                l.name.as_deref().unwrap_or("?"),
+                crate::text::name(l.name.as_deref().unwrap_or("?")),
                 l.kind,
                 util * 100.0,
                 l.incidents,
@@ -70,15 +78,13 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
                 let f = analysis.symbols.frames.get(*culprit);
                 let _ = writeln!(
                     out,
-                    "  {:>9.0} {:>5} {:>8.0} {:>8.0}  {:<10} {} ({}:{})",
+                    "  {:>9.0} {:>5} {:>8.0} {:>8.0}  {:<10} {}",
                     site.total_ms,
                     site.count,
                     site.max_ms,
                     site.percentile(0.95),
                     site.category(),
-                    f.function,
-                    short_path(&f.file),
-                    f.line
+                    frame_label(f, true)
                 );
             }
         }

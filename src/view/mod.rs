@@ -19,7 +19,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 
 use crate::analyzer::incident::Incident;
-use crate::analyzer::{short_path, Analyzer, AnalyzerSettings};
+use crate::analyzer::{Analyzer, AnalyzerSettings};
+use crate::text::{self, frame_label};
 use crate::error::LoopspyError;
 use crate::output::report::format_time;
 use crate::sampler::{self, SamplerMessage, SamplerSettings};
@@ -150,7 +151,7 @@ impl App {
             };
             loops.push(LoopHealth {
                 thread_id: l.thread_id,
-                name: l.name.clone().unwrap_or_else(|| "?".into()),
+                name: text::name(l.name.as_deref().unwrap_or("?")).into_owned(),
                 kind: match l.kind {
                     crate::analyzer::loop_detect::LoopKind::Selector => "selector",
                     crate::analyzer::loop_detect::LoopKind::Uvloop => "uvloop",
@@ -191,10 +192,13 @@ impl App {
                         crate::analyzer::incident::IncidentKind::Blocking => "blocking",
                         crate::analyzer::incident::IncidentKind::Saturation => "saturation",
                     },
-                    culprit: format!("{} ({}:{})", f.function, short_path(&f.file), f.line),
-                    source: i.culprit_source.clone(),
+                    culprit: frame_label(f, true),
+                    source: i
+                        .culprit_source
+                        .as_deref()
+                        .map(|s| text::human(s, text::SOURCE_CHARS).into_owned()),
                     cause: i.cause.category,
-                    task: i.task.as_ref().map(|t| t.name.clone()),
+                    task: i.task.as_ref().map(|t| text::name(&t.name).into_owned()),
                 }
             })
             .collect();
@@ -203,7 +207,8 @@ impl App {
         let (scope, filter) = match self.view.threads {
             ThreadFilter::Loop(n) if !loop_ids.is_empty() => {
                 let tid = loop_ids[n % loop_ids.len()];
-                let name = analysis.thread_names.get(&tid).cloned().unwrap_or_default();
+                let name = analysis.thread_names.get(&tid).map(String::as_str);
+                let name = text::name(name.unwrap_or_default());
                 (format!("loop thread {tid} ({name})"), Some(vec![tid]))
             }
             _ => ("all threads".to_string(), None),
@@ -215,6 +220,7 @@ impl App {
             rate_hz,
             asked_rate_hz: self.asked_rate_hz,
             sample_errors: analysis.sample_errors,
+            gaps: analysis.gaps.count,
             loops,
             feed,
             incident_count: self.feed_count,

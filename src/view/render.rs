@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::text;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
@@ -75,6 +76,8 @@ pub struct Snapshot {
     pub asked_rate_hz: u32,
     /// Failed reads so far.
     pub sample_errors: u64,
+    /// Sampling gaps so far.
+    pub gaps: u64,
     /// Loops.
     pub loops: Vec<LoopHealth>,
     /// Latest incidents, newest first.
@@ -109,13 +112,17 @@ fn pct(part: u64, total: u64) -> f64 {
 
 fn title(s: &Snapshot) -> String {
     format!(
-        "loopspy top — pid {} (Python {}) · {:.0}/{} Hz · {} read errors · {} incidents{}{}",
+        "loopspy top — pid {} (Python {}) · {:.0}/{} Hz · {} read errors · {} incidents{}{}{}",
         s.pid,
         s.python_version,
         s.rate_hz,
         s.asked_rate_hz,
         s.sample_errors,
         s.incident_count,
+        match s.gaps {
+            0 => String::new(),
+            n => format!(" · {n} sampling gaps"),
+        },
         if s.paused { " · PAUSED" } else { "" },
         if s.include_idle { " · idle shown" } else { "" },
     )
@@ -251,7 +258,12 @@ fn draw_functions(frame: &mut Frame, area: Rect, s: &Snapshot) {
             Cell::from(format!("{:.1}", pct(r.total_us, s.functions_total_us))),
             Cell::from(format!("{:.2}", r.own_us as f64 / 1e6)),
             Cell::from(format!("{:.2}", r.total_us as f64 / 1e6)),
-            Cell::from(format!("{} ({}:{})", r.function, short(&r.file), r.line)),
+            Cell::from(format!(
+                "{} ({}:{})",
+                text::name(&r.function),
+                text::human(short(&r.file), text::PATH_CHARS),
+                r.line
+            )),
         ])
     });
     let table = Table::new(
@@ -329,8 +341,8 @@ pub fn text(s: &Snapshot, max_functions: usize) -> String {
             pct(r.total_us, s.functions_total_us),
             r.own_us as f64 / 1e6,
             r.total_us as f64 / 1e6,
-            r.function,
-            short(&r.file),
+            text::name(&r.function),
+            text::human(short(&r.file), text::PATH_CHARS),
             r.line
         );
     }
