@@ -209,11 +209,7 @@ fn render_text(pid: i32, version: &str, command: &str, views: &[ThreadView]) -> 
             let _ = writeln!(out, "  event loop ({kind}): {what}");
         }
         for frame in &t.frames {
-            let _ = writeln!(
-                out,
-                "    {}",
-                crate::text::frame_label(frame, true)
-            );
+            let _ = writeln!(out, "    {}", crate::text::frame_label(frame, true));
         }
         let _ = writeln!(out);
     }

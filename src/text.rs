@@ -25,8 +25,7 @@ pub fn human(text: &str, max: usize) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len().min(max * 4) + 4);
-    let mut shown = 0;
-    for c in text.chars() {
+    for (shown, c) in text.chars().enumerate() {
         if shown >= max {
             out.push('…');
             break;
@@ -40,7 +39,6 @@ pub fn human(text: &str, max: usize) -> Cow<'_, str> {
             }
             c => out.push(c),
         }
-        shown += 1;
     }
     Cow::Owned(out)
 }
@@ -86,11 +84,7 @@ pub fn short_path(path: &str) -> &str {
 /// table's `|`), after [`human`]: code spans show `<script>` as text.
 pub fn md_code(text: &str, max: usize) -> String {
     let text = human(text, max);
-    let longest_run = text
-        .split(|c| c != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest_run = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat(longest_run + 1);
     let pad = if text.starts_with('`') || text.ends_with('`') {
         " "

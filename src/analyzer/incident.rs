@@ -67,6 +67,9 @@ pub struct Incident {
     pub culprit_source: Option<String>,
     /// The recording ended (or the thread stopped running its loop) while still busy.
     pub truncated: bool,
+    /// Most of its samples had a stack deeper than the reader reads: `stack` holds the
+    /// innermost frames only (the culprit is among them; the loop's frames are not).
+    pub stack_truncated: bool,
 }
 
 /// Busy samples that did not belong to the dominant callback: what tells a saturation (many
@@ -148,6 +151,8 @@ pub struct BusyRun {
     pub task_generation: Option<TaskGeneration>,
     /// Busy samples so far.
     pub samples: u32,
+    /// Of them, samples whose stack the reader cut (deeper than it reads).
+    pub cut_samples: u32,
     stacks: HashMap<StackId, u32>,
     culprits: HashMap<FrameId, u32>,
     callbacks: HashMap<FrameId, u32>,
@@ -182,6 +187,8 @@ pub struct BusyObservation<'a> {
     pub callback: Option<(FrameId, FrameId, u64)>,
     /// The task being stepped, when one is and it could be read.
     pub task: Option<&'a RunningTask>,
+    /// The stack was cut by the reader (deeper than it reads).
+    pub cut: bool,
 }
 
 impl BusyRun {
@@ -194,6 +201,7 @@ impl BusyRun {
             last_run_once_line: None,
             task_generation: None,
             samples: 0,
+            cut_samples: 0,
             stacks: HashMap::new(),
             culprits: HashMap::new(),
             callbacks: HashMap::new(),
@@ -266,6 +274,7 @@ impl BusyRun {
     /// Adds a busy sample.
     pub fn observe(&mut self, obs: BusyObservation<'_>) {
         self.samples += 1;
+        self.cut_samples += u32::from(obs.cut);
         self.last_busy_at = obs.at;
         *self.stacks.entry(obs.stack).or_default() += 1;
         *self.stack_weights_us.entry(obs.stack).or_default() += obs.weight_us;
@@ -392,6 +401,7 @@ mod tests {
             weight_us: 1000,
             callback: root.map(|r| (1, 2, root_id(r, "app.py"))),
             task: None,
+            cut: false,
         }
     }
 

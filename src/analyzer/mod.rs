@@ -594,6 +594,7 @@ impl Analyzer {
             weight_us,
             callback,
             task,
+            cut,
         });
         if let Some(holder) = gil_holder.filter(|_| waits_for_gil(thread)) {
             if let Some(culprit) = holder_culprit(&mut a.symbols, holder) {
@@ -779,6 +780,7 @@ impl Analyzer {
             cause,
             culprit_source,
             truncated,
+            stack_truncated: 2 * run.cut_samples >= run.samples,
         };
         for (&stack, &us) in &run.stack_weights_us {
             *a.blocking_profile.entry((tid, stack)).or_default() += us;

@@ -23,7 +23,10 @@ pub fn collapsed_lines(analysis: &Analysis, profile: &Profile) -> Vec<String> {
                 .get(&tid)
                 .map(String::as_str)
                 .unwrap_or("thread");
-            parts.push(format!("{} ({tid})", crate::text::name(name).replace(';', ":")));
+            parts.push(format!(
+                "{} ({tid})",
+                crate::text::name(name).replace(';', ":")
+            ));
         }
         let frames: Vec<_> = analysis.symbols.stack_frames(stack).collect();
         parts.extend(

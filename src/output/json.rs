@@ -53,6 +53,7 @@ pub fn incident_json(analysis: &Analysis, incident: &Incident) -> Value {
         "cause": incident.cause,
         "suggestion": suggestion(incident.cause.category),
         "truncated": incident.truncated,
+        "stack_truncated": incident.stack_truncated,
     })
 }
 

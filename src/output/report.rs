@@ -207,6 +207,13 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
             );
             let _ = writeln!(md, "- Fix: {}", suggestion(inc.cause.category));
             // Indented four spaces, no line of the block can close it, whatever a name holds.
+            if inc.stack_truncated {
+                let _ = writeln!(
+                    md,
+                    "\nStack deeper than {} frames: its innermost frames are shown.",
+                    crate::sampler::MAX_FRAMES
+                );
+            }
             let _ = writeln!(md, "\n```");
             for frame in analysis.symbols.stack_frames(inc.stack) {
                 let _ = writeln!(md, "    {}", frame_label(frame, false));

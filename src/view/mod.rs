@@ -20,11 +20,11 @@ use ratatui::crossterm::event::{self, Event, KeyEventKind};
 
 use crate::analyzer::incident::Incident;
 use crate::analyzer::{Analyzer, AnalyzerSettings};
-use crate::text::{self, frame_label};
 use crate::error::LoopspyError;
 use crate::output::report::format_time;
 use crate::sampler::{self, SamplerMessage, SamplerSettings};
 use crate::target::{self, AttachedTarget};
+use crate::text::{self, frame_label};
 use input::Action;
 use render::{FeedLine, LoopHealth, Snapshot, STALL_MIN_MS};
 use state::{FunctionTable, ThreadFilter, ViewState};

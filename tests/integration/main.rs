@@ -8,6 +8,7 @@ mod common;
 mod dump;
 mod fleet;
 mod formats;
+mod hostile;
 mod reader;
 mod record;
 mod top;
