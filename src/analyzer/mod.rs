@@ -453,8 +453,7 @@ impl Analyzer {
         };
         let base_frame = a
             .symbols
-            .frames
-            .intern(thread.frames.last().expect("a loop has frames"));
+            .intern_frame(thread.frames.last().expect("a loop has frames"));
         let loop_thread = a.loops.entry(tid).or_insert_with(|| LoopThread {
             thread_id: tid,
             name: thread.name.as_deref().map(String::from),
@@ -556,18 +555,18 @@ impl Analyzer {
         });
         let callback = match position {
             LoopPosition::Callback { root, .. } if cut => {
-                let culprit = a.symbols.frames.intern(&thread.frames[facts.culprit]);
+                let culprit = a.symbols.intern_frame(&thread.frames[facts.culprit]);
                 let (root_frame, root_id) = run.dominant_callback().unwrap_or_else(|| {
                     let root = &thread.frames[root];
                     let id = incident::root_id(&root.function, &root.file);
-                    (a.symbols.frames.intern(root), id)
+                    (a.symbols.intern_frame(root), id)
                 });
                 Some((culprit, root_frame, root_id))
             }
             LoopPosition::Callback { root, .. } => {
                 let culprit_idx = facts.culprit;
-                let culprit = a.symbols.frames.intern(&thread.frames[culprit_idx]);
-                let root_frame = a.symbols.frames.intern(&thread.frames[root]);
+                let culprit = a.symbols.intern_frame(&thread.frames[culprit_idx]);
+                let root_frame = a.symbols.intern_frame(&thread.frames[root]);
                 Some((
                     culprit,
                     root_frame,
@@ -578,7 +577,7 @@ impl Analyzer {
                 // Nothing of the loop's runs: the culprit is the holder's own code.
                 let culprit = holder_culprit(&mut a.symbols, holder)?;
                 let leaf = &thread.frames[0];
-                let leaf_id = a.symbols.frames.intern(leaf);
+                let leaf_id = a.symbols.intern_frame(leaf);
                 Some((
                     culprit,
                     leaf_id,
@@ -846,7 +845,7 @@ pub fn task_for<'t>(root: &str, running: &'t [RunningTask]) -> Option<&'t Runnin
 fn holder_culprit(symbols: &mut Symbols, holder: &ThreadSample) -> Option<FrameId> {
     let last = holder.frames.len().checked_sub(1)?;
     let idx = culprit::culprit_index(&holder.frames, last);
-    Some(symbols.frames.intern(&holder.frames[idx]))
+    Some(symbols.intern_frame(&holder.frames[idx]))
 }
 
 /// Off CPU in `epoll_wait`/`epoll_pwait`/`epoll_pwait2`: how a selector (or uvloop) waits for
