@@ -176,7 +176,7 @@ mod tests {
         let mut s = Symbols::default();
         let frames: Vec<Frame> = (0..1024).map(f).collect();
         for n in 0..30_000usize {
-            let (start, depth) = (n % 512, 1 + (n * 31) % 1024);
+            let (start, depth) = (n % 300, 200 + n / 300);
             s.intern_stack(&frames[start..(start + depth).min(1024)]);
         }
         assert!(s.stack_frame_ids <= 2 * MAX_STACK_FRAME_IDS + 1024 * 2);
