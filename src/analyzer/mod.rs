@@ -91,6 +91,23 @@ impl LineVotes {
     }
 }
 
+/// Threads whose last-read time and name are kept; past it, threads gone for a while (names:
+/// those running no loop) are forgotten.
+const MAX_THREADS_KEPT: usize = 4096;
+/// (thread, stack) entries of one profile; past it, new threads' time goes to thread 0 (a
+/// target that starts threads forever would otherwise grow every profile forever).
+pub const MAX_PROFILE_ENTRIES: usize = 1 << 20;
+
+/// Adds `us` to `profile`'s entry for (`tid`, `stack`), within [`MAX_PROFILE_ENTRIES`].
+fn add_weight(profile: &mut Profile, tid: u64, stack: StackId, us: u64) {
+    let key = if profile.len() >= MAX_PROFILE_ENTRIES && !profile.contains_key(&(tid, stack)) {
+        (0, stack)
+    } else {
+        (tid, stack)
+    };
+    *profile.entry(key).or_default() += us;
+}
+
 /// Default for [`AnalyzerSettings::max_incidents`].
 pub const MAX_INCIDENTS: usize = 1000;
 
@@ -341,6 +358,12 @@ impl Analyzer {
     /// own intervals (a thread read every `every` ticks has a longer one).
     fn weight(&mut self, thread_id: u64, at: Instant, every: u32) -> Duration {
         let cap = self.settings.interval * 5 * every.max(1);
+        if self.last_seen.len() >= MAX_THREADS_KEPT && !self.last_seen.contains_key(&thread_id) {
+            // Threads come and go (a target may start hundreds a second): forget the ones
+            // not seen for a while.
+            self.last_seen
+                .retain(|_, seen| at.saturating_duration_since(*seen) < Duration::from_secs(5));
+        }
         match self.last_seen.insert(thread_id, at) {
             Some(prev) => at.saturating_duration_since(prev).min(cap),
             None => self.settings.interval,
@@ -384,13 +407,18 @@ impl Analyzer {
         let tid = thread.os_tid;
         let a = &mut self.analysis;
         if let Some(name) = &thread.name {
+            if a.thread_names.len() >= MAX_THREADS_KEPT && !a.thread_names.contains_key(&tid) {
+                // Thread churn: keep the loop threads' names, forget the rest.
+                let loops = &a.loops;
+                a.thread_names.retain(|tid, _| loops.contains_key(tid));
+            }
             a.thread_names
                 .entry(tid)
                 .or_insert_with(|| name.to_string());
         }
         let stack = (!thread.frames.is_empty()).then(|| a.symbols.intern_stack(&thread.frames));
         if let (Some(stack), OsState::Running) = (stack, &thread.os_state) {
-            *a.active_profile.entry((tid, stack)).or_default() += weight_us;
+            add_weight(&mut a.active_profile, tid, stack, weight_us);
         }
         if self.settings.only_thread.is_some_and(|only| only != tid) {
             return;
@@ -536,7 +564,7 @@ impl Analyzer {
         let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
         loop_thread.busy += weight;
         let stack = stack.expect("a busy loop has frames");
-        *a.busy_profile.entry((tid, stack)).or_default() += weight_us;
+        add_weight(&mut a.busy_profile, tid, stack, weight_us);
         let interval = self.settings.interval;
         let run = loop_thread.run.get_or_insert_with(|| {
             // Start halfway between the last idle sample and this one, unless the gap says we
@@ -782,7 +810,7 @@ impl Analyzer {
             stack_truncated: 2 * run.cut_samples >= run.samples,
         };
         for (&stack, &us) in &run.stack_weights_us {
-            *a.blocking_profile.entry((tid, stack)).or_default() += us;
+            add_weight(&mut a.blocking_profile, tid, stack, us);
         }
         a.incidents_total += 1;
         a.sites.entry(incident.culprit).or_default().add(&incident);

@@ -32,6 +32,10 @@ impl ThreadIdMap {
         }
         let tids = live_tids(pid);
         let tid = self.find(pid, pthread, &tids)?;
+        if self.known.len() >= 4096 {
+            // Thread churn: keep the map bounded; live threads are found again on demand.
+            self.known.clear();
+        }
         self.known.insert(pthread, tid);
         Some(tid)
     }
