@@ -22,7 +22,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Record a running Python process (--pid) or a command (after --), find event-loop
-    /// blocking incidents, and write flame graphs and an incident report.
+    /// blocking incidents, and write flame graphs and an incident report. `loopspy attach
+    /// --pid PID` is the same command.
+    #[command(visible_alias = "attach")]
     Record(RawRecordArgs),
     /// Print every thread's stack once, which threads run event loops, and whether each loop
     /// is idle or inside a callback (and for how long).
@@ -93,7 +95,7 @@ pub struct RawTopArgs {
     #[command(flatten)]
     pub sampling: RawSamplingArgs,
     /// A loop busy at least this long is an incident (e.g. 50ms).
-    #[arg(short, long, default_value = "50ms")]
+    #[arg(short, long, default_value = "50ms", allow_hyphen_values = true)]
     pub threshold: String,
     /// Print one plain-text snapshot after --once-after and exit (the default when stdout is
     /// not a terminal).
@@ -170,10 +172,10 @@ pub struct RawRecordArgs {
     pub subprocesses: bool,
     /// Stop after this long (e.g. 30s, 2m, 500ms; a bare number is seconds). Default: until
     /// Ctrl-C or the target exits.
-    #[arg(short, long)]
+    #[arg(short, long, allow_hyphen_values = true)]
     pub duration: Option<String>,
     /// A loop busy at least this long is an incident (e.g. 50ms, 0.2s; a bare number is ms).
-    #[arg(short, long, default_value = "50ms")]
+    #[arg(short, long, default_value = "50ms", allow_hyphen_values = true)]
     pub threshold: String,
     #[command(flatten)]
     pub sampling: RawSamplingArgs,
@@ -190,7 +192,7 @@ pub struct RawRecordArgs {
     /// CI gate: exit with code 10 and print the incidents, like test failures, if the loop was
     /// blocked at least this long (e.g. 100ms); otherwise exit with the launched command's own
     /// code. Use with a command after `--`.
-    #[arg(long, value_name = "LIMIT")]
+    #[arg(long, value_name = "LIMIT", allow_hyphen_values = true)]
     pub fail_on_block: Option<String>,
     /// Profile formats to write, comma-separated: svg (flamegraph.svg, blocking.svg),
     /// speedscope (profile.speedscope.json), collapsed (folded stacks), perfetto (trace.json).
@@ -324,6 +326,11 @@ pub enum Unit {
 /// Parses `30s`, `1.5s`, `250ms`, `2m`, `1h`, `500us`, or a bare number in `bare_unit`.
 pub fn parse_duration(text: &str, bare_unit: Unit) -> Result<Duration, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!(
+            "`{text}` is negative: give a positive duration (30s, 250ms, 2m)"
+        ));
+    }
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());

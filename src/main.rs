@@ -6,7 +6,10 @@ use loopspy::cli::{Cli, Command};
 use loopspy::error::exit_code;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => usage_error(err),
+    };
     let result = match cli.command {
         Command::Record(raw) => match raw.validate() {
             Err(message) => {
@@ -32,4 +35,26 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// clap's own errors read like every other: one `loopspy: error:` line with what to do, exit 2
+/// (help and version print as clap prints them, exit 0).
+fn usage_error(err: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit();
+    }
+    let rendered = err.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    eprintln!("loopspy: error: {first} (see `loopspy --help`, or `loopspy COMMAND --help`)");
+    std::process::exit(exit_code::USAGE);
 }

@@ -61,7 +61,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
     );
     let _ = writeln!(
         md,
-        "- Samples: {} ({} failed reads dropped, {} ticks missed, {} dropped for analyzer lag); sample interval p50 {} µs, p99 {} µs, max {} µs",
+        "- Samples: {} ({} skipped (stack changed while read), {} ticks missed (loopspy ran late), {} dropped (analysis lagged)); sample interval p50 {} µs, p99 {} µs, max {} µs",
         analysis.samples,
         analysis.sample_errors,
         s.missed_ticks,

@@ -17,7 +17,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
     let s = &info.sampler;
     let _ = writeln!(
         out,
-        "loopspy: recorded pid {} (Python {}) for {:.1}s: {} samples at {:.0} Hz (asked {}; interval p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms), {} read errors, {} dropped",
+        "loopspy: recorded pid {} (Python {}) for {:.1}s: {} samples at {:.0} Hz (asked {}; interval p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms); {} samples skipped (stack changed while read), {} ticks missed (loopspy ran late), {} dropped (analysis lagged)",
         info.pid,
         info.python_version,
         s.elapsed.as_secs_f64(),
@@ -28,7 +28,8 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
         s.interval_p99_us as f64 / 1000.0,
         s.interval_max_us as f64 / 1000.0,
         analysis.sample_errors,
-        s.dropped_analyzer_lag + s.missed_ticks,
+        s.missed_ticks,
+        s.dropped_analyzer_lag,
     );
     if analysis.gaps.count > 0 {
         let _ = writeln!(

@@ -47,13 +47,18 @@ pub struct TaskReader {
     modules_ptr: usize,
     current_tasks: Option<usize>,
     next_lookup: Instant,
+    lookup_retry: Duration,
     type_names: HashMap<u64, String>,
     /// The tasks read at the last generation.
     last: Option<(TaskGeneration, Vec<RunningTask>)>,
 }
 
-/// How often to look for `asyncio.tasks` again while the target has not imported it.
-const LOOKUP_RETRY: Duration = Duration::from_secs(1);
+/// How soon to look for `asyncio.tasks` again after a lookup found nothing: at first soon (a
+/// program launched under loopspy imports asyncio a moment later, and a lookup can be torn by
+/// the target changing `sys.modules`), then doubling up to [`LOOKUP_RETRY_MAX`] so a program
+/// without asyncio costs nothing.
+const LOOKUP_RETRY_FIRST: Duration = Duration::from_millis(10);
+const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Upper bounds that keep a garbage read from turning into a huge one.
 const MAX_ENTRIES: u64 = 1 << 16;
 const MAX_STR: u64 = 1024;
@@ -67,6 +72,7 @@ impl TaskReader {
             modules_ptr,
             current_tasks: None,
             next_lookup: Instant::now(),
+            lookup_retry: LOOKUP_RETRY_FIRST,
             type_names: HashMap::new(),
             last: None,
         }
@@ -115,7 +121,8 @@ impl TaskReader {
 
     fn current_tasks_dict(&mut self) -> Option<usize> {
         if self.current_tasks.is_none() && Instant::now() >= self.next_lookup {
-            self.next_lookup = Instant::now() + LOOKUP_RETRY;
+            self.next_lookup = Instant::now() + self.lookup_retry;
+            self.lookup_retry = (self.lookup_retry * 2).min(LOOKUP_RETRY_MAX);
             self.current_tasks = self.find_current_tasks();
         }
         self.current_tasks

@@ -112,7 +112,7 @@ fn pct(part: u64, total: u64) -> f64 {
 
 fn title(s: &Snapshot) -> String {
     format!(
-        "loopspy top — pid {} (Python {}) · {:.0}/{} Hz · {} read errors · {} incidents{}{}{}",
+        "loopspy top — pid {} (Python {}) · {:.0}/{} Hz · {} skipped reads · {} incidents{}{}{}",
         s.pid,
         s.python_version,
         s.rate_hz,

@@ -294,3 +294,42 @@ fn ctrl_c_stops_and_writes_what_was_recorded() {
     // The target itself was never disturbed.
     assert!(std::path::Path::new(&format!("/proc/{}", target.pid())).exists());
 }
+
+#[test]
+fn argument_errors_read_like_every_other_error() {
+    for args in [
+        &["record", "--pid", "abc"][..],
+        &["record", "--pid", "1", "--threshold", "-5"],
+        &["record", "--pid", "1", "--duration", "-3s"],
+        &["record", "--no-such-flag"],
+    ] {
+        let run = run_loopspy(args, Duration::from_secs(10));
+        assert_eq!(run.code(), 2, "{args:?}: {}", run.stderr);
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got:\n{}", run.stderr);
+        assert!(lines[0].starts_with("loopspy: error: "), "{}", lines[0]);
+        assert!(!lines[0].contains("-- -"), "{args:?}: {}", lines[0]);
+    }
+    let run = run_loopspy(
+        &["record", "--pid", "1", "--threshold", "-5"],
+        Duration::from_secs(10),
+    );
+    assert!(run.stderr.contains("negative"), "{}", run.stderr);
+    // --help still prints help, exit 0.
+    let help = run_loopspy(&["--help"], Duration::from_secs(10));
+    assert_eq!(help.code(), 0);
+    assert!(help.stdout.contains("attach"), "{}", help.stdout);
+}
+
+#[test]
+fn attach_is_the_same_command_as_record() {
+    let run = run_loopspy(&["attach", "--pid", "999999"], Duration::from_secs(10));
+    let record = run_loopspy(&["record", "--pid", "999999"], Duration::from_secs(10));
+    assert_eq!(run.code(), record.code());
+    assert_eq!(run.stderr, record.stderr);
+    assert!(
+        run.stderr.contains("no process with PID 999999"),
+        "{}",
+        run.stderr
+    );
+}
