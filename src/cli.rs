@@ -82,6 +82,7 @@ impl RawSamplingArgs {
             other_threads_hz: self.other_threads_rate.min(self.rate),
             reader: self.reader.into(),
             duration: None,
+            runs_loop: crate::analyzer::loop_detect::runs_loop,
         })
     }
 }

@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 use crate::analyzer::loop_detect::{self, LoopPosition};
 use crate::analyzer::{task_for, Analyzer, AnalyzerSettings};
 use crate::error::LoopspyError;
-use crate::sampler::{self, OsState, Sample, SamplerMessage, SamplerSettings};
-use crate::target::{self, AttachedTarget};
+use crate::remote::{self, AttachedTarget};
+use crate::sample::{OsState, RunningTask, Sample, SamplerMessage, ThreadSample};
+use crate::sampler::{self, SamplerSettings};
 
 /// How long `dump` samples before reporting.
 pub const WINDOW: Duration = Duration::from_millis(300);
@@ -34,10 +35,10 @@ pub struct DumpSettings {
 
 /// What one thread was doing.
 struct ThreadView {
-    sample: crate::sampler::ThreadSample,
+    sample: ThreadSample,
     position: LoopPosition,
     busy_for: Option<Duration>,
-    task: Option<crate::target::tasks::RunningTask>,
+    task: Option<RunningTask>,
 }
 
 /// Runs the command, printing to stdout.
@@ -47,13 +48,17 @@ pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
         pid,
         python_version,
         command,
-    } = target::attach(settings.pid, settings.blocking)?;
+    } = remote::attach(settings.pid, settings.blocking)?;
     let (tx, rx) = crossbeam_channel::bounded(1024);
     let sampler = sampler::spawn(
         spy,
         SamplerSettings {
             reader: settings.reader,
-            ..SamplerSettings::every_thread(RATE_HZ, Some(WINDOW))
+            ..SamplerSettings::every_thread(
+                RATE_HZ,
+                Some(WINDOW),
+                crate::analyzer::loop_detect::runs_loop,
+            )
         },
         Arc::new(AtomicBool::new(false)),
         tx,

@@ -21,8 +21,9 @@ use crate::cli::{RecordSettings, TargetSpec};
 use crate::error::{exit_code, LoopspyError};
 use crate::output::stream::Streams;
 use crate::output::{self, ProfileFormat, RecordingInfo, WrittenFiles};
-use crate::sampler::{self, SamplerMessage, SamplerOutcome, SamplerSettings, StopReason};
-use crate::target::{self, procfs, AttachedTarget};
+use crate::remote::{self, procfs, AttachedTarget};
+use crate::sample::SamplerMessage;
+use crate::sampler::{self, SamplerOutcome, SamplerSettings, StopReason};
 
 /// How often the recording takes what the samplers sent (the channels hold far more).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
@@ -86,12 +87,12 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         TargetSpec::Pids(pids) => {
             let targets = pids
                 .iter()
-                .map(|pid| target::attach(*pid, settings.blocking))
+                .map(|pid| remote::attach(*pid, settings.blocking))
                 .collect::<Result<Vec<_>, _>>()?;
             (targets, pids.clone())
         }
         TargetSpec::Launch(argv) => {
-            let launched = target::launch(argv, settings.blocking)?;
+            let launched = remote::launch(argv, settings.blocking)?;
             let root = launched.child.id() as i32;
             child = Some(launched.child);
             (vec![launched.target], vec![root])
@@ -480,7 +481,7 @@ impl Recording<'_> {
                 continue;
             }
             *attempts += 1;
-            match target::attach(pid, self.settings.blocking) {
+            match remote::attach(pid, self.settings.blocking) {
                 Ok(mut target) => {
                     // A just-started interpreter may not have its thread state yet.
                     if target.spy.get_stack_traces().is_err() {

@@ -15,106 +15,15 @@ use crossbeam_channel::{Sender, TrySendError};
 use py_spy::config::LockingStrategy;
 use py_spy::PythonSpy;
 
-// The sampler reads every tick only the threads that run an event loop, by the same anchor
-// frames the analyzer uses (a pure function of the frames; no state flows back).
-use crate::analyzer::loop_detect::anchor_index;
-use crate::target::memory::ProcessMemory;
-use crate::target::offsets;
-use crate::target::procfs::{self, KernelView, Syscall, ThreadFiles};
-use crate::target::resources::{Resource, ResourceResolver};
-pub use crate::target::stacks::MAX_FRAMES;
-use crate::target::stacks::{Depth, StackError, StackReader, ThreadHead};
-use crate::target::tasks::{RunningTask, TaskGeneration, TaskReader};
-use crate::target::threads::ThreadIdMap;
-
-/// One Python frame, as read from the target.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Frame {
-    /// Function name; qualified (`Class.method`) on CPython 3.11+. Shared with the reader's
-    /// code cache, so a sample costs no string copies.
-    pub function: Arc<str>,
-    /// Source file path as the target sees it.
-    pub file: Arc<str>,
-    /// Line number being executed (0 when unknown).
-    pub line: u32,
-}
-
-/// What the kernel says a thread was doing at the sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OsState {
-    /// On a CPU (or runnable).
-    Running,
-    /// Off CPU, inside `syscall` when it could be read, waiting on `resource` when the
-    /// syscall names a file descriptor (directly, or through a poll/select fd array).
-    Waiting {
-        /// The system call, if `/proc/<pid>/task/<tid>/syscall` could be read.
-        syscall: Option<Syscall>,
-        /// What the waited-on descriptor is.
-        resource: Option<Resource>,
-    },
-}
-
-/// One thread in one sample.
-#[derive(Debug, Clone)]
-pub struct ThreadSample {
-    /// Kernel thread id (what `threading.get_native_id()` returns).
-    pub os_tid: u64,
-    /// Python's thread id (`threading.get_ident()`, the `pthread_t`).
-    pub python_tid: u64,
-    /// Python's thread name when known (`MainThread`, ...); shared, not copied, per sample.
-    pub name: Option<Arc<str>>,
-    /// Frames, innermost (leaf) first.
-    pub frames: Vec<Frame>,
-    /// Kernel view of the thread.
-    pub os_state: OsState,
-    /// Whether this thread held the GIL.
-    pub owns_gil: bool,
-    /// How many ticks this read stands for: 1 for event-loop threads, which are read every
-    /// tick; more for other threads, read at `--other-threads-rate`.
-    pub every: u32,
-    /// The stack was deeper than the reader reads ([`MAX_FRAMES`]): `frames` are its
-    /// innermost ones, the outermost (where the event loop is) are missing.
-    pub truncated: bool,
-}
-
-/// Every Python thread of the target at one instant.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// The process sampled.
-    pub pid: i32,
-    /// Monotonic time of the read.
-    pub at: Instant,
-    /// Wall-clock seconds since the epoch (same clock as the target's `time.time()`).
-    pub unix: f64,
-    /// The threads.
-    pub threads: Vec<ThreadSample>,
-    /// asyncio tasks being stepped at this instant (one per busy loop at most).
-    pub running_tasks: Vec<RunningTask>,
-    /// Generation of the target's running-task table, when it could be read.
-    pub task_generation: Option<TaskGeneration>,
-}
-
-/// What the sampler sends.
-#[derive(Debug)]
-pub enum SamplerMessage {
-    /// A complete sample.
-    Sample(Sample),
-    /// A read failed (torn state in non-blocking mode); counted and dropped.
-    ReadError {
-        /// The process whose read failed.
-        pid: i32,
-    },
-}
-
-impl SamplerMessage {
-    /// The process the message is about.
-    pub fn pid(&self) -> i32 {
-        match self {
-            SamplerMessage::Sample(sample) => sample.pid,
-            SamplerMessage::ReadError { pid } => *pid,
-        }
-    }
-}
+use crate::remote::memory::ProcessMemory;
+use crate::remote::offsets;
+use crate::remote::procfs::{self, KernelView, ThreadFiles};
+use crate::remote::resources::ResourceResolver;
+pub use crate::remote::stacks::MAX_FRAMES;
+use crate::remote::stacks::{Depth, StackError, StackReader, ThreadHead};
+use crate::remote::tasks::TaskReader;
+use crate::remote::threads::ThreadIdMap;
+use crate::sample::{Frame, OsState, Sample, SamplerMessage, ThreadSample};
 
 /// Why the sampler stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +78,7 @@ impl SamplerStats {
 /// Which stack reader the sampler uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReaderKind {
-    /// loopspy's own reader (`target::stacks`) where `python_offsets/` has a table for the
+    /// loopspy's own reader (`remote::stacks`) where `python_offsets/` has a table for the
     /// version, py-spy's otherwise.
     #[default]
     Own,
@@ -190,16 +99,25 @@ pub struct SamplerSettings {
     pub reader: ReaderKind,
     /// Stop after this long (None: until stopped or the target exits).
     pub duration: Option<Duration>,
+    /// Whether a stack runs an event loop: such threads are read every tick, the others at
+    /// `other_threads_hz`. The analyzer's knowledge, handed in by the command that wires the
+    /// two (`analyzer::loop_detect::runs_loop`), so the sampler imports nothing above it.
+    pub runs_loop: fn(&[Frame]) -> bool,
 }
 
 impl SamplerSettings {
     /// Every thread at `rate_hz`, with the default reader.
-    pub fn every_thread(rate_hz: u32, duration: Option<Duration>) -> Self {
+    pub fn every_thread(
+        rate_hz: u32,
+        duration: Option<Duration>,
+        runs_loop: fn(&[Frame]) -> bool,
+    ) -> Self {
         SamplerSettings {
             rate_hz,
             other_threads_hz: rate_hz,
             reader: ReaderKind::Own,
             duration,
+            runs_loop,
         }
     }
 
@@ -496,6 +414,8 @@ struct TargetReader {
     last_tids: Vec<u64>,
     stride: u32,
     tick: u64,
+    /// [`SamplerSettings::runs_loop`].
+    runs_loop: fn(&[Frame]) -> bool,
 }
 
 /// How often thread names are looked up again while some thread has none (or a new one came).
@@ -563,6 +483,7 @@ impl TargetReader {
             last_tids: Vec::new(),
             stride: settings.other_stride(),
             tick: 0,
+            runs_loop: settings.runs_loop,
         }
     }
 
@@ -648,7 +569,7 @@ impl TargetReader {
             // whose loop has ended drops back to the lower rate at once. A loop thread deep in
             // a recursion (its loop frames cut off) still runs its loop.
             let was_loop = || self.loop_threads.iter().any(|t| t.tstate == head.tstate);
-            if anchor_index(&frames).is_some() || (depth == Depth::Truncated && was_loop()) {
+            if (self.runs_loop)(&frames) || (depth == Depth::Truncated && was_loop()) {
                 loops.push(head);
             }
             reads.push(ThreadRead {

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::sampler::Frame;
+use crate::sample::Frame;
 
 /// Characters of a function (or thread, or task) name shown to people.
 pub const NAME_CHARS: usize = 120;

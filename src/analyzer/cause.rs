@@ -8,8 +8,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::sampler::{Frame, OsState, ThreadSample};
-use crate::target::resources::Resource;
+use crate::sample::{Frame, OsState, Resource, ThreadSample};
 
 /// The cause of an incident. `category` is one of the documented words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -419,7 +418,7 @@ pub fn suggestion(category: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::procfs::Syscall;
+    use crate::sample::Syscall;
 
     fn waiting(nr: i64, arg0: u64, resource: Option<Resource>) -> ThreadSample {
         ThreadSample {
@@ -476,7 +475,7 @@ mod tests {
         let tcp = |port: u16| Resource::Tcp {
             local: "127.0.0.1:40000".into(),
             peer: format!("127.0.0.1:{port}"),
-            service: crate::target::resources::service_name(port),
+            service: crate::remote::resources::service_name(port),
         };
         let mut e = CauseEvidence::default();
         e.add(&waiting(45, 4, Some(tcp(8080))), None, None);

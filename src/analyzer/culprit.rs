@@ -2,7 +2,7 @@
 //! own code — not the standard library, not an installed package, not asyncio's internals —
 //! because that is the line a developer can change.
 
-use crate::sampler::Frame;
+use crate::sample::Frame;
 
 /// Where a frame's code comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::cause::{Cause, CauseEvidence};
 use super::intern::{FrameId, StackId};
 use super::loop_detect::LoopKind;
-use crate::target::tasks::{RunningTask, TaskGeneration};
+use crate::sample::{RunningTask, TaskGeneration};
 
 /// Blocking (one callback held the loop) or saturation (many callbacks in one iteration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use crate::sampler::Frame;
+use crate::sample::Frame;
 
 /// Id of an interned [`Frame`].
 pub type FrameId = u32;

@@ -12,7 +12,7 @@
 //!   the runner the loop is idle (or between callbacks — the two look alike from outside), and
 //!   a frame above it is a callback's root. uvloop's own `wrapper` coroutine is skipped.
 
-use crate::sampler::Frame;
+use crate::sample::Frame;
 
 /// Which loop implementation a thread runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -88,6 +88,11 @@ fn is_asyncio_machinery(frame: &Frame) -> bool {
 
 fn is_uvloop_wrapper(frame: &Frame) -> bool {
     in_file(frame, "uvloop/__init__.py")
+}
+
+/// Whether the stack runs an event loop (what the sampler reads every tick).
+pub fn runs_loop(frames: &[Frame]) -> bool {
+    anchor_index(frames).is_some()
 }
 
 /// Index (leaf-first) of the frame that anchors the running loop, as [`classify`] finds it.

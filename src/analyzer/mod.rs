@@ -14,9 +14,10 @@ pub mod sites;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::sampler::{Frame, OsState, Sample, SamplerMessage, ThreadSample};
-use crate::target::source::SourceCache;
-use crate::target::tasks::{RunningTask, TaskGeneration};
+use crate::remote::source::SourceCache;
+use crate::sample::{
+    Frame, OsState, RunningTask, Sample, SamplerMessage, TaskGeneration, ThreadSample,
+};
 use incident::{BusyObservation, BusyRun, CallbackKey, Incident};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
@@ -893,7 +894,7 @@ pub use crate::text::{frame_label, short_path};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::ThreadSample;
+    use crate::sample::ThreadSample;
 
     fn frame(function: &str, file: &str) -> Frame {
         Frame {

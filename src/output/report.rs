@@ -9,7 +9,7 @@ use super::RecordingInfo;
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::sites;
 use crate::analyzer::{frame_label, Analysis};
-use crate::sampler::Frame;
+use crate::sample::Frame;
 use crate::text;
 
 /// A frame in Markdown text: its function and file as code spans nothing can break out of.

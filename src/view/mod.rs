@@ -22,8 +22,9 @@ use crate::analyzer::incident::Incident;
 use crate::analyzer::{Analyzer, AnalyzerSettings};
 use crate::error::LoopspyError;
 use crate::output::report::format_time;
-use crate::sampler::{self, SamplerMessage, SamplerSettings};
-use crate::target::{self, AttachedTarget};
+use crate::remote::{self, AttachedTarget};
+use crate::sample::SamplerMessage;
+use crate::sampler::{self, SamplerSettings};
 use crate::text::{self, frame_label};
 use input::Action;
 use render::{FeedLine, LoopHealth, Snapshot, STALL_MIN_MS};
@@ -248,7 +249,7 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
         pid,
         python_version,
         ..
-    } = target::attach(settings.pid, settings.blocking)?;
+    } = remote::attach(settings.pid, settings.blocking)?;
     let stop = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));
     {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::analyzer::loop_detect::{self, LoopPosition};
-use crate::sampler::{OsState, Sample};
+use crate::sample::{OsState, Sample};
 
 /// Own and total time of one function.
 #[derive(Debug, Clone, Default)]
@@ -197,7 +197,7 @@ impl Default for ViewState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::{Frame, ThreadSample};
+    use crate::sample::{Frame, ThreadSample};
 
     fn sample(frames: &[(&str, &str)]) -> Sample {
         Sample {

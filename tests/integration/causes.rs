@@ -146,7 +146,7 @@ fn names_every_cause_under_uvloop() {
 /// version has no such field).
 #[test]
 fn offset_tables_match_every_interpreter() {
-    use loopspy::target::offsets::{FrameLayout, GilLayout, LineTableFormat};
+    use loopspy::remote::offsets::{FrameLayout, GilLayout, LineTableFormat};
     for minor in 8..=13u64 {
         let version = format!("3.{minor}");
         let Some(python) = require_python(&version) else {
@@ -165,7 +165,7 @@ fn offset_tables_match_every_interpreter() {
         );
         let measured: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(measured["version"].as_str(), Some(version.as_str()));
-        let table = loopspy::target::offsets::for_minor(minor).unwrap();
+        let table = loopspy::remote::offsets::for_minor(minor).unwrap();
         let (thread, frame, code, gil) = (&table.thread, &table.frame, &table.code, &table.gil);
         let expect: Vec<(&str, Option<usize>)> = vec![
             ("task_coro", Some(table.task.task_coro)),

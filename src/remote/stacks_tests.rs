@@ -41,7 +41,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::target::offsets::for_minor;
+use crate::remote::offsets::for_minor;
 
 /// Every CPython minor version with an offset table.
 const MINORS: [u64; 6] = [8, 9, 10, 11, 12, 13];

@@ -4,96 +4,11 @@
 //! the syscall was given, read from the target's memory.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::memory;
-use super::procfs::{self, Syscall};
-
-/// A resource a thread waits on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Resource {
-    /// A regular file (or device) path.
-    File(String),
-    /// A TCP connection (or listening socket when `peer` is unspecified).
-    Tcp {
-        /// Local address:port.
-        local: String,
-        /// Remote address:port.
-        peer: String,
-        /// Well-known service of the remote port (or local port for servers), if any.
-        service: Option<&'static str>,
-    },
-    /// A UDP socket.
-    Udp {
-        /// Remote address:port.
-        peer: String,
-    },
-    /// A unix-domain socket, with its path when bound.
-    Unix(Option<String>),
-    /// A pipe (e.g. to a subprocess).
-    Pipe,
-    /// Anything else `readlink` showed (`anon_inode:[eventfd]`, an unknown socket, ...).
-    Other(String),
-}
-
-impl Resource {
-    /// The file path, for file resources.
-    pub fn path(&self) -> Option<&str> {
-        match self {
-            Resource::File(path) => Some(path),
-            _ => None,
-        }
-    }
-
-    /// The remote `address:port`, for network sockets.
-    pub fn peer(&self) -> Option<&str> {
-        match self {
-            Resource::Tcp { peer, .. } | Resource::Udp { peer } => Some(peer),
-            _ => None,
-        }
-    }
-
-    /// The well-known service on the other side (`PostgreSQL`, `HTTP`, ...).
-    pub fn service(&self) -> Option<&'static str> {
-        match self {
-            Resource::Tcp { service, .. } => *service,
-            _ => None,
-        }
-    }
-
-    /// True for TCP/UDP/unix sockets.
-    pub fn is_socket(&self) -> bool {
-        matches!(
-            self,
-            Resource::Tcp { .. } | Resource::Udp { .. } | Resource::Unix(_)
-        ) || matches!(self, Resource::Other(s) if s.starts_with("socket:"))
-    }
-}
-
-impl fmt::Display for Resource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Resource::File(path) => write!(f, "file {path}"),
-            Resource::Tcp {
-                local,
-                peer,
-                service,
-            } => {
-                write!(f, "TCP {local} -> {peer}")?;
-                if let Some(service) = service {
-                    write!(f, " ({service})")?;
-                }
-                Ok(())
-            }
-            Resource::Udp { peer } => write!(f, "UDP {peer}"),
-            Resource::Unix(Some(path)) => write!(f, "unix socket {path}"),
-            Resource::Unix(None) => write!(f, "unix socket"),
-            Resource::Pipe => write!(f, "pipe"),
-            Resource::Other(text) => write!(f, "{text}"),
-        }
-    }
-}
+use super::procfs;
+use crate::sample::{Resource, Syscall};
 
 /// Well-known ports, named.
 pub fn service_name(port: u16) -> Option<&'static str> {

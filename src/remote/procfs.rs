@@ -4,14 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 
-/// The system call a thread is blocked in, as `/proc/<pid>/task/<tid>/syscall` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Syscall {
-    /// x86_64 syscall number.
-    pub nr: i64,
-    /// The six argument registers.
-    pub args: [u64; 6],
-}
+use crate::sample::Syscall;
 
 /// Parses the text of a `syscall` file: `NR ARG1 .. ARG6 SP PC` in hex after the number.
 pub fn parse_syscall(text: &str) -> Option<Syscall> {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use super::linetable::LineTable;
 use super::memory::RemoteMemory;
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
-use crate::sampler::Frame;
+use crate::sample::Frame;
 
 /// Longest thread list accepted; past it the list is taken to be torn.
 pub const MAX_DEPTH: usize = 4096;

@@ -12,25 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::memory::{read_vec, read_word, word_at};
 use super::offsets::PythonOffsets;
-
-/// A task being stepped by some event loop at the time of the sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunningTask {
-    /// Address of the task object: its identity while it lives.
-    pub address: u64,
-    /// `task.get_name()`.
-    pub name: String,
-    /// The coroutine's `__qualname__`.
-    pub coroutine: String,
-}
-
-/// Changes whenever any task step starts or ends (see [`TaskReader::running_tasks`]): the same
-/// task seen under two generations stepped twice, so its loop went round in between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TaskGeneration {
-    keys: u64,
-    entries: u64,
-}
+use crate::sample::{RunningTask, TaskGeneration};
 
 /// A dict's header and its keys table's header.
 struct DictTable {

@@ -1,0 +1,212 @@
+//! The shared vocabulary: what one sample of the target is — its threads, their frames, what the
+//! kernel says each was doing, the asyncio tasks being stepped. Every layer speaks it and this
+//! module imports none of them: `remote` fills it in, the sampler sends it, the analyzer, the
+//! outputs and the live view read it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One Python frame, as read from the target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// Function name; qualified (`Class.method`) on CPython 3.11+. Shared with the reader's
+    /// code cache, so a sample costs no string copies.
+    pub function: Arc<str>,
+    /// Source file path as the target sees it.
+    pub file: Arc<str>,
+    /// Line number being executed (0 when unknown).
+    pub line: u32,
+}
+
+/// What the kernel says a thread was doing at the sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OsState {
+    /// On a CPU (or runnable).
+    Running,
+    /// Off CPU, inside `syscall` when it could be read, waiting on `resource` when the
+    /// syscall names a file descriptor (directly, or through a poll/select fd array).
+    Waiting {
+        /// The system call, if `/proc/<pid>/task/<tid>/syscall` could be read.
+        syscall: Option<Syscall>,
+        /// What the waited-on descriptor is.
+        resource: Option<Resource>,
+    },
+}
+
+/// One thread in one sample.
+#[derive(Debug, Clone)]
+pub struct ThreadSample {
+    /// Kernel thread id (what `threading.get_native_id()` returns).
+    pub os_tid: u64,
+    /// Python's thread id (`threading.get_ident()`, the `pthread_t`).
+    pub python_tid: u64,
+    /// Python's thread name when known (`MainThread`, ...); shared, not copied, per sample.
+    pub name: Option<Arc<str>>,
+    /// Frames, innermost (leaf) first.
+    pub frames: Vec<Frame>,
+    /// Kernel view of the thread.
+    pub os_state: OsState,
+    /// Whether this thread held the GIL.
+    pub owns_gil: bool,
+    /// How many ticks this read stands for: 1 for event-loop threads, which are read every
+    /// tick; more for other threads, read at `--other-threads-rate`.
+    pub every: u32,
+    /// The stack was deeper than the reader reads (`remote::stacks::MAX_FRAMES`): `frames` are its
+    /// innermost ones, the outermost (where the event loop is) are missing.
+    pub truncated: bool,
+}
+
+/// Every Python thread of the target at one instant.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The process sampled.
+    pub pid: i32,
+    /// Monotonic time of the read.
+    pub at: Instant,
+    /// Wall-clock seconds since the epoch (same clock as the target's `time.time()`).
+    pub unix: f64,
+    /// The threads.
+    pub threads: Vec<ThreadSample>,
+    /// asyncio tasks being stepped at this instant (one per busy loop at most).
+    pub running_tasks: Vec<RunningTask>,
+    /// Generation of the target's running-task table, when it could be read.
+    pub task_generation: Option<TaskGeneration>,
+}
+
+/// What the sampler sends.
+#[derive(Debug)]
+pub enum SamplerMessage {
+    /// A complete sample.
+    Sample(Sample),
+    /// A read failed (torn state in non-blocking mode); counted and dropped.
+    ReadError {
+        /// The process whose read failed.
+        pid: i32,
+    },
+}
+
+impl SamplerMessage {
+    /// The process the message is about.
+    pub fn pid(&self) -> i32 {
+        match self {
+            SamplerMessage::Sample(sample) => sample.pid,
+            SamplerMessage::ReadError { pid } => *pid,
+        }
+    }
+}
+
+/// The system call a thread is blocked in, as `/proc/<pid>/task/<tid>/syscall` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Syscall {
+    /// x86_64 syscall number.
+    pub nr: i64,
+    /// The six argument registers.
+    pub args: [u64; 6],
+}
+
+/// A resource a thread waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// A regular file (or device) path.
+    File(String),
+    /// A TCP connection (or listening socket when `peer` is unspecified).
+    Tcp {
+        /// Local address:port.
+        local: String,
+        /// Remote address:port.
+        peer: String,
+        /// Well-known service of the remote port (or local port for servers), if any.
+        service: Option<&'static str>,
+    },
+    /// A UDP socket.
+    Udp {
+        /// Remote address:port.
+        peer: String,
+    },
+    /// A unix-domain socket, with its path when bound.
+    Unix(Option<String>),
+    /// A pipe (e.g. to a subprocess).
+    Pipe,
+    /// Anything else `readlink` showed (`anon_inode:[eventfd]`, an unknown socket, ...).
+    Other(String),
+}
+
+impl Resource {
+    /// The file path, for file resources.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Resource::File(path) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The remote `address:port`, for network sockets.
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            Resource::Tcp { peer, .. } | Resource::Udp { peer } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// The well-known service on the other side (`PostgreSQL`, `HTTP`, ...).
+    pub fn service(&self) -> Option<&'static str> {
+        match self {
+            Resource::Tcp { service, .. } => *service,
+            _ => None,
+        }
+    }
+
+    /// True for TCP/UDP/unix sockets.
+    pub fn is_socket(&self) -> bool {
+        matches!(
+            self,
+            Resource::Tcp { .. } | Resource::Udp { .. } | Resource::Unix(_)
+        ) || matches!(self, Resource::Other(s) if s.starts_with("socket:"))
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::File(path) => write!(f, "file {path}"),
+            Resource::Tcp {
+                local,
+                peer,
+                service,
+            } => {
+                write!(f, "TCP {local} -> {peer}")?;
+                if let Some(service) = service {
+                    write!(f, " ({service})")?;
+                }
+                Ok(())
+            }
+            Resource::Udp { peer } => write!(f, "UDP {peer}"),
+            Resource::Unix(Some(path)) => write!(f, "unix socket {path}"),
+            Resource::Unix(None) => write!(f, "unix socket"),
+            Resource::Pipe => write!(f, "pipe"),
+            Resource::Other(text) => write!(f, "{text}"),
+        }
+    }
+}
+
+/// A task being stepped by some event loop at the time of the sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningTask {
+    /// Address of the task object: its identity while it lives.
+    pub address: u64,
+    /// `task.get_name()`.
+    pub name: String,
+    /// The coroutine's `__qualname__`.
+    pub coroutine: String,
+}
+
+/// Changes whenever any task step starts or ends (see `remote::tasks::TaskReader::running_tasks`): the same
+/// task seen under two generations stepped twice, so its loop went round in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskGeneration {
+    /// Address of the table's keys object.
+    pub keys: u64,
+    /// Entries ever appended to it.
+    pub entries: u64,
+}
