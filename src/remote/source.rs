@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn reads_our_own_source() {
         let mut cache = me();
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/target/source.rs");
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/remote/source.rs");
         assert_eq!(
             cache.line(file, 1).as_deref(),
             Some("//! Source lines of the target's code, read as the target sees its files and never trusting the")
