@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::linetable::LineTable;
-use super::memory::RemoteMemory;
+use super::memory::{word_at as word, RemoteMemory};
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
 use crate::sample::Frame;
 
@@ -148,12 +148,6 @@ struct TickPages {
     used: usize,
     /// The page hit last (a frame chain walks a few pages in order).
     last: usize,
-}
-
-fn word(buf: &[u8], at: usize) -> u64 {
-    buf.get(at..at + 8)
-        .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
-        .unwrap_or(0)
 }
 
 fn int32(buf: &[u8], at: usize) -> i32 {
