@@ -10,6 +10,7 @@ pub mod analyzer;
 pub mod cli;
 pub mod dump;
 pub mod error;
+pub mod histogram;
 pub mod output;
 pub mod record;
 pub mod remote;

@@ -15,6 +15,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use py_spy::config::LockingStrategy;
 use py_spy::PythonSpy;
 
+use crate::histogram::Histogram;
 use crate::remote::memory::ProcessMemory;
 use crate::remote::offsets;
 use crate::remote::procfs::{self, KernelView, ThreadFiles};
@@ -137,46 +138,6 @@ pub struct SamplerOutcome {
     pub stats: SamplerStats,
 }
 
-/// Intervals are kept in a fixed histogram (1 µs buckets up to 100 ms, then one overflow
-/// bucket), so hours of sampling cost constant memory.
-struct IntervalHistogram {
-    buckets: Vec<u32>,
-    max_us: u64,
-}
-
-impl IntervalHistogram {
-    const LIMIT_US: usize = 100_000;
-
-    fn new() -> Self {
-        IntervalHistogram {
-            buckets: vec![0; Self::LIMIT_US + 1],
-            max_us: 0,
-        }
-    }
-
-    fn record(&mut self, us: u64) {
-        self.max_us = self.max_us.max(us);
-        let idx = (us as usize).min(Self::LIMIT_US);
-        self.buckets[idx] = self.buckets[idx].saturating_add(1);
-    }
-
-    fn quantile(&self, q: f64) -> u64 {
-        let total: u64 = self.buckets.iter().map(|&c| c as u64).sum();
-        if total == 0 {
-            return 0;
-        }
-        let want = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0u64;
-        for (us, &count) in self.buckets.iter().enumerate() {
-            seen += count as u64;
-            if seen >= want {
-                return us as u64;
-            }
-        }
-        self.max_us
-    }
-}
-
 /// Starts the sampler thread. It stops when `stop` is set, the duration elapses, or the target
 /// exits; the channel is closed when it returns.
 pub fn spawn(
@@ -214,7 +175,8 @@ fn run(
         .unwrap_or_default()
         .as_secs_f64();
     let mut stats = SamplerStats::default();
-    let mut intervals = IntervalHistogram::new();
+    // 1 µs buckets up to 100 ms: hours of sampling cost constant memory.
+    let mut intervals = Histogram::new(100_000);
     let mut next_tick = start;
     let mut last_read: Option<Instant> = None;
     let mut consecutive_errors = 0u32;
@@ -244,7 +206,7 @@ fn run(
 
         let read_at = Instant::now();
         if let Some(prev) = last_read {
-            intervals.record(read_at.duration_since(prev).as_micros() as u64);
+            intervals.record(read_at.duration_since(prev).as_micros() as f64);
         }
         last_read = Some(read_at);
         stats.ticks += 1;
@@ -302,7 +264,7 @@ fn run(
     };
     stats.interval_p50_us = intervals.quantile(0.50);
     stats.interval_p99_us = intervals.quantile(0.99);
-    stats.interval_max_us = intervals.max_us;
+    stats.interval_max_us = intervals.max as u64;
     SamplerOutcome { reason, stats }
 }
 
@@ -884,17 +846,5 @@ mod tests {
         assert!(!stacks_agree(&ours, &[(1, owned(&garbled)), (2, vec![])]));
         assert!(!stacks_agree(&ours, &[(1, owned(&main))]));
         assert!(!stacks_agree(&[(2, frames(&[]))], &[(2, vec![])]));
-    }
-
-    #[test]
-    fn histogram_quantiles() {
-        let mut h = IntervalHistogram::new();
-        for us in 1..=100 {
-            h.record(us);
-        }
-        h.record(500_000);
-        assert_eq!(h.quantile(0.5), 51);
-        assert_eq!(h.max_us, 500_000);
-        assert_eq!(h.quantile(1.0), 100_000);
     }
 }

@@ -90,6 +90,12 @@ fn is_uvloop_wrapper(frame: &Frame) -> bool {
     in_file(frame, "uvloop/__init__.py")
 }
 
+/// Whether `frame` is where a loop is entered: a selector loop's `_run_once`, or the runner
+/// (`asyncio.run`, `Runner.run`, `uvloop.run`) of a loop running in C.
+pub fn is_loop_entry(frame: &Frame) -> bool {
+    is_selector_anchor(frame) || is_runner_anchor(frame)
+}
+
 /// Whether the stack runs an event loop (what the sampler reads every tick).
 pub fn runs_loop(frames: &[Frame]) -> bool {
     anchor_index(frames).is_some()

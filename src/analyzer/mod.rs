@@ -14,6 +14,7 @@ pub mod sites;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::histogram::{quantile_of_sorted, Histogram};
 use crate::remote::source::SourceCache;
 use crate::sample::{
     Frame, OsState, RunningTask, Sample, SamplerMessage, TaskGeneration, ThreadSample,
@@ -136,7 +137,7 @@ pub struct LoopThread {
     pub incidents: u32,
     /// Busy-run durations (ms) of every stall, incident or not, for percentiles (bounded: a
     /// log-scale histogram).
-    pub stall_histogram: StallHistogram,
+    pub stall_histogram: Histogram,
     last_sample_at: Option<Instant>,
     /// Loop-thread samples dropped as torn: the stack neither held the loop nor started at
     /// the thread's usual outermost frame.
@@ -153,6 +154,21 @@ pub struct LoopThread {
     recent_stalls: VecDeque<(Instant, f64)>,
 }
 
+/// The last minute of a loop's stalls, summarised ([`LoopThread::recent_health`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentStalls {
+    /// Stalls at least the asked length.
+    pub count: usize,
+    /// Their median, ms.
+    pub p50_ms: f64,
+    /// Their 99th percentile, ms.
+    pub p99_ms: f64,
+    /// The longest, ms.
+    pub max_ms: f64,
+    /// The longest stall (any length) ending in each of the last 60 seconds, oldest first, ms.
+    pub longest_per_second: [u64; 60],
+}
+
 /// How far back [`LoopThread::recent_stalls`] reaches.
 pub const RECENT_STALLS_WINDOW: Duration = Duration::from_secs(60);
 
@@ -164,38 +180,39 @@ impl LoopThread {
             .map(|run| now.saturating_duration_since(run.start_at))
     }
 
+    /// Share of the observed time the loop was busy (None before any loop sample).
+    pub fn utilization(&self) -> Option<f64> {
+        (!self.observed.is_zero()).then(|| self.busy.as_secs_f64() / self.observed.as_secs_f64())
+    }
+
+    /// The stalls of the last minute at least `min_ms` long, for live views: how many, their
+    /// p50/p99/max, and the longest ending in each of the last 60 seconds (oldest first).
+    pub fn recent_health(&self, now: Instant, min_ms: f64) -> RecentStalls {
+        let mut stalls: Vec<f64> = Vec::new();
+        let mut per_second = [0u64; 60];
+        for &(at, ms) in self.recent_stalls() {
+            let age = now.saturating_duration_since(at).as_secs() as usize;
+            if age < 60 {
+                let bucket = &mut per_second[59 - age];
+                *bucket = (*bucket).max(ms as u64);
+                if ms >= min_ms {
+                    stalls.push(ms);
+                }
+            }
+        }
+        stalls.sort_by(f64::total_cmp);
+        RecentStalls {
+            count: stalls.len(),
+            p50_ms: quantile_of_sorted(&stalls, 0.5).unwrap_or(0.0),
+            p99_ms: quantile_of_sorted(&stalls, 0.99).unwrap_or(0.0),
+            max_ms: stalls.last().copied().unwrap_or(0.0),
+            longest_per_second: per_second,
+        }
+    }
+
     /// Stalls (any length) that ended within the last minute: (end, duration in ms).
     pub fn recent_stalls(&self) -> impl Iterator<Item = &(Instant, f64)> {
         self.recent_stalls.iter()
-    }
-}
-
-/// Busy-run durations in 1-ms buckets up to 10 s, constant memory.
-#[derive(Debug, Clone)]
-pub struct StallHistogram {
-    buckets: Vec<u32>,
-    /// Longest seen, ms.
-    pub max_ms: f64,
-    /// Number of runs recorded.
-    pub count: u64,
-}
-
-impl Default for StallHistogram {
-    fn default() -> Self {
-        StallHistogram {
-            buckets: vec![0; 10_001],
-            max_ms: 0.0,
-            count: 0,
-        }
-    }
-}
-
-impl StallHistogram {
-    fn record(&mut self, ms: f64) {
-        self.count += 1;
-        self.max_ms = self.max_ms.max(ms);
-        let idx = (ms.max(0.0) as usize).min(self.buckets.len() - 1);
-        self.buckets[idx] += 1;
     }
 }
 
@@ -491,7 +508,7 @@ impl Analyzer {
             observed: Duration::ZERO,
             busy: Duration::ZERO,
             incidents: 0,
-            stall_histogram: StallHistogram::default(),
+            stall_histogram: Histogram::new(10_000),
             last_sample_at: None,
             last_idle_at: None,
             torn_samples: 0,

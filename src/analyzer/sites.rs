@@ -43,15 +43,10 @@ impl SiteStats {
 
     /// Nearest-rank percentile, whole ms.
     pub fn percentile(&self, q: f64) -> f64 {
-        let want = ((self.count as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0u64;
-        for (&ms, &n) in &self.durations {
-            seen += n as u64;
-            if seen >= want {
-                return ms as f64;
-            }
-        }
-        self.max_ms
+        let counts = self.durations.iter().map(|(&ms, &n)| (ms, n as u64));
+        crate::histogram::nearest_rank(counts, self.count, q)
+            .map(f64::from)
+            .unwrap_or(self.max_ms)
     }
 
     /// Most common cause category.

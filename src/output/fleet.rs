@@ -27,8 +27,7 @@ pub struct Member<'a> {
 }
 
 fn utilization(a: &Analysis) -> Option<f64> {
-    a.loop_utilization()
-        .map(|u| (u * 10_000.0).round() / 10_000.0)
+    a.loop_utilization().map(|u| super::json::round(u, 4))
 }
 
 /// The combined `incidents.json`.

@@ -6,15 +6,9 @@ use std::time::Duration;
 
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::incident::Incident;
+use crate::analyzer::loop_detect::is_loop_entry;
 use crate::analyzer::Analysis;
 use crate::text::{self, frame_label};
-
-fn is_loop_entry(function: &str, file: &str) -> bool {
-    let bare = function.rsplit('.').next().unwrap_or(function);
-    (bare == "_run_once" && file.ends_with("asyncio/base_events.py"))
-        || (bare == "run"
-            && (file.ends_with("asyncio/runners.py") || file.ends_with("uvloop/__init__.py")))
-}
 
 /// Incidents at least `limit` long, longest first.
 pub fn offenders(analysis: &Analysis, limit: Duration) -> Vec<&Incident> {
@@ -75,7 +69,7 @@ pub fn render(offenders: &[(&Analysis, &Incident)], limit: Duration) -> String {
         // frames below them are noise in a CI log (incidents.json has the full stack).
         let shown = frames
             .iter()
-            .position(|f| is_loop_entry(&f.function, &f.file))
+            .position(|f| is_loop_entry(f))
             .map(|i| i + 1)
             .unwrap_or(frames.len());
         for frame in &frames[..shown] {

@@ -77,11 +77,11 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
                 "thread_id": l.thread_id,
                 "thread_name": l.name,
                 "loop": l.kind,
-                "utilization": round(ratio(l.busy.as_secs_f64(), l.observed.as_secs_f64()), 4),
+                "utilization": round(l.utilization().unwrap_or(0.0), 4),
                 "observed_s": round(l.observed.as_secs_f64(), 3),
                 "incidents": l.incidents,
                 "stalls": l.stall_histogram.count,
-                "max_stall_ms": round(l.stall_histogram.max_ms, 2),
+                "max_stall_ms": round(l.stall_histogram.max, 2),
                 "torn_samples": l.torn_samples,
             })
         })
@@ -137,15 +137,8 @@ pub fn write(path: &Path, analysis: &Analysis, info: &RecordingInfo) -> anyhow::
     Ok(())
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
+/// `x` rounded to `digits` decimals (JSON figures stay readable).
+pub fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
 }

@@ -92,11 +92,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for l in analysis.loops.values() {
-            let util = if l.observed.is_zero() {
-                0.0
-            } else {
-                l.busy.as_secs_f64() / l.observed.as_secs_f64()
-            };
+            let util = l.utilization().unwrap_or(0.0);
             let _ = writeln!(
                 md,
                 "| {} | {} | {:?} | {:.1}% | {} | {} | {:.1} ms |",
@@ -106,7 +102,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
                 util * 100.0,
                 l.stall_histogram.count,
                 l.incidents,
-                l.stall_histogram.max_ms
+                l.stall_histogram.max
             );
         }
         let _ = writeln!(md);

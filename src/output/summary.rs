@@ -46,11 +46,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
         );
     } else {
         for l in analysis.loops.values() {
-            let util = if l.observed.is_zero() {
-                0.0
-            } else {
-                l.busy.as_secs_f64() / l.observed.as_secs_f64()
-            };
+            let util = l.utilization().unwrap_or(0.0);
             let _ = writeln!(
                 out,
                 "Event loop in thread {} ({}, {:?}): busy {:.1}% of the time, {} incidents, longest stall {:.0} ms",
@@ -59,7 +55,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
                 l.kind,
                 util * 100.0,
                 l.incidents,
-                l.stall_histogram.max_ms
+                l.stall_histogram.max
             );
         }
         let total_ms = analysis.blocked_ms();

@@ -127,29 +127,7 @@ impl App {
                 .unwrap_or_default();
             let observed = l.observed.saturating_sub(prev_observed).as_secs_f64();
             let busy = l.busy.saturating_sub(prev_busy).as_secs_f64();
-            let mut stalls: Vec<f64> = l
-                .recent_stalls()
-                .filter(|(at, ms)| {
-                    *ms >= STALL_MIN_MS && now.saturating_duration_since(*at).as_secs() < 60
-                })
-                .map(|(_, ms)| *ms)
-                .collect();
-            let mut spark = vec![0u64; 60];
-            for (at, ms) in l.recent_stalls() {
-                let age = now.saturating_duration_since(*at).as_secs() as usize;
-                if age < 60 {
-                    let bucket = &mut spark[59 - age];
-                    *bucket = (*bucket).max(*ms as u64);
-                }
-            }
-            stalls.sort_by(f64::total_cmp);
-            let quantile = |q: f64| {
-                if stalls.is_empty() {
-                    0.0
-                } else {
-                    stalls[((stalls.len() as f64 * q).ceil() as usize).clamp(1, stalls.len()) - 1]
-                }
-            };
+            let recent = l.recent_health(now, STALL_MIN_MS);
             loops.push(LoopHealth {
                 thread_id: l.thread_id,
                 name: text::name(l.name.as_deref().unwrap_or("?")).into_owned(),
@@ -166,11 +144,11 @@ impl App {
                     .current_stall(now)
                     .map(|d| d.as_secs_f64() * 1000.0)
                     .unwrap_or(0.0),
-                stalls_per_min: stalls.len(),
-                p50_ms: quantile(0.5),
-                p99_ms: quantile(0.99),
-                max_ms: stalls.last().copied().unwrap_or(0.0),
-                spark,
+                stalls_per_min: recent.count,
+                p50_ms: recent.p50_ms,
+                p99_ms: recent.p99_ms,
+                max_ms: recent.max_ms,
+                spark: recent.longest_per_second.to_vec(),
                 incidents: l.incidents,
             });
         }
@@ -303,7 +281,7 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
     let longest = analysis
         .loops
         .values()
-        .map(|l| l.stall_histogram.max_ms)
+        .map(|l| l.stall_histogram.max)
         .fold(0.0, f64::max);
     let summary = format!(
         "{} incidents, longest stall {:.0} ms",
