@@ -1,0 +1,364 @@
+//! What one tick reads of one target: which threads (event-loop threads every tick, the
+//! GIL holder, the others at `--other-threads-rate`), with which reader (loopspy's own, or
+//! py-spy's), and the kernel's view of each thread.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use py_spy::config::LockingStrategy;
+use py_spy::PythonSpy;
+
+use super::pyspy::{
+    forget_recycled_names, own_reader_agrees, py_spy_thread_sample, NameLookup, ThreadNames,
+};
+use super::{ReaderKind, SamplerSettings};
+use crate::remote::memory::ProcessMemory;
+use crate::remote::offsets;
+use crate::remote::procfs::{KernelView, ThreadFiles};
+use crate::remote::resources::ResourceResolver;
+use crate::remote::stacks::{Depth, StackError, StackReader, ThreadHead};
+use crate::remote::tasks::TaskReader;
+use crate::remote::threads::ThreadIdMap;
+use crate::sample::{Frame, OsState, RunningTask, TaskGeneration, ThreadSample};
+
+/// One thread as the own reader read it this tick.
+pub(super) struct ThreadRead {
+    head: ThreadHead,
+    owns_gil: bool,
+    frames: Vec<Frame>,
+    depth: Depth,
+}
+
+/// Everything the sampler holds on one target: the stack reader, the kernel's view of the
+/// threads, the running-task reader, and which threads run event loops.
+pub(super) struct TargetReader {
+    pid: i32,
+    /// py-spy, while it reads the stacks (`--reader py-spy`, or no offset table).
+    spy: Option<PythonSpy>,
+    own: Option<StackReader<ProcessMemory>>,
+    blocking: bool,
+    tasks: Option<TaskReader>,
+    thread_ids: ThreadIdMap,
+    thread_files: ThreadFiles,
+    resources: ResourceResolver,
+    /// Python thread id -> (kernel tid, name) from py-spy's thread-name lookup.
+    names: ThreadNames,
+    /// The lookup, with the own reader (py-spy's reader gets names with every read).
+    name_lookup: Option<NameLookup>,
+    /// Pauses the target for `--blocking` reads (the own reader's; py-spy's has its own).
+    process: Option<remoteprocess::Process>,
+    /// Threads whose last read showed an event loop: read every tick.
+    loop_threads: Vec<ThreadHead>,
+    /// Walk the whole thread list on the next tick (a loop thread went away).
+    walk_next: bool,
+    /// Every thread as of the last full walk.
+    all_threads: Vec<ThreadHead>,
+    /// Kernel tids of the threads read last tick.
+    last_tids: Vec<u64>,
+    stride: u32,
+    tick: u64,
+    /// [`SamplerSettings::runs_loop`].
+    runs_loop: fn(&[Frame]) -> bool,
+}
+
+impl TargetReader {
+    /// The process read.
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Which reader samples: `own`, or `py-spy`.
+    pub(super) fn reader_name(&self) -> &'static str {
+        if self.own.is_some() {
+            "own"
+        } else {
+            "py-spy"
+        }
+    }
+
+    /// Reads a second of threads without an event loop get (every thread at `rate_hz` with
+    /// py-spy's reader).
+    pub(super) fn other_threads_hz(&self, rate_hz: u32) -> u32 {
+        if self.own.is_some() {
+            (rate_hz.max(1) as f64 / self.stride as f64).round() as u32
+        } else {
+            rate_hz
+        }
+    }
+
+    /// The asyncio tasks being stepped now, and the task table's generation.
+    pub(super) fn running_tasks(&mut self) -> (Vec<RunningTask>, Option<TaskGeneration>) {
+        self.tasks
+            .as_mut()
+            .map(TaskReader::running_tasks)
+            .unwrap_or_default()
+    }
+
+    pub(super) fn new(spy: PythonSpy, settings: &SamplerSettings) -> Self {
+        let pid = spy.pid;
+        let blocking = spy.config.blocking == LockingStrategy::Lock;
+        let mut reader = Self::with_spy(spy, settings);
+        if reader.own.is_some() {
+            // The own reader needs py-spy only for thread names from now on: the lookup takes
+            // it to its own thread (and --blocking pauses through a handle of our own).
+            if let Some(spy) = reader.spy.take() {
+                reader.name_lookup = Some(NameLookup::spawn(spy));
+            }
+            if blocking {
+                reader.process = remoteprocess::Process::new(pid).ok();
+            }
+        }
+        reader
+    }
+
+    fn with_spy(mut spy: PythonSpy, settings: &SamplerSettings) -> Self {
+        let pid = spy.pid;
+        let table = offsets::for_minor(spy.version.minor).filter(|_| spy.version.major == 3);
+        let tasks = table
+            .clone()
+            .map(|table| TaskReader::new(pid, table, spy.addresses.imports_modules_address));
+        let own = table
+            .filter(|_| settings.reader == ReaderKind::Own)
+            .map(|table| {
+                StackReader::new(
+                    ProcessMemory { pid },
+                    table,
+                    spy.addresses.interpreter_address as u64,
+                    spy.addresses.threadstate_address as u64,
+                )
+            })
+            .and_then(|mut own| {
+                if own_reader_agrees(&mut own, &mut spy) {
+                    return Some(own);
+                }
+                eprintln!(
+                    "loopspy: warning: pid {pid} (Python {}): loopspy's own stack reader does not read this interpreter the way py-spy does; sampling with py-spy's reader instead (about 0.7 of a core at 1 kHz: lower --rate if that is too much)",
+                    spy.version
+                );
+                None
+            });
+        TargetReader {
+            pid,
+            blocking: spy.config.blocking == LockingStrategy::Lock,
+            spy: Some(spy),
+            own,
+            tasks,
+            thread_ids: ThreadIdMap::default(),
+            thread_files: ThreadFiles::new(pid),
+            resources: ResourceResolver::default(),
+            names: HashMap::new(),
+            name_lookup: None,
+            process: None,
+            loop_threads: Vec::new(),
+            walk_next: false,
+            all_threads: Vec::new(),
+            last_tids: Vec::new(),
+            stride: settings.other_stride(),
+            tick: 0,
+            runs_loop: settings.runs_loop,
+        }
+    }
+
+    /// One tick's threads, or None when the read failed (torn, or the target is gone).
+    pub(super) fn read_threads(&mut self, now: Instant) -> Option<Vec<ThreadSample>> {
+        self.tick += 1;
+        if self.own.is_none() {
+            return self.read_with_py_spy();
+        }
+        let full = self.stride == 1
+            || self.tick % self.stride as u64 == 1
+            || std::mem::take(&mut self.walk_next);
+        // --blocking: the kernel's view of the threads is taken before the target is paused
+        // (a stopped thread is not waiting in its syscall, and one just resumed shows running).
+        let mut views = HashMap::new();
+        if self.blocking {
+            for &tid in &self.last_tids {
+                views.insert(tid, self.thread_files.kernel_view(tid));
+            }
+        }
+        let read = {
+            // --blocking: pause the target for the read, as py-spy does.
+            let _lock = match &self.process {
+                Some(process) if self.blocking => Some(process.lock().ok()?),
+                _ => None,
+            };
+            // A torn read is a race with the target that is usually over a few microseconds
+            // later (on 3.11-3.12 most are a C-stack `_PyCFrame` popped between reading the
+            // thread state and reading it): try once more before dropping the tick.
+            self.read_own(now, full)
+                .or_else(|_| self.read_own(now, full))
+        };
+        let reads = read.ok()?;
+        self.refresh_names(&reads, now);
+        let samples: Vec<ThreadSample> = reads
+            .into_iter()
+            .map(|read| self.thread_sample(read, full, &mut views))
+            .collect();
+        if full {
+            self.thread_files
+                .retain(|tid| samples.iter().any(|t| t.os_tid == tid));
+        }
+        self.last_tids.clear();
+        self.last_tids.extend(samples.iter().map(|t| t.os_tid));
+        Some(samples)
+    }
+
+    /// The threads due this tick and their frames: on a full tick every thread on the list;
+    /// in between, only the event-loop threads, whose thread states are read again directly.
+    fn read_own(&mut self, now: Instant, full: bool) -> Result<Vec<ThreadRead>, StackError> {
+        let reader = self.own.as_mut().expect("own reader");
+        reader.begin_tick(now);
+        let holder = reader.gil_holder();
+        let heads = if full {
+            let heads = reader.threads()?;
+            self.all_threads.clone_from(&heads);
+            heads
+        } else {
+            // The loop threads, and whichever thread holds the GIL: a loop that cannot take
+            // the GIL is stalled by that thread, whose stack names the culprit.
+            let holder = holder.and_then(|h| self.all_threads.iter().find(|t| t.tstate == h));
+            let wanted = self
+                .loop_threads
+                .iter()
+                .chain(holder.filter(|h| !self.loop_threads.iter().any(|t| t.tstate == h.tstate)));
+            let mut heads = Vec::with_capacity(self.loop_threads.len() + 1);
+            for known in wanted {
+                match reader.refresh(known) {
+                    Ok(Some(head)) => heads.push(head),
+                    // The thread exited: the next tick walks the list again.
+                    Ok(None) | Err(StackError::Memory(_)) => self.walk_next = true,
+                    Err(err) => return Err(err),
+                }
+            }
+            heads
+        };
+        let mut reads = Vec::with_capacity(heads.len());
+        let mut loops = Vec::new();
+        for head in heads {
+            let mut frames = Vec::new();
+            let depth = reader.stack(&head, &mut frames)?;
+            // Which threads run a loop is decided anew on every full read, and a loop thread
+            // whose loop has ended drops back to the lower rate at once. A loop thread deep in
+            // a recursion (its loop frames cut off) still runs its loop.
+            let was_loop = || self.loop_threads.iter().any(|t| t.tstate == head.tstate);
+            if (self.runs_loop)(&frames) || (depth == Depth::Truncated && was_loop()) {
+                loops.push(head);
+            }
+            reads.push(ThreadRead {
+                owns_gil: holder == Some(head.tstate),
+                head,
+                frames,
+                depth,
+            });
+        }
+        self.loop_threads = loops;
+        Ok(reads)
+    }
+
+    fn thread_sample(
+        &mut self,
+        read: ThreadRead,
+        full: bool,
+        views: &mut HashMap<u64, Option<KernelView>>,
+    ) -> ThreadSample {
+        let ThreadRead {
+            head,
+            owns_gil,
+            frames,
+            depth,
+        } = read;
+        let pid = self.pid;
+        let os_tid = head
+            .native_tid
+            .or_else(|| self.thread_ids.resolve(pid, head.python_tid));
+        let view = os_tid.map(|tid| {
+            views
+                .remove(&tid)
+                .unwrap_or_else(|| self.thread_files.kernel_view(tid))
+        });
+        let os_state = match view {
+            None => OsState::Running,
+            Some(Some(KernelView::Running)) if !waits_by_frames(&frames) => OsState::Running,
+            Some(view) => {
+                let syscall = view.and_then(KernelView::syscall);
+                let resource = syscall.and_then(|s| self.resources.resolve(pid, &s));
+                OsState::Waiting { syscall, resource }
+            }
+        };
+        let is_loop = self
+            .loop_threads
+            .iter()
+            .any(|t| t.python_tid == head.python_tid);
+        ThreadSample {
+            os_tid: os_tid.unwrap_or(head.python_tid),
+            python_tid: head.python_tid,
+            name: self
+                .names
+                .get(&head.python_tid)
+                .and_then(|(_, name)| name.clone()),
+            frames,
+            os_state,
+            owns_gil,
+            every: if full || is_loop { 1 } else { self.stride },
+            truncated: depth == Depth::Truncated,
+        }
+    }
+
+    /// Thread names come from py-spy's lookup in `threading._active`, asked for when a thread
+    /// appears and then at most once a second while some thread has no name, and done on the
+    /// lookup's own thread. A `pthread_t` reused by a new thread (its kernel tid changed) is
+    /// looked up again; until then the new thread goes unnamed rather than misnamed.
+    fn refresh_names(&mut self, reads: &[ThreadRead], now: Instant) {
+        let Some(lookup) = self.name_lookup.as_mut() else {
+            return;
+        };
+        if let Some(names) = lookup.answer() {
+            self.names = names;
+        }
+        let mut stale = false;
+        for ThreadRead { head, .. } in reads {
+            let os_tid = head.native_tid.unwrap_or(0);
+            let (named, recycled) = match self.names.get(&head.python_tid) {
+                Some((tid, name)) => (name.is_some(), os_tid != 0 && *tid != 0 && *tid != os_tid),
+                None => (false, false),
+            };
+            if recycled {
+                self.names.remove(&head.python_tid);
+            }
+            stale |= !named;
+        }
+        if stale {
+            lookup.ask(now);
+        }
+    }
+
+    /// py-spy's reader: every thread, every tick.
+    fn read_with_py_spy(&mut self) -> Option<Vec<ThreadSample>> {
+        let spy = self.spy.as_mut()?;
+        let traces = spy.get_stack_traces().ok()?;
+        let threads: Vec<ThreadSample> = traces
+            .into_iter()
+            .map(|trace| {
+                py_spy_thread_sample(
+                    self.pid,
+                    trace,
+                    &mut self.thread_ids,
+                    &mut self.thread_files,
+                    &mut self.resources,
+                )
+            })
+            .collect();
+        forget_recycled_names(spy, &mut self.names, &threads);
+        Some(threads)
+    }
+}
+
+/// py-spy's idle rule for a thread the kernel shows running: a leaf in `threading`'s `wait` or
+/// `selectors`' `select` is about to block (the kernel lags the frames by a moment).
+fn waits_by_frames(frames: &[Frame]) -> bool {
+    frames.first().is_some_and(|leaf| {
+        let name = leaf.function.rsplit('.').next().unwrap_or(&leaf.function);
+        (name == "wait" && leaf.file.ends_with("threading.py"))
+            || (name == "select" && leaf.file.ends_with("selectors.py"))
+    })
+}
