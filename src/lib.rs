@@ -16,5 +16,6 @@ pub mod record;
 pub mod remote;
 pub mod sample;
 pub mod sampler;
+pub mod syscalls;
 pub mod text;
 pub mod view;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::sample::{Frame, OsState, Resource, ThreadSample};
+use crate::syscalls;
 
 /// The cause of an incident. `category` is one of the documented words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,7 +21,7 @@ pub struct Cause {
     pub detail: String,
     /// The syscall the loop thread waited in most, when it waited.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub syscall: Option<&'static str>,
+    pub syscall: Option<std::borrow::Cow<'static, str>>,
     /// What it waited on (`TCP 127.0.0.1:40112 -> 127.0.0.1:5432 (PostgreSQL)`, `file /x`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
@@ -50,42 +51,6 @@ impl Cause {
             library: None,
             gil_holder: None,
         }
-    }
-}
-
-/// x86_64 syscall numbers we name.
-pub fn syscall_name(nr: i64) -> &'static str {
-    match nr {
-        0 => "read",
-        1 => "write",
-        7 => "poll",
-        17 => "pread64",
-        18 => "pwrite64",
-        19 => "readv",
-        20 => "writev",
-        23 => "select",
-        35 => "nanosleep",
-        42 => "connect",
-        43 => "accept",
-        44 => "sendto",
-        45 => "recvfrom",
-        46 => "sendmsg",
-        47 => "recvmsg",
-        61 => "wait4",
-        73 => "flock",
-        74 => "fsync",
-        75 => "fdatasync",
-        202 => "futex",
-        230 => "clock_nanosleep",
-        232 => "epoll_wait",
-        247 => "waitid",
-        270 => "pselect6",
-        271 => "ppoll",
-        281 => "epoll_pwait",
-        288 => "accept4",
-        295 => "preadv",
-        296 => "pwritev",
-        _ => "syscall",
     }
 }
 
@@ -237,7 +202,7 @@ impl CauseEvidence {
                     pct(self.gil_waits)
                 ),
             );
-            cause.syscall = Some("futex");
+            cause.syscall = Some("futex".into());
             cause.gil_holder = Some(holder);
             return cause;
         }
@@ -338,20 +303,19 @@ impl CauseEvidence {
             );
         };
         let _ = count;
-        let name = syscall_name(nr);
+        let name = syscalls::name(nr);
         let on = wait
             .resource
             .as_ref()
             .map(|r| format!(" on {r}"))
             .unwrap_or_default();
-        let category = match nr {
-            35 | 230 => "sleep",
+        let category = match name.as_ref() {
+            "nanosleep" | "clock_nanosleep" => "sleep",
             // CPython before 3.11 sleeps with select() on no file descriptors.
-            23 | 270 if wait.zero_fds => "sleep",
-            61 | 247 => "subprocess",
-            73 => "lock",
-            74 | 75 => "file",
-            202 => "lock",
+            "select" | "pselect6" if wait.zero_fds => "sleep",
+            "wait4" | "waitid" => "subprocess",
+            "flock" | "futex" => "lock",
+            "fsync" | "fdatasync" => "file",
             _ => match &wait.resource {
                 Some(r) if r.is_socket() => "network",
                 Some(Resource::File(_)) => "file",

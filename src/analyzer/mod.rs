@@ -19,6 +19,7 @@ use crate::remote::source::SourceCache;
 use crate::sample::{
     Frame, OsState, RunningTask, Sample, SamplerMessage, TaskGeneration, ThreadSample,
 };
+use crate::syscalls;
 use incident::{BusyObservation, BusyRun, CallbackKey, Incident};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
@@ -897,13 +898,13 @@ fn holder_culprit(symbols: &mut Symbols, holder: &ThreadSample) -> Option<FrameI
 /// Off CPU in `epoll_wait`/`epoll_pwait`/`epoll_pwait2`: how a selector (or uvloop) waits for
 /// I/O. Sync libraries called from callbacks wait with `poll`/`select`, not epoll.
 fn waits_in_epoll(thread: &ThreadSample) -> bool {
-    matches!(&thread.os_state, OsState::Waiting { syscall: Some(s), .. } if matches!(s.nr, 232 | 281 | 441))
+    matches!(&thread.os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr))
 }
 
 /// Off CPU in `futex` without the GIL: how a thread waiting to take the GIL looks.
 fn waits_for_gil(thread: &ThreadSample) -> bool {
     !thread.owns_gil
-        && matches!(&thread.os_state, OsState::Waiting { syscall: Some(s), .. } if s.nr == 202)
+        && matches!(&thread.os_state, OsState::Waiting { syscall: Some(s), .. } if s.nr == syscalls::FUTEX)
 }
 
 pub use crate::text::{frame_label, short_path};

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::memory;
 use super::procfs;
 use crate::sample::{Resource, Syscall};
+use crate::syscalls;
 
 /// Well-known ports, named.
 pub fn service_name(port: u16) -> Option<&'static str> {
@@ -78,19 +79,16 @@ impl ResourceResolver {
 fn waited_fd(pid: i32, syscall: &Syscall) -> Option<u64> {
     let a = &syscall.args;
     match syscall.nr {
-        // read write pread64 pwrite64 readv writev connect accept sendto recvfrom sendmsg
-        // recvmsg fsync fdatasync accept4 preadv pwritev flock
-        0 | 1 | 17 | 18 | 19 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 73 | 74 | 75 | 288 | 295
-        | 296 => Some(a[0]),
+        nr if syscalls::waits_on_first_arg_fd(nr) => Some(a[0]),
         // poll, ppoll: struct pollfd { int fd; short events; short revents; } fds[nfds]
-        7 | 271 if a[1] >= 1 => {
+        syscalls::POLL | syscalls::PPOLL if a[1] >= 1 => {
             let mut pollfd = [0u8; 8];
             memory::read_exact(pid, a[0] as usize, &mut pollfd).ok()?;
             let fd = i32::from_ne_bytes(pollfd[..4].try_into().ok()?);
             (fd >= 0).then_some(fd as u64)
         }
         // select, pselect6: the lowest fd set in readfds, else writefds.
-        23 | 270 if a[0] >= 1 => {
+        syscalls::SELECT | syscalls::PSELECT6 if a[0] >= 1 => {
             let nfds = a[0].min(1024) as usize;
             for set in [a[1], a[2]] {
                 if set == 0 {
