@@ -2,27 +2,35 @@
 //! memory — per loop thread, whether the loop is idle or busy and for how long; the busy runs
 //! that became incidents; and time-weighted stack aggregates for the flame graphs.
 //!
-//! It never reads the target: all it knows arrived in [`Sample`]s.
+//! It reads nothing of the target's memory: all it knows arrived in [`Sample`]s. The one thing
+//! it reads from the target's side is an incident's culprit source line, through
+//! `remote::source` (bounded, inside the target's root), when the incident closes.
 
+pub mod analysis;
 pub mod cause;
 pub mod culprit;
 pub mod incident;
 pub mod intern;
 pub mod loop_detect;
+pub mod loop_thread;
 pub mod sites;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::histogram::{quantile_of_sorted, Histogram};
 use crate::remote::source::SourceCache;
 use crate::sample::{
     Frame, OsState, RunningTask, Sample, SamplerMessage, TaskGeneration, ThreadSample,
 };
 use crate::syscalls;
+use analysis::{add_weight, MAX_THREADS_KEPT};
+pub use analysis::{
+    Analysis, BusySpan, Gaps, Profile, MAX_INCIDENTS, MAX_PROFILE_ENTRIES, MAX_TIMELINE,
+};
 use incident::{BusyObservation, BusyRun, CallbackKey, Incident};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
+pub use loop_thread::{LoopThread, RecentStalls, RECENT_STALLS_WINDOW};
 
 /// What the analyzer needs to know.
 #[derive(Debug, Clone)]
@@ -49,238 +57,6 @@ impl AnalyzerSettings {
     /// 20 ms so that a scheduler hiccup inside a real block does not split it.
     pub fn gap(&self) -> Duration {
         (self.interval * 10).max(Duration::from_millis(20))
-    }
-}
-
-/// Sampling gaps: stretches with no sample longer than [`AnalyzerSettings::gap`].
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Gaps {
-    /// How many.
-    pub count: u64,
-    /// Their total length, ms.
-    pub total_ms: f64,
-    /// The longest, ms.
-    pub longest_ms: f64,
-}
-
-/// Busy spans kept at most for the timeline; later ones are counted, not kept.
-pub const MAX_TIMELINE: usize = 1_000_000;
-
-/// One busy span of a loop, for timelines.
-#[derive(Debug, Clone, Copy)]
-pub struct BusySpan {
-    /// Loop thread.
-    pub thread_id: u64,
-    /// Wall-clock start, seconds.
-    pub start_unix: f64,
-    /// Length, ms.
-    pub duration_ms: f64,
-}
-
-/// Sample counts per source line, for the few lines a frame is seen at.
-#[derive(Debug, Default)]
-struct LineVotes(HashMap<u32, u32>);
-
-impl LineVotes {
-    fn add(&mut self, line: u32) {
-        // A handful of lines in practice; the bound keeps garbage reads from growing it.
-        if self.0.len() < 64 || self.0.contains_key(&line) {
-            *self.0.entry(line).or_default() += 1;
-        }
-    }
-
-    fn most_frequent(&self) -> Option<u32> {
-        incident::most_frequent(&self.0)
-    }
-}
-
-/// Threads whose last-read time and name are kept; past it, threads gone for a while (names:
-/// those running no loop) are forgotten.
-const MAX_THREADS_KEPT: usize = 4096;
-/// (thread, stack) entries of one profile; past it, new threads' time goes to thread 0 (a
-/// target that starts threads forever would otherwise grow every profile forever).
-pub const MAX_PROFILE_ENTRIES: usize = 1 << 20;
-
-/// Adds `us` to `profile`'s entry for (`tid`, `stack`), within [`MAX_PROFILE_ENTRIES`].
-fn add_weight(profile: &mut Profile, tid: u64, stack: StackId, us: u64) {
-    let key = if profile.len() >= MAX_PROFILE_ENTRIES && !profile.contains_key(&(tid, stack)) {
-        (0, stack)
-    } else {
-        (tid, stack)
-    };
-    *profile.entry(key).or_default() += us;
-}
-
-/// Default for [`AnalyzerSettings::max_incidents`].
-pub const MAX_INCIDENTS: usize = 1000;
-
-/// Per-thread time-weighted stack totals, microseconds.
-pub type Profile = HashMap<(u64, StackId), u64>;
-
-/// One event-loop thread's state and totals.
-#[derive(Debug)]
-pub struct LoopThread {
-    /// Kernel thread id.
-    pub thread_id: u64,
-    /// Python thread name.
-    pub name: Option<String>,
-    /// Loop implementation: the one most of its samples show.
-    pub kind: LoopKind,
-    /// Samples showing a selector loop and uvloop. While `asyncio.run` starts or closes a
-    /// selector loop, its stack holds only the runner, which is how uvloop looks: a majority
-    /// keeps those few samples from renaming the loop.
-    kind_samples: [u64; 2],
-    /// Time covered by this thread's loop samples.
-    pub observed: Duration,
-    /// Part of `observed` in which the loop was busy.
-    pub busy: Duration,
-    /// Incidents found on this thread.
-    pub incidents: u32,
-    /// Busy-run durations (ms) of every stall, incident or not, for percentiles (bounded: a
-    /// log-scale histogram).
-    pub stall_histogram: Histogram,
-    last_sample_at: Option<Instant>,
-    /// Loop-thread samples dropped as torn: the stack neither held the loop nor started at
-    /// the thread's usual outermost frame.
-    pub torn_samples: u64,
-    last_idle_at: Option<Instant>,
-    /// Outermost frame of this thread when it was first seen running its loop.
-    base_frame: FrameId,
-    /// Line of `handle._run()` in this loop's `_run_once` (selector loops): the line
-    /// `_run_once` is at in most callback samples. Not the latest one: a read that spans an
-    /// iteration boundary shows a callback's frames with `_run_once` already further on.
-    handle_run_lines: LineVotes,
-    run: Option<BusyRun>,
-    /// End time and duration (ms) of every stall of the last minute, for live views.
-    recent_stalls: VecDeque<(Instant, f64)>,
-}
-
-/// The last minute of a loop's stalls, summarised ([`LoopThread::recent_health`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecentStalls {
-    /// Stalls at least the asked length.
-    pub count: usize,
-    /// Their median, ms.
-    pub p50_ms: f64,
-    /// Their 99th percentile, ms.
-    pub p99_ms: f64,
-    /// The longest, ms.
-    pub max_ms: f64,
-    /// The longest stall (any length) ending in each of the last 60 seconds, oldest first, ms.
-    pub longest_per_second: [u64; 60],
-}
-
-/// How far back [`LoopThread::recent_stalls`] reaches.
-pub const RECENT_STALLS_WINDOW: Duration = Duration::from_secs(60);
-
-impl LoopThread {
-    /// How long the loop has been busy without returning to its selector, if it is busy now.
-    pub fn current_stall(&self, now: Instant) -> Option<Duration> {
-        self.run
-            .as_ref()
-            .map(|run| now.saturating_duration_since(run.start_at))
-    }
-
-    /// Share of the observed time the loop was busy (None before any loop sample).
-    pub fn utilization(&self) -> Option<f64> {
-        (!self.observed.is_zero()).then(|| self.busy.as_secs_f64() / self.observed.as_secs_f64())
-    }
-
-    /// The stalls of the last minute at least `min_ms` long, for live views: how many, their
-    /// p50/p99/max, and the longest ending in each of the last 60 seconds (oldest first).
-    pub fn recent_health(&self, now: Instant, min_ms: f64) -> RecentStalls {
-        let mut stalls: Vec<f64> = Vec::new();
-        let mut per_second = [0u64; 60];
-        for &(at, ms) in self.recent_stalls() {
-            let age = now.saturating_duration_since(at).as_secs() as usize;
-            if age < 60 {
-                let bucket = &mut per_second[59 - age];
-                *bucket = (*bucket).max(ms as u64);
-                if ms >= min_ms {
-                    stalls.push(ms);
-                }
-            }
-        }
-        stalls.sort_by(f64::total_cmp);
-        RecentStalls {
-            count: stalls.len(),
-            p50_ms: quantile_of_sorted(&stalls, 0.5).unwrap_or(0.0),
-            p99_ms: quantile_of_sorted(&stalls, 0.99).unwrap_or(0.0),
-            max_ms: stalls.last().copied().unwrap_or(0.0),
-            longest_per_second: per_second,
-        }
-    }
-
-    /// Stalls (any length) that ended within the last minute: (end, duration in ms).
-    pub fn recent_stalls(&self) -> impl Iterator<Item = &(Instant, f64)> {
-        self.recent_stalls.iter()
-    }
-}
-
-/// Everything the analysis produced; outputs render from this.
-#[derive(Debug, Default)]
-pub struct Analysis {
-    /// Interned frames and stacks.
-    pub symbols: Symbols,
-    /// Loop threads by kernel thread id.
-    pub loops: BTreeMap<u64, LoopThread>,
-    /// The worst incidents (longest first out), at most `max_incidents`, in the order they
-    /// ended; the rest are counted in `incidents_total` and `sites`.
-    pub incidents: Vec<Incident>,
-    /// Every incident found.
-    pub incidents_total: u64,
-    /// Per-site totals over every incident.
-    pub sites: sites::Sites,
-    /// Every busy span, when the timeline was asked for.
-    pub timeline: Vec<BusySpan>,
-    /// Busy spans not kept because the timeline was full.
-    pub timeline_dropped: u64,
-    /// Busy samples of loop threads.
-    pub busy_profile: Profile,
-    /// Samples inside incidents.
-    pub blocking_profile: Profile,
-    /// Samples of every thread the kernel saw running (used when no loop is found).
-    pub active_profile: Profile,
-    /// Thread names seen, by kernel thread id.
-    pub thread_names: HashMap<u64, String>,
-    /// Samples received.
-    pub samples: u64,
-    /// Failed reads reported by the sampler.
-    pub sample_errors: u64,
-    /// Time of the first and last sample.
-    pub first_at: Option<Instant>,
-    /// See `first_at`.
-    pub last_at: Option<Instant>,
-    /// Wall-clock time of the first sample.
-    pub first_unix: f64,
-    /// Stretches without a sample (no busy run is stretched across one).
-    pub gaps: Gaps,
-}
-
-impl Analysis {
-    /// Busy fraction over all loop threads' observed time (None when no loop was seen).
-    pub fn loop_utilization(&self) -> Option<f64> {
-        let observed: Duration = self.loops.values().map(|l| l.observed).sum();
-        let busy: Duration = self.loops.values().map(|l| l.busy).sum();
-        (!observed.is_zero()).then(|| busy.as_secs_f64() / observed.as_secs_f64())
-    }
-
-    /// Total time the loops were blocked in incidents, ms (all incidents, kept or not).
-    pub fn blocked_ms(&self) -> f64 {
-        // Every incident, kept or not; adding to +0.0 keeps an empty sum from printing "-0".
-        self.sites
-            .values()
-            .map(|s| s.total_ms)
-            .fold(0.0, |a, b| a + b)
-    }
-
-    /// Converts a monotonic instant to wall-clock seconds.
-    pub fn unix_at(&self, at: Instant) -> f64 {
-        match self.first_at {
-            Some(first) if at >= first => self.first_unix + at.duration_since(first).as_secs_f64(),
-            Some(first) => self.first_unix - first.duration_since(at).as_secs_f64(),
-            None => self.first_unix,
-        }
     }
 }
 
@@ -501,22 +277,13 @@ impl Analyzer {
         let base_frame = a
             .symbols
             .intern_frame(thread.frames.last().expect("a loop has frames"));
-        let loop_thread = a.loops.entry(tid).or_insert_with(|| LoopThread {
-            thread_id: tid,
-            name: thread.name.as_deref().map(String::from),
-            kind,
-            kind_samples: [0; 2],
-            observed: Duration::ZERO,
-            busy: Duration::ZERO,
-            incidents: 0,
-            stall_histogram: Histogram::new(10_000),
-            last_sample_at: None,
-            last_idle_at: None,
-            torn_samples: 0,
-            base_frame,
-            handle_run_lines: LineVotes::default(),
-            run: None,
-            recent_stalls: VecDeque::new(),
+        let loop_thread = a.loops.entry(tid).or_insert_with(|| {
+            LoopThread::new(
+                tid,
+                thread.name.as_deref().map(String::from),
+                kind,
+                base_frame,
+            )
         });
         loop_thread.observed += weight;
         let slot = usize::from(kind == LoopKind::Uvloop);
@@ -756,42 +523,25 @@ impl Analyzer {
         let Some(loop_thread) = a.loops.get_mut(&tid) else {
             return;
         };
-        loop_thread.stall_histogram.record(duration_ms);
-        loop_thread.recent_stalls.push_back((end_at, duration_ms));
-        while loop_thread
-            .recent_stalls
-            .front()
-            .is_some_and(|(at, _)| end_at.saturating_duration_since(*at) > RECENT_STALLS_WINDOW)
-        {
-            loop_thread.recent_stalls.pop_front();
-        }
+        loop_thread.record_stall(end_at, duration_ms);
         if duration < self.settings.threshold || run.samples == 0 {
             return;
         }
-        let (Some(stack), Some(culprit), Some(callback)) =
-            (run.top_stack(), run.top_culprit(), run.top_callback())
-        else {
-            // Only loop bookkeeping, no callback seen: attribute to the top stack's leaf.
-            let Some(stack) = run.top_stack() else { return };
-            let leaf = a.symbols.stacks.get(stack)[0];
-            self.emit(tid, &run, stack, leaf, leaf, duration_ms, truncated);
-            return;
-        };
-        self.emit(tid, &run, stack, culprit, callback, duration_ms, truncated);
+        self.emit(tid, &run, duration_ms, truncated);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &mut self,
-        tid: u64,
-        run: &BusyRun,
-        stack: StackId,
-        culprit: u32,
-        callback: u32,
-        duration_ms: f64,
-        truncated: bool,
-    ) {
+    /// Turns a closed busy run of `tid` into an incident.
+    fn emit(&mut self, tid: u64, run: &BusyRun, duration_ms: f64, truncated: bool) {
         let a = &mut self.analysis;
+        let Some(stack) = run.top_stack() else { return };
+        let (culprit, callback) = match (run.top_culprit(), run.top_callback()) {
+            (Some(culprit), Some(callback)) => (culprit, callback),
+            // Only loop bookkeeping, no callback seen: attribute to the top stack's leaf.
+            _ => {
+                let leaf = a.symbols.stacks.get(stack)[0];
+                (leaf, leaf)
+            }
+        };
         let start_unix = a.unix_at(run.start_at);
         let source_of = |sources: &mut SourceCache, id: FrameId| {
             let frame = a.symbols.frames.get(id);
@@ -910,100 +660,4 @@ fn waits_for_gil(thread: &ThreadSample) -> bool {
 pub use crate::text::{frame_label, short_path};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sample::ThreadSample;
-
-    fn frame(function: &str, file: &str) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line: 1,
-        }
-    }
-
-    fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
-        let base = "/py/lib/python3.12/asyncio/base_events.py";
-        let mut frames = vec![
-            frame("BaseEventLoop._run_once", base),
-            frame("<module>", "/app/app.py"),
-        ];
-        match busy_in {
-            Some(function) => {
-                frames.insert(
-                    0,
-                    frame("Handle._run", "/py/lib/python3.12/asyncio/events.py"),
-                );
-                frames.insert(0, frame(function, "/app/app.py"));
-            }
-            None => frames.insert(
-                0,
-                frame("EpollSelector.select", "/py/lib/python3.12/selectors.py"),
-            ),
-        }
-        SamplerMessage::Sample(Sample {
-            pid: 1,
-            at,
-            unix: 0.0,
-            running_tasks: vec![],
-            task_generation: None,
-            threads: vec![ThreadSample {
-                os_tid: 1,
-                python_tid: 1,
-                name: Some("MainThread".into()),
-                frames,
-                os_state: OsState::Running,
-                owns_gil: true,
-                every: 1,
-                truncated: false,
-            }],
-        })
-    }
-
-    #[test]
-    fn keeps_the_worst_incidents_and_counts_all() {
-        let mut analyzer = Analyzer::new(AnalyzerSettings {
-            threshold: Duration::from_millis(50),
-            interval: Duration::from_millis(1),
-            only_thread: None,
-            pid: std::process::id() as i32,
-            max_incidents: 2,
-            stream: true,
-            timeline: true,
-        });
-        let mut t = Instant::now();
-        let ms = Duration::from_millis(1);
-        for (n, length) in [60u32, 100, 70, 90, 80].into_iter().enumerate() {
-            for _ in 0..10 {
-                analyzer.feed(sample(t, None));
-                t += ms;
-            }
-            let name = format!("handler{n}");
-            for _ in 0..length {
-                analyzer.feed(sample(t, Some(&name)));
-                t += ms;
-            }
-        }
-        analyzer.feed(sample(t, None));
-        assert_eq!(
-            analyzer.take_closed().len(),
-            5,
-            "every incident is streamed"
-        );
-        let analysis = analyzer.finish();
-        assert_eq!(analysis.incidents_total, 5);
-        let kept: Vec<f64> = analysis
-            .incidents
-            .iter()
-            .map(|i| i.duration_ms.round())
-            .collect();
-        assert_eq!(kept, vec![100.0, 90.0], "the two longest are kept");
-        assert_eq!(analysis.sites.len(), 5, "every site is counted");
-        assert!(
-            (analysis.blocked_ms() - 400.0).abs() < 1.0,
-            "{}",
-            analysis.blocked_ms()
-        );
-        assert_eq!(analysis.timeline.len(), 5);
-    }
-}
+mod tests;

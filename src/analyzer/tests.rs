@@ -1,0 +1,96 @@
+//! The analyzer fed made-up samples: incidents kept and counted, runs split and closed.
+use super::*;
+use crate::sample::ThreadSample;
+
+fn frame(function: &str, file: &str) -> Frame {
+    Frame {
+        function: function.into(),
+        file: file.into(),
+        line: 1,
+    }
+}
+
+fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
+    let base = "/py/lib/python3.12/asyncio/base_events.py";
+    let mut frames = vec![
+        frame("BaseEventLoop._run_once", base),
+        frame("<module>", "/app/app.py"),
+    ];
+    match busy_in {
+        Some(function) => {
+            frames.insert(
+                0,
+                frame("Handle._run", "/py/lib/python3.12/asyncio/events.py"),
+            );
+            frames.insert(0, frame(function, "/app/app.py"));
+        }
+        None => frames.insert(
+            0,
+            frame("EpollSelector.select", "/py/lib/python3.12/selectors.py"),
+        ),
+    }
+    SamplerMessage::Sample(Sample {
+        pid: 1,
+        at,
+        unix: 0.0,
+        running_tasks: vec![],
+        task_generation: None,
+        threads: vec![ThreadSample {
+            os_tid: 1,
+            python_tid: 1,
+            name: Some("MainThread".into()),
+            frames,
+            os_state: OsState::Running,
+            owns_gil: true,
+            every: 1,
+            truncated: false,
+        }],
+    })
+}
+
+#[test]
+fn keeps_the_worst_incidents_and_counts_all() {
+    let mut analyzer = Analyzer::new(AnalyzerSettings {
+        threshold: Duration::from_millis(50),
+        interval: Duration::from_millis(1),
+        only_thread: None,
+        pid: std::process::id() as i32,
+        max_incidents: 2,
+        stream: true,
+        timeline: true,
+    });
+    let mut t = Instant::now();
+    let ms = Duration::from_millis(1);
+    for (n, length) in [60u32, 100, 70, 90, 80].into_iter().enumerate() {
+        for _ in 0..10 {
+            analyzer.feed(sample(t, None));
+            t += ms;
+        }
+        let name = format!("handler{n}");
+        for _ in 0..length {
+            analyzer.feed(sample(t, Some(&name)));
+            t += ms;
+        }
+    }
+    analyzer.feed(sample(t, None));
+    assert_eq!(
+        analyzer.take_closed().len(),
+        5,
+        "every incident is streamed"
+    );
+    let analysis = analyzer.finish();
+    assert_eq!(analysis.incidents_total, 5);
+    let kept: Vec<f64> = analysis
+        .incidents
+        .iter()
+        .map(|i| i.duration_ms.round())
+        .collect();
+    assert_eq!(kept, vec![100.0, 90.0], "the two longest are kept");
+    assert_eq!(analysis.sites.len(), 5, "every site is counted");
+    assert!(
+        (analysis.blocked_ms() - 400.0).abs() < 1.0,
+        "{}",
+        analysis.blocked_ms()
+    );
+    assert_eq!(analysis.timeline.len(), 5);
+}
