@@ -3,18 +3,17 @@
 //! long, and in which task. It samples for a short window (so it can tell how long a loop has
 //! been busy) and prints the last sample.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::analyzer::loop_detect::{self, LoopPosition};
-use crate::analyzer::{task_for, Analyzer, AnalyzerSettings};
+use crate::analyzer::task_for;
 use crate::error::LoopspyError;
-use crate::remote::{self, AttachedTarget};
+use crate::remote;
 use crate::sample::{OsState, RunningTask, Sample, SamplerMessage, ThreadSample};
-use crate::sampler::{self, SamplerSettings};
+use crate::sampler::SamplerSettings;
+use crate::session;
 
 /// How long `dump` samples before reporting.
 pub const WINDOW: Duration = Duration::from_millis(300);
@@ -43,15 +42,17 @@ struct ThreadView {
 
 /// Runs the command, printing to stdout.
 pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
-    let AttachedTarget {
-        spy,
+    let target = remote::attach(settings.pid, settings.blocking)?;
+    let (tx, rx) = crossbeam_channel::bounded(1024);
+    let session::Session {
         pid,
         python_version,
         command,
-    } = remote::attach(settings.pid, settings.blocking)?;
-    let (tx, rx) = crossbeam_channel::bounded(1024);
-    let sampler = sampler::spawn(
-        spy,
+        mut analyzer,
+        sampler,
+        ..
+    } = session::start(
+        target,
         SamplerSettings {
             reader: settings.reader,
             ..SamplerSettings::every_thread(
@@ -60,18 +61,15 @@ pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
                 crate::analyzer::loop_detect::runs_loop,
             )
         },
-        Arc::new(AtomicBool::new(false)),
+        // No incidents: a dump says what each loop is doing now.
+        &session::AnalysisSettings {
+            threshold: Duration::from_secs(3600),
+            only_thread: None,
+            stream: false,
+            timeline: false,
+        },
         tx,
     );
-    let mut analyzer = Analyzer::new(AnalyzerSettings {
-        threshold: Duration::from_secs(3600),
-        interval: Duration::from_secs_f64(1.0 / RATE_HZ as f64),
-        only_thread: None,
-        pid,
-        max_incidents: crate::analyzer::MAX_INCIDENTS,
-        stream: false,
-        timeline: false,
-    });
     let mut last: Option<Sample> = None;
     for message in rx.iter() {
         if let SamplerMessage::Sample(sample) = &message {

@@ -16,6 +16,7 @@ pub mod record;
 pub mod remote;
 pub mod sample;
 pub mod sampler;
+pub mod session;
 pub mod syscalls;
 pub mod text;
 pub mod view;

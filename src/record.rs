@@ -12,18 +12,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::analyzer::{Analysis, Analyzer, AnalyzerSettings};
+use crate::analyzer::{Analysis, Analyzer};
 use crate::cli::{RecordSettings, TargetSpec};
 use crate::error::{exit_code, LoopspyError};
 use crate::output::stream::Streams;
 use crate::output::{self, ProfileFormat, RecordingInfo, WrittenFiles};
 use crate::remote::{self, procfs, AttachedTarget};
 use crate::sample::SamplerMessage;
-use crate::sampler::{self, SamplerOutcome, SamplerSettings, StopReason};
+use crate::sampler::{SamplerOutcome, SamplerSettings, StopReason};
+use crate::session::{self, AnalysisSettings};
 
 /// How often the recording takes what the samplers sent (the channels hold far more).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
@@ -45,12 +46,100 @@ struct Recorded {
     start_unix: f64,
     dir: PathBuf,
     stop: Arc<AtomicBool>,
-    sampler: Option<JoinHandle<SamplerOutcome>>,
-    outcome: Option<SamplerOutcome>,
-    analyzer: Option<Analyzer>,
-    analysis: Option<Analysis>,
+    /// Its `incidents.jsonl` (and checkpoint), until its files are written.
     streams: Option<Streams>,
-    written: Option<WrittenFiles>,
+    stage: Stage,
+}
+
+/// Where a recorded process is in its life.
+enum Stage {
+    /// Being sampled: its messages go to the analyzer.
+    Sampling {
+        sampler: JoinHandle<SamplerOutcome>,
+        analyzer: Analyzer,
+    },
+    /// Its sampler has stopped (`outcome`, None if it panicked); what it sent last still goes
+    /// to the analyzer.
+    Draining {
+        outcome: Option<SamplerOutcome>,
+        analyzer: Analyzer,
+    },
+    /// Analysis closed; files not written yet.
+    Ended {
+        outcome: Option<SamplerOutcome>,
+        analysis: Analysis,
+    },
+    /// Files written.
+    Written {
+        outcome: Option<SamplerOutcome>,
+        analysis: Analysis,
+        written: WrittenFiles,
+    },
+    /// Only while moving from one stage to the next.
+    Moving,
+}
+
+impl Recorded {
+    /// True while its sampler runs.
+    fn sampling(&self) -> bool {
+        matches!(self.stage, Stage::Sampling { .. })
+    }
+
+    /// Its sampler has finished (the process exited, or its duration ran out).
+    fn sampler_finished(&self) -> bool {
+        matches!(&self.stage, Stage::Sampling { sampler, .. } if sampler.is_finished())
+    }
+
+    fn outcome(&self) -> Option<&SamplerOutcome> {
+        match &self.stage {
+            Stage::Draining { outcome, .. }
+            | Stage::Ended { outcome, .. }
+            | Stage::Written { outcome, .. } => outcome.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn analysis(&self) -> Option<&Analysis> {
+        match &self.stage {
+            Stage::Ended { analysis, .. } | Stage::Written { analysis, .. } => Some(analysis),
+            _ => None,
+        }
+    }
+
+    fn written(&self) -> Option<&WrittenFiles> {
+        match &self.stage {
+            Stage::Written { written, .. } => Some(written),
+            _ => None,
+        }
+    }
+
+    /// Joins the sampler (Sampling -> Draining). A sampler we stopped says `Interrupted`; its
+    /// reason is then `recording_reason`, why the recording stopped (its own clock started a
+    /// little later, after attaching, so the recording's duration usually runs out first).
+    fn join_sampler(&mut self, recording_reason: Option<StopReason>) -> Result<(), ()> {
+        if !self.sampling() {
+            return Ok(());
+        }
+        let Stage::Sampling { sampler, analyzer } =
+            std::mem::replace(&mut self.stage, Stage::Moving)
+        else {
+            unreachable!("checked: sampling");
+        };
+        let joined = sampler.join();
+        let panicked = joined.is_err();
+        let outcome = joined.ok().map(|mut outcome| {
+            if let (StopReason::Interrupted, Some(reason)) = (outcome.reason, recording_reason) {
+                outcome.reason = reason;
+            }
+            outcome
+        });
+        self.stage = Stage::Draining { outcome, analyzer };
+        if panicked {
+            Err(())
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Everything being recorded.
@@ -75,12 +164,7 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
     if let Some(dir) = &settings.output {
         output::prepare_dir(dir)?;
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        // Ignore failure: a second handler (tests embedding us) just means no Ctrl-C support.
-        let _ = ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst));
-    }
+    let interrupted = session::interrupt_flag();
 
     let mut child = None;
     let (targets, roots): (Vec<AttachedTarget>, Vec<i32>) = match &settings.target {
@@ -131,67 +215,18 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         rec.add(target)?;
     }
 
-    let mut next_scan = Instant::now();
-    let reason = loop {
-        // Take samples in batches: waking on every sample (futex wake-ups and spinning in the
-        // channel) cost more CPU at 1 kHz than the sampling itself.
-        std::thread::sleep(DRAIN_EVERY);
-        while let Ok(message) = rx.try_recv() {
-            rec.dispatch(message);
-        }
-        if interrupted.load(Ordering::SeqCst) {
-            break StopReason::Interrupted;
-        }
-        if let Some(limit) = settings.duration {
-            if rec.started.elapsed() >= limit {
-                break StopReason::DurationElapsed;
-            }
-        }
-        // A process whose sampler ended (it exited): drain what it sent, write its files now.
-        let ended: Vec<i32> = rec
-            .processes
-            .values()
-            .filter(|p| p.sampler.as_ref().is_some_and(|h| h.is_finished()))
-            .map(|p| p.pid)
-            .collect();
-        if !ended.is_empty() {
-            while let Ok(message) = rx.try_recv() {
-                rec.dispatch(message);
-            }
-            for pid in ended {
-                rec.end_process(pid);
-                if rec.fleet {
-                    rec.write_process(pid);
-                }
-            }
-        }
-        if settings.subprocesses && Instant::now() >= next_scan {
-            next_scan = Instant::now() + SCAN_EVERY;
-            rec.scan_children(&roots);
-        }
-        let all_ended = rec.processes.values().all(|p| p.sampler.is_none());
-        let roots_alive = settings.subprocesses && roots.iter().any(|r| procfs::is_alive(*r));
-        if all_ended && !roots_alive {
-            break StopReason::TargetExited;
-        }
-    };
+    let reason = sample_until_stopped(&mut rec, &rx, &interrupted, &roots);
 
     for p in rec.processes.values() {
         p.stop.store(true, Ordering::SeqCst);
     }
     let pids: Vec<i32> = rec.processes.keys().copied().collect();
     for pid in &pids {
-        if let Some(handle) = rec.processes.get_mut(pid).and_then(|p| p.sampler.take()) {
-            let mut outcome = handle.join().map_err(|_| {
-                anyhow::anyhow!("a sampler thread panicked; nothing could be saved")
-            })?;
-            // A sampler still running was stopped by us: it says `Interrupted`, but why it
-            // stopped is why the recording did (its own clock started a little later, after
-            // attaching, so the recording's duration usually runs out first).
-            if outcome.reason == StopReason::Interrupted {
-                outcome.reason = reason;
-            }
-            rec.processes.get_mut(pid).expect("known").outcome = Some(outcome);
+        let p = rec.processes.get_mut(pid).expect("known");
+        if p.join_sampler(Some(reason)).is_err() {
+            return Err(
+                anyhow::anyhow!("a sampler thread panicked; nothing could be saved").into(),
+            );
         }
     }
     while let Ok(message) = rx.try_recv() {
@@ -220,7 +255,7 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
     let first_error = rec
         .processes
         .values()
-        .find(|p| p.written.is_none())
+        .find(|p| p.written().is_none())
         .map(|p| p.pid);
     if let Some(pid) = first_error {
         return Err(not_writable(
@@ -229,16 +264,28 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         ));
     }
 
+    report(&mut rec, &settings, reason, child_status, first_pid)
+}
+
+/// Writes the combined files of a fleet, prints the summary and the gate's verdict; the exit
+/// code.
+fn report(
+    rec: &mut Recording<'_>,
+    settings: &RecordSettings,
+    reason: StopReason,
+    child_status: Option<std::process::ExitStatus>,
+    first_pid: i32,
+) -> Result<i32, LoopspyError> {
     let analyses: Vec<(&Recorded, &Analysis)> = rec
         .processes
         .values()
-        .filter_map(|p| p.analysis.as_ref().map(|a| (p, a)))
+        .filter_map(|p| p.analysis().map(|a| (p, a)))
         .collect();
     if rec.fleet {
         let members: Vec<output::fleet::Member> = analyses
             .iter()
             .map(|(p, a)| output::fleet::Member {
-                info: info_for(p, &settings, reason),
+                info: info_for(p, settings, reason),
                 analysis: a,
                 dir: p.dir.clone(),
             })
@@ -253,11 +300,7 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         let (p, analysis) = analyses[0];
         print!(
             "{}",
-            output::summary::render(
-                analysis,
-                &info_for(p, &settings, reason),
-                p.written.as_ref()
-            )
+            output::summary::render(analysis, &info_for(p, settings, reason), p.written())
         );
     }
 
@@ -290,15 +333,65 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
     Ok(0)
 }
 
+/// Takes what the samplers send until the recording stops (Ctrl-C, `--duration`, every target
+/// gone); a process that exits on the way gets its files written at once (fleets).
+fn sample_until_stopped(
+    rec: &mut Recording<'_>,
+    rx: &Receiver<SamplerMessage>,
+    interrupted: &AtomicBool,
+    roots: &[i32],
+) -> StopReason {
+    let settings = rec.settings;
+    let mut next_scan = Instant::now();
+    loop {
+        // Take samples in batches: waking on every sample (futex wake-ups and spinning in the
+        // channel) cost more CPU at 1 kHz than the sampling itself.
+        std::thread::sleep(DRAIN_EVERY);
+        while let Ok(message) = rx.try_recv() {
+            rec.dispatch(message);
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            return StopReason::Interrupted;
+        }
+        if let Some(limit) = settings.duration {
+            if rec.started.elapsed() >= limit {
+                return StopReason::DurationElapsed;
+            }
+        }
+        // A process whose sampler ended (it exited): drain what it sent, write its files now.
+        let ended: Vec<i32> = rec
+            .processes
+            .values()
+            .filter(|p| p.sampler_finished())
+            .map(|p| p.pid)
+            .collect();
+        if !ended.is_empty() {
+            while let Ok(message) = rx.try_recv() {
+                rec.dispatch(message);
+            }
+            for pid in ended {
+                rec.end_process(pid);
+                if rec.fleet {
+                    rec.write_process(pid);
+                }
+            }
+        }
+        if settings.subprocesses && Instant::now() >= next_scan {
+            next_scan = Instant::now() + SCAN_EVERY;
+            rec.scan_children(roots);
+        }
+        let all_ended = rec.processes.values().all(|p| !p.sampling());
+        let roots_alive = settings.subprocesses && roots.iter().any(|r| procfs::is_alive(*r));
+        if all_ended && !roots_alive {
+            return StopReason::TargetExited;
+        }
+    }
+}
+
 impl Recording<'_> {
     /// Starts sampling one more process.
     fn add(&mut self, target: AttachedTarget) -> Result<(), LoopspyError> {
-        let AttachedTarget {
-            spy,
-            pid,
-            python_version,
-            command,
-        } = target;
+        let pid = target.pid;
         let dir = if self.fleet {
             self.dir.join(format!("pid-{pid}"))
         } else {
@@ -312,7 +405,8 @@ impl Recording<'_> {
                 .max(Duration::from_millis(1))
         });
         eprintln!(
-            "loopspy: sampling pid {pid} (Python {python_version}) at {} Hz{}, incidents >= {} ms; {}",
+            "loopspy: sampling pid {pid} (Python {}) at {} Hz{}, incidents >= {} ms; {}",
+            target.python_version,
             s.sampling.rate_hz,
             if s.blocking {
                 ", pausing the target for each read"
@@ -325,43 +419,34 @@ impl Recording<'_> {
                 None => "until Ctrl-C or the target exits".into(),
             }
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = sampler::spawn(
-            spy,
+        let session = session::start(
+            target,
             SamplerSettings {
                 duration,
                 ..s.sampling.clone()
             },
-            stop.clone(),
+            &AnalysisSettings {
+                threshold: s.threshold,
+                only_thread: s.thread,
+                stream: true,
+                timeline: s.formats.contains(&ProfileFormat::Perfetto),
+            },
             self.tx.clone(),
         );
-        let analyzer = Analyzer::new(AnalyzerSettings {
-            threshold: s.threshold,
-            interval: Duration::from_secs_f64(1.0 / s.sampling.rate_hz as f64),
-            only_thread: s.thread,
-            pid,
-            max_incidents: crate::analyzer::MAX_INCIDENTS,
-            stream: true,
-            timeline: s.formats.contains(&ProfileFormat::Perfetto),
-        });
         self.processes.insert(
             pid,
             Recorded {
                 pid,
-                python_version,
-                command,
-                start_unix: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64(),
+                python_version: session.python_version,
+                command: session.command,
+                start_unix: session.start_unix,
                 dir,
-                stop,
-                sampler: Some(sampler),
-                outcome: None,
-                analyzer: Some(analyzer),
-                analysis: None,
+                stop: session.stop,
                 streams: Some(streams),
-                written: None,
+                stage: Stage::Sampling {
+                    sampler: session.sampler,
+                    analyzer: session.analyzer,
+                },
             },
         );
         Ok(())
@@ -372,7 +457,8 @@ impl Recording<'_> {
         let Some(p) = self.processes.get_mut(&message.pid()) else {
             return;
         };
-        let Some(analyzer) = p.analyzer.as_mut() else {
+        let (Stage::Sampling { analyzer, .. } | Stage::Draining { analyzer, .. }) = &mut p.stage
+        else {
             return;
         };
         analyzer.feed(message);
@@ -398,35 +484,42 @@ impl Recording<'_> {
         let Some(p) = self.processes.get_mut(&pid) else {
             return;
         };
-        if let Some(handle) = p.sampler.take() {
-            p.outcome = handle.join().ok();
+        // A sampler that panicked leaves no outcome; what it sent is still analyzed.
+        let _ = p.join_sampler(None);
+        if !matches!(p.stage, Stage::Draining { .. }) {
+            return;
         }
-        if let Some(mut analyzer) = p.analyzer.take() {
-            analyzer.close_all();
-            let closed = analyzer.take_closed();
-            let analysis = analyzer.finish();
-            let mut result = Ok(());
-            if let Some(streams) = p.streams.as_mut() {
-                result = streams.incidents(&analysis, &closed);
-            }
-            if let (Some(fleet), Ok(())) = (self.fleet_stream.as_mut(), &result) {
-                result = fleet.incidents(&analysis, &closed);
-            }
-            if let Err(err) = result {
-                self.stream_error.get_or_insert(err);
-            }
-            if self.fleet
-                && p.outcome
-                    .as_ref()
-                    .is_some_and(|o| o.reason == StopReason::TargetExited)
-            {
-                eprintln!(
-                    "loopspy: pid {pid} exited; its {} incidents are kept",
-                    analysis.incidents_total
-                );
-            }
-            p.analysis = Some(analysis);
+        let Stage::Draining {
+            outcome,
+            mut analyzer,
+        } = std::mem::replace(&mut p.stage, Stage::Moving)
+        else {
+            unreachable!("checked: draining");
+        };
+        analyzer.close_all();
+        let closed = analyzer.take_closed();
+        let analysis = analyzer.finish();
+        let mut result = Ok(());
+        if let Some(streams) = p.streams.as_mut() {
+            result = streams.incidents(&analysis, &closed);
         }
+        if let (Some(fleet), Ok(())) = (self.fleet_stream.as_mut(), &result) {
+            result = fleet.incidents(&analysis, &closed);
+        }
+        if let Err(err) = result {
+            self.stream_error.get_or_insert(err);
+        }
+        if self.fleet
+            && outcome
+                .as_ref()
+                .is_some_and(|o| o.reason == StopReason::TargetExited)
+        {
+            eprintln!(
+                "loopspy: pid {pid} exited; its {} incidents are kept",
+                analysis.incidents_total
+            );
+        }
+        p.stage = Stage::Ended { outcome, analysis };
     }
 
     /// Writes a finished process's files (once).
@@ -435,15 +528,11 @@ impl Recording<'_> {
         let Some(p) = self.processes.get_mut(&pid) else {
             return;
         };
-        if p.written.is_some() {
-            return;
-        }
-        let Some(analysis) = p.analysis.as_ref() else {
+        let Stage::Ended { analysis, .. } = &p.stage else {
             return;
         };
         let reason = p
-            .outcome
-            .as_ref()
+            .outcome()
             .map(|o| o.reason)
             .unwrap_or(StopReason::Interrupted);
         let info = info_for(p, settings, reason);
@@ -455,7 +544,15 @@ impl Recording<'_> {
                         eprintln!("loopspy: warning: could not remove checkpoint.collapsed: {err}");
                     }
                 }
-                p.written = Some(written);
+                if let Stage::Ended { outcome, analysis } =
+                    std::mem::replace(&mut p.stage, Stage::Moving)
+                {
+                    p.stage = Stage::Written {
+                        outcome,
+                        analysis,
+                        written,
+                    };
+                }
             }
             Err(err) => eprintln!("loopspy: error: writing the files of pid {pid}: {err:#}"),
         }
@@ -512,12 +609,8 @@ fn info_for(p: &Recorded, settings: &RecordSettings, reason: StopReason) -> Reco
         rate_hz: settings.sampling.rate_hz,
         threshold_ms: settings.threshold.as_secs_f64() * 1000.0,
         blocking: settings.blocking,
-        stop_reason: p.outcome.as_ref().map(|o| o.reason).unwrap_or(reason),
-        sampler: p
-            .outcome
-            .as_ref()
-            .map(|o| o.stats.clone())
-            .unwrap_or_default(),
+        stop_reason: p.outcome().map(|o| o.reason).unwrap_or(reason),
+        sampler: p.outcome().map(|o| o.stats.clone()).unwrap_or_default(),
         start_unix: p.start_unix,
         formats: settings.formats.clone(),
     }

@@ -12,19 +12,20 @@ pub mod state;
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 
 use crate::analyzer::incident::Incident;
-use crate::analyzer::{Analyzer, AnalyzerSettings};
+use crate::analyzer::Analyzer;
 use crate::error::LoopspyError;
 use crate::output::report::format_time;
-use crate::remote::{self, AttachedTarget};
+use crate::remote;
 use crate::sample::SamplerMessage;
-use crate::sampler::{self, SamplerSettings};
+use crate::sampler::SamplerSettings;
+use crate::session;
 use crate::text::{self, frame_label};
 use input::Action;
 use render::{FeedLine, LoopHealth, Snapshot, STALL_MIN_MS};
@@ -222,39 +223,33 @@ enum Ending {
 
 /// Runs the command.
 pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
-    let AttachedTarget {
-        spy,
+    let target = remote::attach(settings.pid, settings.blocking)?;
+    let interrupted = session::interrupt_flag();
+    let (tx, rx) = crossbeam_channel::bounded(2048);
+    let session::Session {
         pid,
         python_version,
+        stop,
+        sampler,
+        analyzer,
         ..
-    } = remote::attach(settings.pid, settings.blocking)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        let _ = ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst));
-    }
-    let (tx, rx) = crossbeam_channel::bounded(2048);
-    let sampler = sampler::spawn(
-        spy,
+    } = session::start(
+        target,
         SamplerSettings {
             duration: None,
             ..settings.sampling.clone()
         },
-        stop.clone(),
+        &session::AnalysisSettings {
+            threshold: settings.threshold,
+            only_thread: None,
+            stream: true,
+            timeline: false,
+        },
         tx,
     );
     let interval = Duration::from_secs_f64(1.0 / settings.sampling.rate_hz as f64);
     let mut app = App {
-        analyzer: Analyzer::new(AnalyzerSettings {
-            threshold: settings.threshold,
-            interval,
-            only_thread: None,
-            pid,
-            max_incidents: crate::analyzer::MAX_INCIDENTS,
-            stream: true,
-            timeline: false,
-        }),
+        analyzer,
         table: FunctionTable::default(),
         view: ViewState::default(),
         interval,
