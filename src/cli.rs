@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::output::ProfileFormat;
+use crate::record::{RecordSettings, TargetSpec};
 
 /// loopspy: find out what blocks your asyncio event loop.
 #[derive(Debug, Parser)]
@@ -212,40 +213,6 @@ pub const DEFAULT_RATE_HZ: u32 = 1000;
 pub const DEFAULT_OTHER_THREADS_HZ: u32 = 100;
 /// The highest rate accepted.
 pub const MAX_RATE_HZ: u32 = 20_000;
-
-/// What to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetSpec {
-    /// Attach to running processes.
-    Pids(Vec<i32>),
-    /// Launch this command and record the interpreter it runs.
-    Launch(Vec<String>),
-}
-
-/// Validated settings for `loopspy record`.
-#[derive(Debug, Clone)]
-pub struct RecordSettings {
-    /// What to record.
-    pub target: TargetSpec,
-    /// How long (None: until stopped or the target exits).
-    pub duration: Option<Duration>,
-    /// Incident threshold.
-    pub threshold: Duration,
-    /// Rates and reader (each sampler's duration comes from `duration`).
-    pub sampling: crate::sampler::SamplerSettings,
-    /// Output directory, if given.
-    pub output: Option<PathBuf>,
-    /// Pause the target for each read.
-    pub blocking: bool,
-    /// Loop thread override.
-    pub thread: Option<u64>,
-    /// Profile formats.
-    pub formats: Vec<ProfileFormat>,
-    /// CI gate limit.
-    pub fail_on_block: Option<Duration>,
-    /// Follow child processes.
-    pub subprocesses: bool,
-}
 
 impl RawRecordArgs {
     /// Checks the flags and converts them to settings.

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::analyzer::{Analysis, Analyzer};
-use crate::cli::{RecordSettings, TargetSpec};
 use crate::error::{exit_code, LoopspyError};
 use crate::output::stream::Streams;
 use crate::output::{self, ProfileFormat, RecordingInfo, WrittenFiles};
@@ -25,6 +24,40 @@ use crate::remote::{self, procfs, AttachedTarget};
 use crate::sample::SamplerMessage;
 use crate::sampler::{SamplerOutcome, SamplerSettings, StopReason};
 use crate::session::{self, AnalysisSettings};
+
+/// Validated settings for `loopspy record`.
+#[derive(Debug, Clone)]
+pub struct RecordSettings {
+    /// What to record.
+    pub target: TargetSpec,
+    /// How long (None: until stopped or the target exits).
+    pub duration: Option<Duration>,
+    /// Incident threshold.
+    pub threshold: Duration,
+    /// Rates and reader (each sampler's duration comes from `duration`).
+    pub sampling: SamplerSettings,
+    /// Output directory, if given.
+    pub output: Option<PathBuf>,
+    /// Pause the target for each read.
+    pub blocking: bool,
+    /// Loop thread override.
+    pub thread: Option<u64>,
+    /// Profile formats.
+    pub formats: Vec<ProfileFormat>,
+    /// CI gate limit.
+    pub fail_on_block: Option<Duration>,
+    /// Follow child processes.
+    pub subprocesses: bool,
+}
+
+/// What to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// Attach to running processes.
+    Pids(Vec<i32>),
+    /// Launch this command and record the interpreter it runs.
+    Launch(Vec<String>),
+}
 
 /// How often the recording takes what the samplers sent (the channels hold far more).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
