@@ -20,3 +20,6 @@ pub mod session;
 pub mod syscalls;
 pub mod text;
 pub mod view;
+
+#[cfg(test)]
+mod layers_test;
