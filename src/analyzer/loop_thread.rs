@@ -116,6 +116,20 @@ impl LoopThread {
         }
     }
 
+    /// A sample showed a `kind` loop: the loop's kind is what most samples show (while
+    /// `asyncio.run` starts or closes a selector loop its stack looks like uvloop's); and the
+    /// thread's name, once known (py-spy learns names lazily).
+    pub(super) fn saw(&mut self, kind: LoopKind, name: Option<&str>) {
+        let slot = usize::from(kind == LoopKind::Uvloop);
+        self.kind_samples[slot] += 1;
+        if self.kind_samples[slot] >= self.kind_samples[1 - slot] {
+            self.kind = kind;
+        }
+        if self.name.is_none() {
+            self.name = name.map(String::from);
+        }
+    }
+
     /// Share of the observed time the loop was busy (None before any loop sample).
     pub fn utilization(&self) -> Option<f64> {
         (!self.observed.is_zero()).then(|| self.busy.as_secs_f64() / self.observed.as_secs_f64())

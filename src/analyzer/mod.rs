@@ -9,6 +9,7 @@
 pub mod analysis;
 pub mod cause;
 pub mod culprit;
+mod facts;
 pub mod incident;
 pub mod intern;
 pub mod loop_detect;
@@ -19,14 +20,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::remote::source::SourceCache;
-use crate::sample::{
-    Frame, OsState, RunningTask, Sample, SamplerMessage, TaskGeneration, ThreadSample,
-};
+use crate::sample::{OsState, RunningTask, Sample, SamplerMessage, TaskGeneration, ThreadSample};
 use crate::syscalls;
 use analysis::{add_weight, MAX_THREADS_KEPT};
 pub use analysis::{
     Analysis, BusySpan, Gaps, Profile, MAX_INCIDENTS, MAX_PROFILE_ENTRIES, MAX_TIMELINE,
 };
+use facts::StackFacts;
 use incident::{BusyObservation, BusyRun, CallbackKey, Incident};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
@@ -57,52 +57,6 @@ impl AnalyzerSettings {
     /// 20 ms so that a scheduler hiccup inside a real block does not split it.
     pub fn gap(&self) -> Duration {
         (self.interval * 10).max(Duration::from_millis(20))
-    }
-}
-
-/// The frame-only facts about one stack (see `loop_detect`).
-#[derive(Debug, Clone, Copy)]
-struct StackFacts {
-    position: LoopPosition,
-    loop_context: Option<u64>,
-    run_once_line: Option<u32>,
-    /// For a callback (None/0 otherwise, and the analyzer never turns another position into a
-    /// callback): the culprit frame's index and the library the callback called into.
-    culprit: usize,
-    library: Option<&'static str>,
-}
-
-impl StackFacts {
-    /// A loop thread's stack cut short by the reader ([`ThreadSample::truncated`]): its
-    /// innermost frames are a callback's (an idle loop is a few frames deep), whose root and
-    /// loop frames were not read.
-    fn cut(frames: &[Frame], kind: LoopKind) -> Self {
-        let root = frames.len() - 1;
-        StackFacts {
-            position: LoopPosition::Callback { kind, root },
-            loop_context: None,
-            run_once_line: None,
-            culprit: culprit::culprit_index(frames, root),
-            library: cause::library_on_stack(frames),
-        }
-    }
-
-    fn of(frames: &[Frame]) -> Self {
-        let position = loop_detect::classify(frames);
-        let (culprit, library) = match position {
-            LoopPosition::Callback { root, .. } => (
-                culprit::culprit_index(frames, root),
-                cause::library_on_stack(&frames[..=root]),
-            ),
-            _ => (0, None),
-        };
-        StackFacts {
-            position,
-            loop_context: loop_detect::loop_context(frames),
-            run_once_line: loop_detect::run_once_line(frames),
-            culprit,
-            library,
-        }
     }
 }
 
@@ -219,7 +173,6 @@ impl Analyzer {
             return;
         }
         let gil_holder = gil_holder.filter(|h| h.os_tid != tid);
-        let mut gil_stall = false;
         let cut = thread.truncated && !thread.frames.is_empty();
         let facts = match stack {
             // Only a thread already known to run a loop: a cut stack holds no loop frames.
@@ -233,46 +186,13 @@ impl Analyzer {
                 .or_insert_with(|| StackFacts::of(&thread.frames)),
             None => StackFacts::of(&thread.frames),
         };
-        let position = match facts.position {
-            // uvloop's idle wait and its C code between callbacks look alike in the frames; the
-            // kernel tells them apart: a thread waiting in epoll is not running.
-            LoopPosition::Idle(LoopKind::Uvloop) if thread.os_state == OsState::Running => {
-                LoopPosition::Internal(LoopKind::Uvloop)
-            }
-            // Back from its selector but stuck taking the GIL another thread holds: the loop
-            // cannot run, whatever its frames say.
-            LoopPosition::Idle(kind) if gil_holder.is_some() && waits_for_gil(thread) => {
-                gil_stall = true;
-                LoopPosition::Internal(kind)
-            }
-            // Loop bookkeeping by the frames while the kernel has the thread waiting in
-            // epoll: the frames were read a moment before the loop entered its selector.
-            LoopPosition::Internal(LoopKind::Selector) if waits_in_epoll(thread) => {
-                LoopPosition::Idle(LoopKind::Selector)
-            }
-            position => position,
-        };
-        let known = a.loops.contains_key(&tid);
+        let (position, gil_stall) = with_kernel_view(facts.position, thread, gil_holder);
         let kind = match position.kind() {
             Some(kind) => kind,
-            None if known => {
-                // Either the thread stopped running its loop (its stack still starts where the
-                // loop's did), or the read was torn: non-blocking reads race the target, and a
-                // coroutine switching in or out leaves a stack cut short, e.g. [crunch, step].
-                let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
-                if thread.frames.last() == Some(a.symbols.frames.get(loop_thread.base_frame)) {
-                    self.close_run(tid, at, false);
-                } else {
-                    loop_thread.torn_samples += 1;
-                    // Torn frames, but the kernel has the thread waiting in epoll: whatever
-                    // the frames were, the loop is in its selector now.
-                    if waits_in_epoll(thread) {
-                        self.went_idle(tid, at);
-                    }
-                }
+            None => {
+                self.no_loop_in_sample(tid, thread, at);
                 return;
             }
-            None => return,
         };
         let base_frame = a
             .symbols
@@ -286,15 +206,7 @@ impl Analyzer {
             )
         });
         loop_thread.observed += weight;
-        let slot = usize::from(kind == LoopKind::Uvloop);
-        loop_thread.kind_samples[slot] += 1;
-        if loop_thread.kind_samples[slot] >= loop_thread.kind_samples[1 - slot] {
-            loop_thread.kind = kind;
-        }
-        // py-spy learns thread names lazily; take the name once it is known.
-        if loop_thread.name.is_none() {
-            loop_thread.name = thread.name.as_deref().map(String::from);
-        }
+        loop_thread.saw(kind, thread.name.as_deref());
         let first_sample = loop_thread.last_sample_at.is_none();
         let previous = loop_thread.last_sample_at.replace(at);
         // A sampling gap is no evidence: whatever the loop did in it is unknown, so a busy run
@@ -415,6 +327,27 @@ impl Analyzer {
             }
         }
         run.evidence.add(thread, facts.library, gil_holder);
+    }
+
+    /// A sample of `tid` whose frames show no loop: if it ran one, either it stopped (its stack
+    /// still starts where the loop's did) or the read was torn (non-blocking reads race the
+    /// target, and a coroutine switching in or out leaves a stack cut short, e.g. [crunch,
+    /// step]).
+    fn no_loop_in_sample(&mut self, tid: u64, thread: &ThreadSample, at: Instant) {
+        let a = &mut self.analysis;
+        let Some(loop_thread) = a.loops.get_mut(&tid) else {
+            return;
+        };
+        if thread.frames.last() == Some(a.symbols.frames.get(loop_thread.base_frame)) {
+            self.close_run(tid, at, false);
+        } else {
+            loop_thread.torn_samples += 1;
+            // Torn frames, but the kernel has the thread waiting in epoll: whatever the frames
+            // were, the loop is in its selector now.
+            if waits_in_epoll(thread) {
+                self.went_idle(tid, at);
+            }
+        }
     }
 
     /// The loop of `tid` was seen idle at `at`: its busy run, if any, ends.
@@ -649,6 +582,33 @@ fn holder_culprit(symbols: &mut Symbols, holder: &ThreadSample) -> Option<FrameI
 /// I/O. Sync libraries called from callbacks wait with `poll`/`select`, not epoll.
 fn waits_in_epoll(thread: &ThreadSample) -> bool {
     matches!(&thread.os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr))
+}
+
+/// Where the loop is, by its frames corrected by what the kernel says; and whether it is
+/// stalled taking the GIL from `gil_holder`.
+fn with_kernel_view(
+    by_frames: LoopPosition,
+    thread: &ThreadSample,
+    gil_holder: Option<&ThreadSample>,
+) -> (LoopPosition, bool) {
+    match by_frames {
+        // uvloop's idle wait and its C code between callbacks look alike in the frames; the
+        // kernel tells them apart: a thread waiting in epoll is not running.
+        LoopPosition::Idle(LoopKind::Uvloop) if thread.os_state == OsState::Running => {
+            (LoopPosition::Internal(LoopKind::Uvloop), false)
+        }
+        // Back from its selector but stuck taking the GIL another thread holds: the loop
+        // cannot run, whatever its frames say.
+        LoopPosition::Idle(kind) if gil_holder.is_some() && waits_for_gil(thread) => {
+            (LoopPosition::Internal(kind), true)
+        }
+        // Loop bookkeeping by the frames while the kernel has the thread waiting in epoll: the
+        // frames were read a moment before the loop entered its selector.
+        LoopPosition::Internal(LoopKind::Selector) if waits_in_epoll(thread) => {
+            (LoopPosition::Idle(LoopKind::Selector), false)
+        }
+        position => (position, false),
+    }
 }
 
 /// Off CPU in `futex` without the GIL: how a thread waiting to take the GIL looks.
