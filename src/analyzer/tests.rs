@@ -1,6 +1,6 @@
 //! The analyzer fed made-up samples: incidents kept and counted, runs split and closed.
 use super::*;
-use crate::sample::ThreadSample;
+use crate::sample::{Frame, ThreadSample};
 
 fn frame(function: &str, file: &str) -> Frame {
     Frame {
