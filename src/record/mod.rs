@@ -7,23 +7,24 @@
 //! written at once (in `pid-<pid>/`), and combined files sit at the top of the output
 //! directory. A single target writes its files straight into the output directory.
 
+mod process;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::analyzer::{Analysis, Analyzer};
+use crate::analyzer::Analysis;
 use crate::error::{exit_code, LoopspyError};
 use crate::output::stream::Streams;
-use crate::output::{self, ProfileFormat, RecordingInfo, WrittenFiles};
+use crate::output::{self, ProfileFormat};
 use crate::remote::{self, procfs, AttachedTarget};
 use crate::sample::SamplerMessage;
-use crate::sampler::{SamplerOutcome, SamplerSettings, StopReason};
+use crate::sampler::{SamplerSettings, StopReason};
 use crate::session::{self, AnalysisSettings};
+use process::{info_for, Recorded, Stage};
 
 /// Validated settings for `loopspy record`.
 #[derive(Debug, Clone)]
@@ -70,110 +71,6 @@ const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// How many times a child that looks like Python but cannot be attached yet (still starting)
 /// is retried before it is left alone.
 const ATTACH_RETRIES: u32 = 20;
-
-/// One recorded process.
-struct Recorded {
-    pid: i32,
-    python_version: String,
-    command: String,
-    start_unix: f64,
-    dir: PathBuf,
-    stop: Arc<AtomicBool>,
-    /// Its `incidents.jsonl` (and checkpoint), until its files are written.
-    streams: Option<Streams>,
-    stage: Stage,
-}
-
-/// Where a recorded process is in its life.
-enum Stage {
-    /// Being sampled: its messages go to the analyzer.
-    Sampling {
-        sampler: JoinHandle<SamplerOutcome>,
-        analyzer: Analyzer,
-    },
-    /// Its sampler has stopped (`outcome`, None if it panicked); what it sent last still goes
-    /// to the analyzer.
-    Draining {
-        outcome: Option<SamplerOutcome>,
-        analyzer: Analyzer,
-    },
-    /// Analysis closed; files not written yet.
-    Ended {
-        outcome: Option<SamplerOutcome>,
-        analysis: Analysis,
-    },
-    /// Files written.
-    Written {
-        outcome: Option<SamplerOutcome>,
-        analysis: Analysis,
-        written: WrittenFiles,
-    },
-    /// Only while moving from one stage to the next.
-    Moving,
-}
-
-impl Recorded {
-    /// True while its sampler runs.
-    fn sampling(&self) -> bool {
-        matches!(self.stage, Stage::Sampling { .. })
-    }
-
-    /// Its sampler has finished (the process exited, or its duration ran out).
-    fn sampler_finished(&self) -> bool {
-        matches!(&self.stage, Stage::Sampling { sampler, .. } if sampler.is_finished())
-    }
-
-    fn outcome(&self) -> Option<&SamplerOutcome> {
-        match &self.stage {
-            Stage::Draining { outcome, .. }
-            | Stage::Ended { outcome, .. }
-            | Stage::Written { outcome, .. } => outcome.as_ref(),
-            _ => None,
-        }
-    }
-
-    fn analysis(&self) -> Option<&Analysis> {
-        match &self.stage {
-            Stage::Ended { analysis, .. } | Stage::Written { analysis, .. } => Some(analysis),
-            _ => None,
-        }
-    }
-
-    fn written(&self) -> Option<&WrittenFiles> {
-        match &self.stage {
-            Stage::Written { written, .. } => Some(written),
-            _ => None,
-        }
-    }
-
-    /// Joins the sampler (Sampling -> Draining). A sampler we stopped says `Interrupted`; its
-    /// reason is then `recording_reason`, why the recording stopped (its own clock started a
-    /// little later, after attaching, so the recording's duration usually runs out first).
-    fn join_sampler(&mut self, recording_reason: Option<StopReason>) -> Result<(), ()> {
-        if !self.sampling() {
-            return Ok(());
-        }
-        let Stage::Sampling { sampler, analyzer } =
-            std::mem::replace(&mut self.stage, Stage::Moving)
-        else {
-            unreachable!("checked: sampling");
-        };
-        let joined = sampler.join();
-        let panicked = joined.is_err();
-        let outcome = joined.ok().map(|mut outcome| {
-            if let (StopReason::Interrupted, Some(reason)) = (outcome.reason, recording_reason) {
-                outcome.reason = reason;
-            }
-            outcome
-        });
-        self.stage = Stage::Draining { outcome, analyzer };
-        if panicked {
-            Err(())
-        } else {
-            Ok(())
-        }
-    }
-}
 
 /// Everything being recorded.
 struct Recording<'a> {
@@ -631,21 +528,6 @@ impl Recording<'_> {
                 Err(_) => {}
             }
         }
-    }
-}
-
-fn info_for(p: &Recorded, settings: &RecordSettings, reason: StopReason) -> RecordingInfo {
-    RecordingInfo {
-        pid: p.pid,
-        python_version: p.python_version.clone(),
-        command: p.command.clone(),
-        rate_hz: settings.sampling.rate_hz,
-        threshold_ms: settings.threshold.as_secs_f64() * 1000.0,
-        blocking: settings.blocking,
-        stop_reason: p.outcome().map(|o| o.reason).unwrap_or(reason),
-        sampler: p.outcome().map(|o| o.stats.clone()).unwrap_or_default(),
-        start_unix: p.start_unix,
-        formats: settings.formats.clone(),
     }
 }
 
