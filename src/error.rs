@@ -55,6 +55,18 @@ pub enum LoopspyError {
         reason: String,
     },
 
+    /// The launched program ended before loopspy could read it (it ran too briefly, or failed
+    /// at once); loopspy exits with the program's own code.
+    #[error(
+        "`{command}` exited with code {code} before loopspy could read it; exiting with its code"
+    )]
+    LaunchedProgramExited {
+        /// The command line.
+        command: String,
+        /// Its exit code, as a shell reports it.
+        code: i32,
+    },
+
     /// Something else; the message carries the context.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -95,6 +107,7 @@ impl LoopspyError {
             LoopspyError::PermissionDenied { .. } => PERMISSION_DENIED,
             LoopspyError::OutputNotWritable { .. } => OUTPUT_NOT_WRITABLE,
             LoopspyError::LaunchFailed { .. } => LAUNCH_FAILED,
+            LoopspyError::LaunchedProgramExited { code, .. } => *code,
             LoopspyError::Other(_) => FAILURE,
         }
     }

@@ -29,6 +29,11 @@ fn main() {
     };
     let code = match result {
         Ok(code) => code,
+        // The launched program's own ending is news, not loopspy's error.
+        Err(err @ loopspy::error::LoopspyError::LaunchedProgramExited { .. }) => {
+            eprintln!("loopspy: {err}");
+            err.exit_code()
+        }
         Err(err) => {
             eprintln!("loopspy: error: {err}");
             err.exit_code()

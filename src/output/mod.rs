@@ -164,6 +164,40 @@ fn flamegraph_title(analysis: &Analysis, info: &RecordingInfo) -> String {
 }
 
 /// Makes sure `dir` exists and is writable, before any sampling starts.
+/// Checks, leaving nothing behind, that `dir` could be written: a probe file in it when it
+/// exists, else a probe directory made and removed in its nearest existing ancestor. An early
+/// failure (wrong PID, ...) then leaves no empty directory; [`prepare_dir`] creates it when
+/// there is something to write.
+pub fn check_dir_writable(dir: &Path) -> Result<(), crate::error::LoopspyError> {
+    let fail = |reason: String| crate::error::LoopspyError::OutputNotWritable {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let absolute = std::path::absolute(dir).map_err(|e| fail(e.to_string()))?;
+    let mut at = absolute.as_path();
+    loop {
+        match std::fs::metadata(at) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => return Err(fail(format!("{} is not a directory", at.display()))),
+            Err(_) => match at.parent() {
+                Some(parent) => at = parent,
+                None => return Err(fail("no existing parent directory".into())),
+            },
+        }
+    }
+    if at == absolute {
+        let probe = at.join(".loopspy-write-test");
+        std::fs::write(&probe, b"ok").map_err(|e| fail(e.to_string()))?;
+        let _ = std::fs::remove_file(&probe);
+    } else {
+        let probe = at.join(format!(".loopspy-probe-{}", std::process::id()));
+        std::fs::create_dir(&probe).map_err(|e| fail(format!("{}: {e}", at.display())))?;
+        let _ = std::fs::remove_dir(&probe);
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) and checks a file can be written in it.
 pub fn prepare_dir(dir: &Path) -> Result<(), crate::error::LoopspyError> {
     let fail = |reason: String| crate::error::LoopspyError::OutputNotWritable {
         path: dir.to_path_buf(),

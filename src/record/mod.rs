@@ -90,9 +90,10 @@ struct Recording<'a> {
 /// Runs the command; returns the process exit code on success (0; `NO_EVENT_LOOP` when no
 /// target ever ran an event loop; with `--fail-on-block`, `BLOCKED` or the command's own code).
 pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
-    // An explicit output directory is checked before anything is attached or launched.
+    // An explicit output directory is checked before anything is attached or launched, and
+    // created only once there is something to write in it.
     if let Some(dir) = &settings.output {
-        output::prepare_dir(dir)?;
+        output::check_dir_writable(dir)?;
     }
     let interrupted = session::interrupt_flag();
 
@@ -118,32 +119,16 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
         .output
         .clone()
         .unwrap_or_else(|| default_output_dir(first_pid));
-    if settings.output.is_none() {
-        if let Err(err) = output::prepare_dir(&dir) {
+    let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+    let started = start_recording(&settings, dir, fleet, tx, targets);
+    let mut rec = match started {
+        Ok(rec) => rec,
+        Err(err) => {
+            // A program we launched must not outlive a recording that could not start.
             stop_child(child.as_mut());
             return Err(err);
         }
-    }
-
-    let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
-    let mut rec = Recording {
-        settings: &settings,
-        fleet_stream: if fleet {
-            Some(Streams::create(&dir).map_err(|e| not_writable(&dir, e))?)
-        } else {
-            None
-        },
-        dir,
-        fleet,
-        started: Instant::now(),
-        tx,
-        processes: BTreeMap::new(),
-        stream_error: None,
-        skipped: BTreeMap::new(),
     };
-    for target in targets {
-        rec.add(target)?;
-    }
 
     let reason = sample_until_stopped(&mut rec, &rx, &interrupted, &roots);
 
@@ -195,6 +180,36 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
     }
 
     report(&mut rec, &settings, reason, child_status, first_pid)
+}
+
+/// Creates the output directory and starts sampling every target.
+fn start_recording(
+    settings: &RecordSettings,
+    dir: PathBuf,
+    fleet: bool,
+    tx: Sender<SamplerMessage>,
+    targets: Vec<AttachedTarget>,
+) -> Result<Recording<'_>, LoopspyError> {
+    output::prepare_dir(&dir)?;
+    let mut rec = Recording {
+        settings,
+        fleet_stream: if fleet {
+            Some(Streams::create(&dir).map_err(|e| not_writable(&dir, e))?)
+        } else {
+            None
+        },
+        dir,
+        fleet,
+        started: Instant::now(),
+        tx,
+        processes: BTreeMap::new(),
+        stream_error: None,
+        skipped: BTreeMap::new(),
+    };
+    for target in targets {
+        rec.add(target)?;
+    }
+    Ok(rec)
 }
 
 /// Writes the combined files of a fleet, prints the summary and the gate's verdict; the exit
@@ -255,6 +270,15 @@ fn report(
         return Ok(child_status.map(exit_code_of).unwrap_or(0));
     }
     if analyses.iter().all(|(_, a)| a.loops.is_empty()) {
+        // A launched program that ended before running a loop (a typo in its path, a script
+        // that failed at import): its own exit code says more than ours.
+        if let (Some(status), StopReason::TargetExited) = (child_status, reason) {
+            let code = exit_code_of(status);
+            eprintln!(
+                "loopspy: the launched program exited with code {code} before any asyncio event loop was seen; exiting with its code"
+            );
+            return Ok(code);
+        }
         eprintln!(
             "loopspy: no asyncio event loop was seen in pid {first_pid} (is it running one? use --thread TID to name the loop thread); the flame graph of its threads was written"
         );

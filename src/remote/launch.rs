@@ -36,9 +36,13 @@ pub fn launch(argv: &[String], blocking: bool) -> Result<LaunchedProcess, Loopsp
     let mut last_error = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(LoopspyError::LaunchFailed {
+            use std::os::unix::process::ExitStatusExt;
+            let code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            return Err(LoopspyError::LaunchedProgramExited {
                 command: command_text,
-                reason: format!("it exited ({status}) before a Python interpreter was found in it"),
+                code,
             });
         }
         for pid in procfs::process_tree(root) {

@@ -131,6 +131,10 @@ impl TargetReader {
                 if own_reader_agrees(&mut own, &mut spy) {
                     return Some(own);
                 }
+                // A program that ended during the check disagreed with nothing.
+                if !crate::remote::procfs::is_alive(pid) {
+                    return None;
+                }
                 eprintln!(
                     "loopspy: warning: pid {pid} (Python {}): loopspy's own stack reader does not read this interpreter the way py-spy does; sampling with py-spy's reader instead (about 0.7 of a core at 1 kHz: lower --rate if that is too much)",
                     spy.version

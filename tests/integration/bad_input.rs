@@ -333,3 +333,83 @@ fn attach_is_the_same_command_as_record() {
         run.stderr
     );
 }
+
+#[test]
+fn a_launched_program_that_ends_before_a_loop_gives_its_own_exit_code() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let py = python.to_str().unwrap();
+    // A missing script: Python's own exit code 2, said in words, files still written.
+    let run = run_loopspy(
+        &[
+            "record",
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            py,
+            "/nonexistent/missing.py",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code(), 2, "{}", run.stderr);
+    assert!(run.stderr.contains("exited with code 2"), "{}", run.stderr);
+    assert!(!run.stderr.contains("--thread"), "{}", run.stderr);
+    // A program too short to be read at all: its code (0), and no false reader warning.
+    let out2 = dir.path().join("out2");
+    let run = run_loopspy(
+        &[
+            "record",
+            "-o",
+            out2.to_str().unwrap(),
+            "--",
+            py,
+            "-c",
+            "print('hi')",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("does not read this interpreter"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("error"), "{}", run.stderr);
+    let run = run_loopspy(
+        &[
+            "record",
+            "-o",
+            out2.to_str().unwrap(),
+            "--",
+            py,
+            "-c",
+            "import sys; sys.exit(5)",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code(), 5, "{}", run.stderr);
+}
+
+#[test]
+fn an_early_failure_leaves_no_output_directory_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("new").join("out");
+    let run = run_loopspy(
+        &["record", "--pid", "99999999", "-o", out.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code(), NO_SUCH_PROCESS, "{}", run.stderr);
+    assert!(
+        !dir.path().join("new").exists(),
+        "an empty output directory was left behind"
+    );
+    // An unwritable place is still refused before anything is attached.
+    let run = run_loopspy(
+        &["record", "--pid", "99999999", "-o", "/proc/loopspy-out"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.code(), 7, "{}", run.stderr);
+}
