@@ -16,20 +16,6 @@ pub fn read_exact(pid: i32, addr: usize, buf: &mut [u8]) -> io::Result<()> {
     }
 }
 
-/// Reads `len` bytes at `addr`, or `None`.
-pub fn read_vec(pid: i32, addr: usize, len: usize) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    read_exact(pid, addr, &mut buf).ok()?;
-    Some(buf)
-}
-
-/// Reads a native-endian pointer-sized word at `addr`.
-pub fn read_word(pid: i32, addr: usize) -> Option<u64> {
-    let mut buf = [0u8; 8];
-    read_exact(pid, addr, &mut buf).ok()?;
-    Some(u64::from_ne_bytes(buf))
-}
-
 /// The pointer-sized word at `offset` of a buffer read earlier.
 pub fn word_at(buf: &[u8], offset: usize) -> u64 {
     buf.get(offset..offset + 8)
@@ -38,8 +24,8 @@ pub fn word_at(buf: &[u8], offset: usize) -> u64 {
         .unwrap_or(0)
 }
 
-/// Where the stack reader gets the target's bytes from: the live process, or, in the reader's
-/// property tests, a made-up memory image full of garbage.
+/// Where the stack and task readers get the target's bytes from: the live process, or, in the
+/// readers' property tests, a made-up memory image full of garbage.
 pub trait RemoteMemory {
     /// Fills `buf` from `addr`; false when any byte of the range cannot be read.
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
@@ -57,3 +43,7 @@ impl RemoteMemory for ProcessMemory {
         addr != 0 && read_exact(self.pid, addr as usize, buf).is_ok()
     }
 }
+
+#[cfg(test)]
+#[path = "fake_memory.rs"]
+pub(crate) mod fake;

@@ -5,54 +5,87 @@
 //! offsets in `python_offsets/`. Addresses found once (the dict) are cached; everything else is
 //! read fresh each tick, because a freed task's address is soon reused by another object.
 //! Any read that does not add up (torn state, an unexpected object) yields no task, never a
-//! wrong one: every object read is type-checked by its type's name.
+//! wrong one: every object read is type-checked by its type's name, and a task must name the
+//! loop it is filed under as its own.
+//!
+//! The reader sees the target only through [`RemoteMemory`], so its tests run it on made-up
+//! memory images (`tasks_tests.rs`); the sampler gives it the live process ([`ProcessMemory`]).
+//! Every address read from the target is added to with wrapping arithmetic: a garbage word
+//! must give no task, not an overflow panic.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::memory::{read_vec, read_word, word_at};
+use super::memory::{word_at, ProcessMemory, RemoteMemory};
 use super::offsets::PythonOffsets;
 use crate::sample::{RunningTask, TaskGeneration};
 
 /// A dict's header and its keys table's header.
 struct DictTable {
     header: Vec<u8>,
-    keys: usize,
+    keys: u64,
     keys_header: Vec<u8>,
 }
 
-/// Reads running tasks of one process.
-pub struct TaskReader {
-    pid: i32,
+/// The types the reader tells apart, by their `tp_name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TypeName {
+    Dict,
+    Str,
+    Int,
+    /// Any other name.
+    Other,
+}
+
+/// Reads running tasks of one process through `M`: the live process by default (so the
+/// sampler's `Option<TaskReader>` names no memory), fake memory in the tests.
+pub struct TaskReader<M = ProcessMemory> {
+    mem: M,
     offsets: PythonOffsets,
     /// Address of the interpreter's `modules` pointer (sys.modules).
-    modules_ptr: usize,
-    current_tasks: Option<usize>,
+    modules_ptr: u64,
+    current_tasks: Option<u64>,
+    /// A task has been read from `current_tasks`: it is the live dict, not looked up again.
+    confirmed: bool,
     next_lookup: Instant,
     lookup_retry: Duration,
-    type_names: HashMap<u64, String>,
+    type_names: HashMap<u64, TypeName>,
     /// The tasks read at the last generation.
     last: Option<(TaskGeneration, Vec<RunningTask>)>,
 }
 
-/// How soon to look for `asyncio.tasks` again after a lookup found nothing: at first soon (a
-/// program launched under loopspy imports asyncio a moment later, and a lookup can be torn by
-/// the target changing `sys.modules`), then doubling up to [`LOOKUP_RETRY_MAX`] so a program
-/// without asyncio costs nothing.
+/// How soon to look for `asyncio.tasks` again after a lookup found nothing (or a dict no task
+/// has been read from yet): at first soon (a program launched under loopspy imports asyncio a
+/// moment later, and a lookup can be torn by the target changing `sys.modules`), then doubling
+/// up to [`LOOKUP_RETRY_MAX`] so a program without asyncio costs nothing.
 const LOOKUP_RETRY_FIRST: Duration = Duration::from_millis(10);
 const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Upper bounds that keep a garbage read from turning into a huge one.
 const MAX_ENTRIES: u64 = 1 << 16;
 const MAX_STR: u64 = 1024;
+/// Type objects whose names are remembered.
+const MAX_TYPES: usize = 256;
+/// `PyObject_HEAD`'s `ob_type`.
+const OB_TYPE: u64 = 8;
+/// `fut_loop` of `_asyncio.Task`: the first field after `PyObject_HEAD` in `FutureObj_HEAD`
+/// (`Modules/_asynciomodule.c`, 3.8–3.13, subclasses of `asyncio.Task` included). A task step
+/// files its task under this loop (`enter_task(state, task->task_loop, task)`), so a value of
+/// the dict that does not name its key here is no task: a torn read of a keys table freed and
+/// reused by another dict, or a task freed and its memory reused.
+const TASK_LOOP: u64 = 16;
+/// `dk_nentries` in the keys header, per `keys_layout`.
+const NENTRIES_311: usize = 24;
+const NENTRIES_38: usize = 32;
 
-impl TaskReader {
-    /// A reader for `pid`, whose `sys.modules` pointer lives at `modules_ptr`.
-    pub fn new(pid: i32, offsets: PythonOffsets, modules_ptr: usize) -> Self {
+impl<M: RemoteMemory> TaskReader<M> {
+    /// A reader of the process behind `mem`, whose `sys.modules` pointer lives at `modules_ptr`.
+    pub fn new(mem: M, offsets: PythonOffsets, modules_ptr: usize) -> Self {
         TaskReader {
-            pid,
+            mem,
             offsets,
-            modules_ptr,
+            modules_ptr: modules_ptr as u64,
             current_tasks: None,
+            confirmed: false,
             next_lookup: Instant::now(),
             lookup_retry: LOOKUP_RETRY_FIRST,
             type_names: HashMap::new(),
@@ -63,7 +96,12 @@ impl TaskReader {
     /// Tasks being stepped right now (usually none or one per loop), and the generation of
     /// the `{loop: task}` dict.
     pub fn running_tasks(&mut self) -> (Vec<RunningTask>, Option<TaskGeneration>) {
-        let Some(table) = self.current_tasks_dict().and_then(|d| self.read_dict(d)) else {
+        self.running_tasks_at(Instant::now())
+    }
+
+    /// [`Self::running_tasks`] at `now` (which times the lookup retries).
+    fn running_tasks_at(&mut self, now: Instant) -> (Vec<RunningTask>, Option<TaskGeneration>) {
+        let Some(table) = self.current_tasks_dict(now).and_then(|d| self.read_dict(d)) else {
             return (Vec::new(), None);
         };
         // Every task step inserts its task into the dict (`_enter_task`) and deletes it after
@@ -71,7 +109,7 @@ impl TaskReader {
         // the entry count only grows, until the dict outgrows its keys table and gets a new
         // one: the keys table's address and entry count change with every step.
         let generation = TaskGeneration {
-            keys: table.keys as u64,
+            keys: table.keys,
             entries: self.entry_count(&table),
         };
         if word_at(&table.header, self.offsets.dict.ma_used) == 0 {
@@ -95,46 +133,58 @@ impl TaskReader {
         }
         let tasks: Vec<RunningTask> = entries
             .into_iter()
-            .filter_map(|(_, task)| self.read_task(task))
+            .filter_map(|(event_loop, task)| self.read_task(event_loop, task))
             .collect();
+        self.confirmed |= !tasks.is_empty();
         self.last = Some((generation, tasks.clone()));
         (tasks, Some(generation))
     }
 
-    fn current_tasks_dict(&mut self) -> Option<usize> {
-        if self.current_tasks.is_none() && Instant::now() >= self.next_lookup {
-            self.next_lookup = Instant::now() + self.lookup_retry;
+    /// The `_current_tasks` dict, looked up on the retry schedule until a task has been read
+    /// from it. A dict found but never seen holding a task is looked up again because
+    /// `asyncio/tasks.py` first binds `_current_tasks = {}`, a placeholder, and only at its
+    /// end rebinds it to the C module's dict: a lookup while asyncio is being imported (what
+    /// the quick first retries are for) can find the placeholder, which no task ever enters.
+    fn current_tasks_dict(&mut self, now: Instant) -> Option<u64> {
+        if !self.confirmed && now >= self.next_lookup {
+            self.next_lookup = now + self.lookup_retry;
             self.lookup_retry = (self.lookup_retry * 2).min(LOOKUP_RETRY_MAX);
-            self.current_tasks = self.find_current_tasks();
+            if let Some(found) = self.find_current_tasks() {
+                if self.current_tasks != Some(found) {
+                    self.current_tasks = Some(found);
+                    self.last = None;
+                }
+            }
         }
         self.current_tasks
     }
 
-    fn find_current_tasks(&mut self) -> Option<usize> {
-        let modules = read_word(self.pid, self.modules_ptr)? as usize;
+    fn find_current_tasks(&mut self) -> Option<u64> {
+        let modules = self.read_word(self.modules_ptr)?;
         let module = self.dict_get(modules, "asyncio.tasks")?;
-        let module_dict = read_word(self.pid, module + self.offsets.module.md_dict)? as usize;
+        let md_dict = module.wrapping_add(self.offsets.module.md_dict as u64);
+        let module_dict = self.read_word(md_dict)?;
         let current = self.dict_get(module_dict, "_current_tasks")?;
-        (self.type_name(current as u64)? == "dict").then_some(current)
+        (self.type_name(current)? == TypeName::Dict).then_some(current)
     }
 
-    fn dict_get(&mut self, dict: usize, key: &str) -> Option<usize> {
+    fn dict_get(&mut self, dict: u64, key: &str) -> Option<u64> {
         self.dict_entries(dict)?
             .into_iter()
-            .find(|(k, _)| self.read_str(*k).as_deref() == Some(key))
-            .map(|(_, v)| v as usize)
+            .find(|&(k, _)| self.str_equals(k, key))
+            .map(|(_, v)| v)
     }
 
     /// (key, value) of every live entry of a combined-table dict.
-    fn dict_entries(&self, dict: usize) -> Option<Vec<(u64, u64)>> {
+    fn dict_entries(&self, dict: u64) -> Option<Vec<(u64, u64)>> {
         self.entries(&self.read_dict(dict)?)
     }
 
     /// A dict's header and its keys table's header, read once.
-    fn read_dict(&self, dict: usize) -> Option<DictTable> {
-        let header = read_vec(self.pid, dict, 48)?;
-        let keys = word_at(&header, self.offsets.dict.ma_keys) as usize;
-        let keys_header = read_vec(self.pid, keys, 40)?;
+    fn read_dict(&self, dict: u64) -> Option<DictTable> {
+        let header = self.read_vec(dict, 48)?;
+        let keys = word_at(&header, self.offsets.dict.ma_keys);
+        let keys_header = self.read_vec(keys, 40)?;
         Some(DictTable {
             header,
             keys,
@@ -145,9 +195,9 @@ impl TaskReader {
     /// `dk_nentries`: entries used in the keys table, live or deleted.
     fn entry_count(&self, table: &DictTable) -> u64 {
         let at = if self.offsets.dict.keys_layout == "3.11" {
-            24
+            NENTRIES_311
         } else {
-            32
+            NENTRIES_38
         };
         word_at(&table.keys_header, at)
     }
@@ -166,7 +216,8 @@ impl TaskReader {
                 return None;
             }
             let (size, key_at) = if kind == 0 { (24, 8) } else { (16, 0) };
-            (keys + 32 + (1usize << log2_index_bytes), size, key_at)
+            let indices = 32 + (1u64 << log2_index_bytes);
+            (keys.wrapping_add(indices), size, key_at)
         } else {
             let dk_size = word_at(keys_header, 8);
             let width = match dk_size {
@@ -175,13 +226,14 @@ impl TaskReader {
                 0x1_0000..=0xffff_ffff => 4,
                 _ => 8,
             };
-            (keys + 40 + (dk_size as usize).checked_mul(width)?, 24, 8)
+            let indices = dk_size.checked_mul(width)?.checked_add(40)?;
+            (keys.wrapping_add(indices), 24, 8)
         };
         let count = self.entry_count(table);
         if count > MAX_ENTRIES {
             return None;
         }
-        let raw = read_vec(self.pid, entries, count as usize * size)?;
+        let raw = self.read_vec(entries, count as usize * size)?;
         Some(
             raw.chunks_exact(size)
                 .map(|e| (word_at(e, key_at), word_at(e, key_at + 8)))
@@ -190,17 +242,27 @@ impl TaskReader {
         )
     }
 
-    fn read_task(&mut self, task: u64) -> Option<RunningTask> {
+    /// The task at `task`, filed under `event_loop`; None unless it is one.
+    fn read_task(&mut self, event_loop: u64, task: u64) -> Option<RunningTask> {
         let o = self.offsets.task.clone();
-        let fields = read_vec(self.pid, task as usize + o.task_coro, 16)?;
+        if self.read_word(task.wrapping_add(TASK_LOOP))? != event_loop {
+            return None;
+        }
+        let fields = self.read_vec(task.wrapping_add(o.task_coro as u64), 16)?;
         let (coro, name_obj) = (word_at(&fields, 0), word_at(&fields, 8));
-        let name = match self.type_name(name_obj)?.as_str() {
-            "str" => self.read_str(name_obj)?,
-            "int" if o.lazy_int_names => format!("Task-{}", self.read_small_int(name_obj)?),
+        let name = match self.type_name(name_obj)? {
+            TypeName::Str => self.read_str(name_obj)?,
+            TypeName::Int if o.lazy_int_names => {
+                format!("Task-{}", self.read_small_int(name_obj)?)
+            }
             _ => return None,
         };
-        let qualname = read_word(self.pid, coro as usize + self.offsets.coro.qualname)?;
-        let coroutine = self.read_str(qualname).unwrap_or_default();
+        let qualname_at = coro.wrapping_add(self.offsets.coro.qualname as u64);
+        let coroutine = self
+            .read_word(qualname_at)
+            .filter(|&qualname| self.type_name(qualname) == Some(TypeName::Str))
+            .and_then(|qualname| self.read_str(qualname))
+            .unwrap_or_default();
         Some(RunningTask {
             address: task,
             name,
@@ -208,30 +270,53 @@ impl TaskReader {
         })
     }
 
-    /// The `tp_name` of an object's type; types live for the whole process, so cached.
-    fn type_name(&mut self, obj: u64) -> Option<String> {
-        let ty = read_word(self.pid, obj as usize + 8)?;
-        if let Some(name) = self.type_names.get(&ty) {
-            return Some(name.clone());
+    /// What the `tp_name` of an object's type is, of the names the reader tells apart; types
+    /// live for the whole process, so cached. Only the bytes that tell them apart are read (a
+    /// name in the last bytes of a mapping stays readable).
+    fn type_name(&mut self, obj: u64) -> Option<TypeName> {
+        let ty = self.read_word(obj.wrapping_add(OB_TYPE))?;
+        if let Some(&name) = self.type_names.get(&ty) {
+            return Some(name);
         }
-        let tp_name = read_word(self.pid, ty as usize + self.offsets.r#type.tp_name)?;
-        let raw = read_vec(self.pid, tp_name as usize, 32)?;
-        let end = raw.iter().position(|&b| b == 0)?;
-        let name = String::from_utf8(raw[..end].to_vec()).ok()?;
-        if self.type_names.len() < 256 {
-            self.type_names.insert(ty, name.clone());
+        let tp_name = self.read_word(ty.wrapping_add(self.offsets.r#type.tp_name as u64))?;
+        let mut start = [0u8; 4];
+        if !self.mem.read(tp_name, &mut start) {
+            return None;
+        }
+        let name = match &start {
+            b"str\0" => TypeName::Str,
+            b"int\0" => TypeName::Int,
+            b"dict" => {
+                let mut end = [0xffu8];
+                if !self.mem.read(tp_name.wrapping_add(4), &mut end) {
+                    return None;
+                }
+                if end[0] == 0 {
+                    TypeName::Dict
+                } else {
+                    TypeName::Other
+                }
+            }
+            _ => TypeName::Other,
+        };
+        if self.type_names.len() < MAX_TYPES {
+            self.type_names.insert(ty, name);
         }
         Some(name)
     }
 
-    /// A compact str (ASCII or Latin-1); None for anything else.
-    fn read_str(&self, obj: u64) -> Option<String> {
+    /// The length, width and data address of a compact str (any of the three widths); None
+    /// for anything else or one longer than [`MAX_STR`].
+    fn str_shape(&self, obj: u64) -> Option<StrShape> {
         let o = &self.offsets.unicode;
-        let header = read_vec(self.pid, obj as usize, o.compact_data)?;
+        // The fixed part every compact str has (a short ASCII str can end its mapping right
+        // after its data, so read no further than that).
+        let header = self.read_vec(obj, o.ascii_data)?;
         let length = word_at(&header, o.length);
         let state = u32::from_ne_bytes(header.get(o.state..o.state + 4)?.try_into().ok()?);
         let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
-        if length > MAX_STR || compact == 0 || kind != 1 {
+        let plausible = matches!((kind, ascii), (1, _) | (2 | 4, 0));
+        if length > MAX_STR || compact == 0 || !plausible {
             return None;
         }
         let data = if ascii == 1 {
@@ -239,14 +324,44 @@ impl TaskReader {
         } else {
             o.compact_data
         };
-        let bytes = read_vec(self.pid, obj as usize + data, length as usize)?;
-        Some(bytes.iter().map(|&b| b as char).collect())
+        Some(StrShape {
+            chars: length as usize,
+            width: kind as usize,
+            ascii: ascii == 1,
+            data: obj.wrapping_add(data as u64),
+        })
+    }
+
+    /// A compact str; None for anything else.
+    fn read_str(&self, obj: u64) -> Option<String> {
+        let shape = self.str_shape(obj)?;
+        let bytes = self.read_vec(shape.data, shape.chars * shape.width)?;
+        match shape.width {
+            1 if shape.ascii => String::from_utf8(bytes).ok().filter(|s| s.is_ascii()),
+            1 => Some(bytes.iter().map(|&b| b as char).collect()),
+            2 => bytes
+                .chunks_exact(2)
+                .map(|c| char::from_u32(u16::from_ne_bytes([c[0], c[1]]) as u32))
+                .collect(),
+            _ => bytes
+                .chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        }
+    }
+
+    /// Whether `obj` is a compact str equal to `text`, reading its data only when its length
+    /// matches (most keys of `sys.modules` are other names).
+    fn str_equals(&self, obj: u64, text: &str) -> bool {
+        self.str_shape(obj)
+            .filter(|shape| shape.chars == text.chars().count())
+            .is_some_and(|_| self.read_str(obj).as_deref() == Some(text))
     }
 
     /// A non-negative int of at most two 30-bit digits.
     fn read_small_int(&self, obj: u64) -> Option<u64> {
         let o = &self.offsets.long;
-        let raw = read_vec(self.pid, obj as usize, o.digits + 8)?;
+        let raw = self.read_vec(obj, o.digits + 8)?;
         let tag = word_at(&raw, o.tag);
         let ndigits = if o.tagged {
             if tag & 3 == 2 {
@@ -270,4 +385,32 @@ impl TaskReader {
             _ => None,
         }
     }
+
+    /// Reads `len` bytes at `addr`, or `None`.
+    fn read_vec(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.mem.read(addr, &mut buf).then_some(buf)
+    }
+
+    /// Reads a native-endian pointer-sized word at `addr`.
+    fn read_word(&self, addr: u64) -> Option<u64> {
+        let mut buf = [0u8; 8];
+        self.mem
+            .read(addr, &mut buf)
+            .then(|| u64::from_ne_bytes(buf))
+    }
 }
+
+/// Where a compact str's characters are.
+struct StrShape {
+    chars: usize,
+    /// Bytes a character: 1, 2 or 4.
+    width: usize,
+    /// Flagged ASCII (data after the shorter header; every byte below 0x80).
+    ascii: bool,
+    data: u64,
+}
+
+#[cfg(test)]
+#[path = "tasks_tests.rs"]
+mod tests;

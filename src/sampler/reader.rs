@@ -114,9 +114,13 @@ impl TargetReader {
     fn with_spy(mut spy: PythonSpy, settings: &SamplerSettings) -> Self {
         let pid = spy.pid;
         let table = offsets::for_minor(spy.version.minor).filter(|_| spy.version.major == 3);
-        let tasks = table
-            .clone()
-            .map(|table| TaskReader::new(pid, table, spy.addresses.imports_modules_address));
+        let tasks = table.clone().map(|table| {
+            TaskReader::new(
+                ProcessMemory { pid },
+                table,
+                spy.addresses.imports_modules_address,
+            )
+        });
         let own = table
             .filter(|_| settings.reader == ReaderKind::Own)
             .map(|table| {
