@@ -209,13 +209,8 @@ impl Analyzer {
         loop_thread.saw(kind, thread.name.as_deref());
         let first_sample = loop_thread.last_sample_at.is_none();
         let previous = loop_thread.last_sample_at.replace(at);
-        // A sampling gap is no evidence: whatever the loop did in it is unknown, so a busy run
-        // is not stretched across it (it ends at its last busy sample, and a new one starts).
-        if previous.is_some_and(|p| at.saturating_duration_since(p) > self.settings.gap()) {
-            self.close_run(tid, at, false);
-        }
-        let a = &mut self.analysis;
-        let loop_thread = a.loops.get_mut(&tid).expect("known loop thread");
+        let after_gap =
+            previous.is_some_and(|p| at.saturating_duration_since(p) > self.settings.gap());
 
         if !position.is_busy() {
             self.went_idle(tid, at);
@@ -246,6 +241,14 @@ impl Analyzer {
             }
             _ => (None, None),
         };
+        // A sampling gap is no evidence: what the loop did in it is unknown, so a busy run is
+        // not stretched across it (it ends at its last busy sample, and a new one starts) —
+        // unless the target itself proves no other step ran: the same task is being stepped
+        // and asyncio's running-task table did not change (every step start and end changes
+        // it), so one task step went on through the gap.
+        if after_gap && !self.same_step_across_gap(tid, key, sample.task_generation) {
+            self.close_run(tid, at, false);
+        }
         let run_once_line = facts.run_once_line;
         let split_at = self.run_boundary(
             tid,
@@ -356,6 +359,23 @@ impl Analyzer {
         if let Some(l) = self.analysis.loops.get_mut(&tid) {
             l.last_idle_at = Some(at);
         }
+    }
+
+    /// Whether the busy run of `tid` was in the step of the task `key` names, under the same
+    /// running-task table `generation` (only with one loop in the process: loops share it).
+    fn same_step_across_gap(
+        &self,
+        tid: u64,
+        key: Option<CallbackKey>,
+        generation: Option<TaskGeneration>,
+    ) -> bool {
+        let (Some(key), Some(generation)) = (key, generation) else {
+            return false;
+        };
+        let single_loop = self.analysis.loops.len() == 1;
+        let run = self.analysis.loops.get(&tid).and_then(|l| l.run.as_ref());
+        single_loop
+            && run.is_some_and(|run| run.same_task(&key) && run.task_generation == Some(generation))
     }
 
     /// Where the busy run of `tid` must end before this busy sample because the loop went

@@ -94,3 +94,66 @@ fn keeps_the_worst_incidents_and_counts_all() {
     );
     assert_eq!(analysis.timeline.len(), 5);
 }
+
+/// `sample` with `task` (its address) being stepped under table generation `generation`.
+fn with_task(message: SamplerMessage, task: Option<u64>, generation: u64) -> SamplerMessage {
+    let SamplerMessage::Sample(mut s) = message else {
+        unreachable!()
+    };
+    s.running_tasks = task
+        .map(|address| RunningTask {
+            address,
+            name: "Task-1".into(),
+            coroutine: "handler".into(),
+        })
+        .into_iter()
+        .collect();
+    s.task_generation = Some(TaskGeneration {
+        keys: 7,
+        entries: generation,
+    });
+    SamplerMessage::Sample(s)
+}
+
+fn gap_settings() -> AnalyzerSettings {
+    AnalyzerSettings {
+        threshold: Duration::from_millis(50),
+        interval: Duration::from_millis(1),
+        only_thread: None,
+        pid: std::process::id() as i32,
+        max_incidents: 10,
+        stream: false,
+        timeline: false,
+    }
+}
+
+/// 30 ms busy in `handler`, a 40 ms sampling gap, 30 ms busy again, then idle: what comes of it
+/// when the samples after the gap are in generation `after`, with or without a task.
+fn across_a_gap(task: Option<u64>, after: u64) -> Vec<f64> {
+    let mut analyzer = Analyzer::new(gap_settings());
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    analyzer.feed(with_task(sample(ms(0), None), None, 1));
+    for n in 1..=30 {
+        analyzer.feed(with_task(sample(ms(n), Some("handler")), task, 2));
+    }
+    for n in 70..=100 {
+        analyzer.feed(with_task(sample(ms(n), Some("handler")), task, after));
+    }
+    analyzer.feed(with_task(sample(ms(101), None), None, after + 1));
+    let analysis = analyzer.finish();
+    assert_eq!(analysis.gaps.count, 1);
+    analysis.incidents.iter().map(|i| i.duration_ms).collect()
+}
+
+#[test]
+fn a_sampling_gap_is_bridged_only_when_the_same_task_step_went_on() {
+    // The same task, the running-task table untouched: one step went on through the gap.
+    let bridged = across_a_gap(Some(0xabc), 2);
+    assert_eq!(bridged.len(), 1, "{bridged:?}");
+    assert!((bridged[0] - 100.0).abs() <= 2.0, "{bridged:?}");
+    // The table changed (another step ran), or no task to prove it: two short runs, no
+    // incident made of the gap.
+    assert!(across_a_gap(Some(0xabc), 3).is_empty());
+    assert!(across_a_gap(None, 2).is_empty());
+}

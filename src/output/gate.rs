@@ -4,11 +4,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::analyzer::cause::suggestion;
+use super::incident_text::{self, Style};
 use crate::analyzer::incident::Incident;
 use crate::analyzer::loop_detect::is_loop_entry;
 use crate::analyzer::Analysis;
-use crate::text::{self, frame_label};
+use crate::text::frame_label;
 
 /// Incidents at least `limit` long, longest first.
 pub fn offenders(analysis: &Analysis, limit: Duration) -> Vec<&Incident> {
@@ -45,24 +45,7 @@ pub fn render(offenders: &[(&Analysis, &Incident)], limit: Duration) -> String {
             incident.pid,
             incident.thread_id
         );
-        if let Some(source) = &incident.culprit_source {
-            let _ = writeln!(out, "    > {}", text::human(source, text::SOURCE_CHARS));
-        }
-        if let Some(task) = &incident.task {
-            let _ = writeln!(
-                out,
-                "    task: {} (coroutine {})",
-                text::name(&task.name),
-                text::name(&task.coroutine)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "    cause: {} — {}",
-            incident.cause.category,
-            text::human(&incident.cause.detail, 400)
-        );
-        let _ = writeln!(out, "    fix: {}", suggestion(incident.cause.category));
+        incident_text::write_details(&mut out, Style::Plain, "    ", incident);
         let _ = writeln!(out, "    stack (innermost first, down to the event loop):");
         let frames: Vec<_> = analysis.symbols.stack_frames(incident.stack).collect();
         // The callback's frames and the loop's entry are what matter; the test runner's own

@@ -5,6 +5,7 @@
 pub mod flamegraph;
 pub mod fleet;
 pub mod gate;
+pub mod incident_text;
 pub mod json;
 pub mod perfetto;
 pub mod report;
@@ -211,11 +212,12 @@ pub fn prepare_dir(dir: &Path) -> Result<(), crate::error::LoopspyError> {
 }
 
 /// loopspy's own peak resident memory so far, MiB (what the memory budget in
-/// docs/how-it-works.md is checked against).
+/// docs/how-it-works.md is checked against): `VmHWM` of `/proc/self/status`. Not getrusage's
+/// `ru_maxrss`, which Linux carries over `execve` from the process that forked us (a test
+/// harness or shell that was large at the fork would be counted as ours).
 pub fn peak_rss_mib() -> Option<f64> {
-    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF needs nothing else.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
-    // Linux reports ru_maxrss in KiB.
-    ok.then(|| usage.ru_maxrss as f64 / 1024.0)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::incident_text::{self, Style};
 use super::json::stop_reason_str;
 use super::RecordingInfo;
 use crate::analyzer::cause::suggestion;
@@ -183,26 +184,8 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
                 inc.samples
             );
             let _ = writeln!(md, "- Culprit: {}", md_frame(culprit));
-            if let Some(source) = &inc.culprit_source {
-                let _ = writeln!(md, "  {}", text::md_code(source, text::SOURCE_CHARS));
-            }
             let _ = writeln!(md, "- Callback: {}", md_frame(callback));
-            if let Some(task) = &inc.task {
-                let _ = writeln!(
-                    md,
-                    "- Task: {} (coroutine {})",
-                    text::md_code(&task.name, text::NAME_CHARS),
-                    text::md_code(&task.coroutine, text::NAME_CHARS)
-                );
-            }
-            let _ = writeln!(
-                md,
-                "- Cause: **{}** — {}",
-                inc.cause.category,
-                text::md_text(&inc.cause.detail, 400)
-            );
-            let _ = writeln!(md, "- Fix: {}", suggestion(inc.cause.category));
-            // Indented four spaces, no line of the block can close it, whatever a name holds.
+            incident_text::write_details(&mut md, Style::Markdown, "- ", inc);
             if inc.stack_truncated {
                 let _ = writeln!(
                     md,
@@ -210,6 +193,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
                     crate::sampler::MAX_FRAMES
                 );
             }
+            // Indented four spaces, no line of the block can close it, whatever a name holds.
             let _ = writeln!(md, "\n```");
             for frame in analysis.symbols.stack_frames(inc.stack) {
                 let _ = writeln!(md, "    {}", frame_label(frame, false));

@@ -323,8 +323,13 @@ impl TargetReader {
         if let Some(names) = lookup.answer() {
             self.names = names;
         }
+        // Once loops are known, only their threads' names are worth a lookup (a full py-spy
+        // read; under thread churn some new thread is always unnamed, and py-spy's reads of
+        // dying threads are where its allocations follow garbage).
+        let loops_known = !self.loop_threads.is_empty();
         let mut stale = false;
         for ThreadRead { head, .. } in reads {
+            let matters = !loops_known || self.loop_threads.iter().any(|t| t.tstate == head.tstate);
             let os_tid = head.native_tid.unwrap_or(0);
             let (named, recycled) = match self.names.get(&head.python_tid) {
                 Some((tid, name)) => (name.is_some(), os_tid != 0 && *tid != 0 && *tid != os_tid),
@@ -333,7 +338,7 @@ impl TargetReader {
             if recycled {
                 self.names.remove(&head.python_tid);
             }
-            stale |= !named;
+            stale |= matters && !named;
         }
         if stale {
             lookup.ask(now);
