@@ -101,7 +101,7 @@ fn permission_denied_explains_ptrace() {
         .unwrap();
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_loopspy"))
+        .arg(loopspy_path())
         .args(["record", "--pid", &target.pid().to_string(), "-o"])
         .arg(&out);
     let run = Running::start(cmd).finish(Duration::from_secs(20));

@@ -110,7 +110,34 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// The loopspy binary under test.
 pub fn loopspy() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_loopspy"))
+    Command::new(loopspy_path())
+}
+
+/// A private copy of the binary under test. Cargo re-links `target/release/loopspy` (removes
+/// it, then hard-links it again) on every build, fresh or not — and the wheel test runs a build
+/// (maturin) while other tests start loopspy: a start in that instant found no file. The copy
+/// is made once, retried past that instant.
+pub fn loopspy_path() -> &'static Path {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        // Copies left by earlier runs (30 MB each) go.
+        for old in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+            if old.file_name().to_string_lossy().starts_with("bin-") {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        let dir = tmp.join(format!("bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the test binary folder");
+        let copy = dir.join("loopspy");
+        let mut tries = 0;
+        while let Err(err) = std::fs::copy(env!("CARGO_BIN_EXE_loopspy"), &copy) {
+            tries += 1;
+            assert!(tries < 100, "copying the loopspy binary: {err}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        copy
+    })
 }
 
 /// `loopspy record --pid PID --rate 500 -o OUT` plus `extra`: how the tests attach.

@@ -100,7 +100,7 @@ impl Drop for Tmux {
 }
 
 fn top_command(pid: i32) -> String {
-    format!("{} top --pid {pid}", env!("CARGO_BIN_EXE_loopspy"))
+    format!("{} top --pid {pid}", loopspy_path().display())
 }
 
 fn periodic(python: &std::path::Path, seconds: &str) -> ChildGuard {
