@@ -9,6 +9,7 @@ pub mod linetable;
 pub mod memory;
 pub mod offsets;
 pub mod procfs;
+pub mod pystr;
 pub mod resources;
 pub mod source;
 pub mod stacks;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use super::linetable::LineTable;
 use super::memory::{word_at as word, RemoteMemory};
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
+use super::pystr::{self, StrHeader};
 use crate::sample::Frame;
 
 /// Longest thread list accepted; past it the list is taken to be torn.
@@ -581,50 +582,26 @@ impl<M: RemoteMemory> StackReader<M> {
         // after its data, so read no further than that).
         let header = &mut header[..u.ascii_data.min(64)];
         self.read(obj, header)?;
-        let length = word(header, u.length) as usize;
-        let state = int32(header, u.state) as u32;
-        let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
-        if compact == 0 || length > MAX_PLAUSIBLE_CHARS || !matches!(kind, 1 | 2 | 4) {
+        let h = StrHeader::parse(header, u).ok_or(StackError::Torn("not a compact string"))?;
+        if !h.compact || h.chars > MAX_PLAUSIBLE_CHARS || !matches!(h.kind, 1 | 2 | 4) {
             return Err(StackError::Torn("not a compact string"));
         }
-        let data_at = if ascii == 1 {
-            u.ascii_data
-        } else {
-            u.compact_data
-        };
-        let width = kind as usize;
+        let (data_at, width) = (h.data_offset(u), h.width());
         // A long name keeps its start. Its length is checked first: every compact str ends
         // in a NUL character, which a garbage length (a torn read) almost never points at.
-        let cut = length > MAX_STR_CHARS;
+        let cut = h.chars > MAX_STR_CHARS;
         if cut {
             let mut nul = [0xffu8; 4];
-            let end = (data_at + length * width) as u64;
+            let end = (data_at + h.chars * width) as u64;
             self.read(obj.wrapping_add(end), &mut nul[..width])?;
             if nul[..width].iter().any(|&b| b != 0) {
                 return Err(StackError::Torn("not a compact string"));
             }
         }
-        let length = length.min(MAX_STR_CHARS);
+        let length = h.chars.min(MAX_STR_CHARS);
         let mut data = vec![0u8; length * width];
         self.read(obj.wrapping_add(data_at as u64), &mut data)?;
-        let chars: Option<String> = match width {
-            1 if ascii == 1 => Some(
-                String::from_utf8(data)
-                    .ok()
-                    .filter(|s| s.is_ascii())
-                    .ok_or(StackError::Torn("not ASCII"))?,
-            ),
-            1 => Some(data.iter().map(|&b| b as char).collect()),
-            2 => data
-                .chunks_exact(2)
-                .map(|c| char::from_u32(u16::from_ne_bytes([c[0], c[1]]) as u32))
-                .collect(),
-            _ => data
-                .chunks_exact(4)
-                .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-        };
-        let mut text = chars.ok_or(StackError::Torn("invalid character"))?;
+        let mut text = pystr::decode(data, width, h.ascii).map_err(StackError::Torn)?;
         if cut {
             text.push('…');
         }

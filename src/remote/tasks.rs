@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::memory::{word_at, ProcessMemory, RemoteMemory};
 use super::offsets::PythonOffsets;
+use super::pystr::{self, StrHeader};
 use crate::sample::{RunningTask, TaskGeneration};
 
 /// A dict's header and its keys table's header.
@@ -305,56 +306,30 @@ impl<M: RemoteMemory> TaskReader<M> {
         Some(name)
     }
 
-    /// The length, width and data address of a compact str (any of the three widths); None
-    /// for anything else or one longer than [`MAX_STR`].
-    fn str_shape(&self, obj: u64) -> Option<StrShape> {
-        let o = &self.offsets.unicode;
-        // The fixed part every compact str has (a short ASCII str can end its mapping right
-        // after its data, so read no further than that).
-        let header = self.read_vec(obj, o.ascii_data)?;
-        let length = word_at(&header, o.length);
-        let state = u32::from_ne_bytes(header.get(o.state..o.state + 4)?.try_into().ok()?);
-        let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
-        let plausible = matches!((kind, ascii), (1, _) | (2 | 4, 0));
-        if length > MAX_STR || compact == 0 || !plausible {
+    /// The header of a compact str (any of the three widths) and its data address; None for
+    /// anything else or one longer than [`MAX_STR`].
+    fn str_shape(&self, obj: u64) -> Option<(StrHeader, u64)> {
+        let u = &self.offsets.unicode;
+        let h = StrHeader::parse(&self.read_vec(obj, u.ascii_data)?, u)?;
+        let plausible = matches!((h.kind, h.ascii), (1, _) | (2 | 4, false));
+        if h.chars as u64 > MAX_STR || !h.compact || !plausible {
             return None;
         }
-        let data = if ascii == 1 {
-            o.ascii_data
-        } else {
-            o.compact_data
-        };
-        Some(StrShape {
-            chars: length as usize,
-            width: kind as usize,
-            ascii: ascii == 1,
-            data: obj.wrapping_add(data as u64),
-        })
+        Some((h, obj.wrapping_add(h.data_offset(u) as u64)))
     }
 
     /// A compact str; None for anything else.
     fn read_str(&self, obj: u64) -> Option<String> {
-        let shape = self.str_shape(obj)?;
-        let bytes = self.read_vec(shape.data, shape.chars * shape.width)?;
-        match shape.width {
-            1 if shape.ascii => String::from_utf8(bytes).ok().filter(|s| s.is_ascii()),
-            1 => Some(bytes.iter().map(|&b| b as char).collect()),
-            2 => bytes
-                .chunks_exact(2)
-                .map(|c| char::from_u32(u16::from_ne_bytes([c[0], c[1]]) as u32))
-                .collect(),
-            _ => bytes
-                .chunks_exact(4)
-                .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-        }
+        let (h, data) = self.str_shape(obj)?;
+        let bytes = self.read_vec(data, h.chars * h.width())?;
+        pystr::decode(bytes, h.width(), h.ascii).ok()
     }
 
     /// Whether `obj` is a compact str equal to `text`, reading its data only when its length
     /// matches (most keys of `sys.modules` are other names).
     fn str_equals(&self, obj: u64, text: &str) -> bool {
         self.str_shape(obj)
-            .filter(|shape| shape.chars == text.chars().count())
+            .filter(|(h, _)| h.chars == text.chars().count())
             .is_some_and(|_| self.read_str(obj).as_deref() == Some(text))
     }
 
@@ -399,16 +374,6 @@ impl<M: RemoteMemory> TaskReader<M> {
             .read(addr, &mut buf)
             .then(|| u64::from_ne_bytes(buf))
     }
-}
-
-/// Where a compact str's characters are.
-struct StrShape {
-    chars: usize,
-    /// Bytes a character: 1, 2 or 4.
-    width: usize,
-    /// Flagged ASCII (data after the shorter header; every byte below 0x80).
-    ascii: bool,
-    data: u64,
 }
 
 #[cfg(test)]
