@@ -1411,6 +1411,20 @@ fn strings_that_are_no_compact_strings_are_torn() {
     }
 }
 
+/// A compact ASCII str object holding `text`, exactly its size (`ascii_data + length + 1`,
+/// NUL-terminated), to map alone somewhere.
+fn ascii_str_obj(image: &Image, text: &[u8]) -> Vec<u8> {
+    let u = &image.t.unicode;
+    let mut obj = vec![0u8; u.ascii_data + text.len() + 1];
+    obj[..8].copy_from_slice(&1u64.to_ne_bytes());
+    obj[8..16].copy_from_slice(&image.types["str"].to_ne_bytes());
+    obj[u.length..u.length + 8].copy_from_slice(&(text.len() as u64).to_ne_bytes());
+    let state = STATE_INTERNED | 1 << 2 | STATE_COMPACT | STATE_ASCII;
+    obj[u.state..u.state + 4].copy_from_slice(&state.to_ne_bytes());
+    obj[u.ascii_data..u.ascii_data + text.len()].copy_from_slice(text);
+    obj
+}
+
 /// A compact ASCII string is `ascii_data + length + 1` bytes long: the reader must not read
 /// a `compact_data`-sized header (the larger non-ASCII one) at its address, or a short name in
 /// the last bytes of a mapping is unreadable and the whole stack is lost.
@@ -1418,18 +1432,10 @@ fn strings_that_are_no_compact_strings_are_torn() {
 fn a_short_ascii_name_at_the_end_of_a_mapping_is_read() {
     for minor in MINORS {
         let image = Image::build(minor, false);
-        let u = &image.t.unicode;
         let mut mem = image.mem.clone();
         // "tick", alone in a mapping of exactly its size.
         let at = 0x7700_0000_0000;
-        let mut obj = vec![0u8; u.ascii_data + 5];
-        obj[..8].copy_from_slice(&1u64.to_ne_bytes());
-        obj[8..16].copy_from_slice(&image.types["str"].to_ne_bytes());
-        obj[u.length..u.length + 8].copy_from_slice(&4u64.to_ne_bytes());
-        let state = STATE_INTERNED | 1 << 2 | STATE_COMPACT | STATE_ASCII;
-        obj[u.state..u.state + 4].copy_from_slice(&state.to_ne_bytes());
-        obj[u.ascii_data..u.ascii_data + 4].copy_from_slice(b"tick");
-        mem.map(at, obj);
+        mem.map(at, ascii_str_obj(&image, b"tick"));
         mem.put_u64(image.function_field(HELPER), at);
         let mut reader = StackReader::new(mem, image.t.clone(), image.interp, image.gil);
         reader.begin_tick(Instant::now());
@@ -2314,19 +2320,11 @@ fn a_chain_deeper_than_max_frames_keeps_its_innermost_frames() {
 fn a_name_longer_than_max_str_chars_is_cut_not_dropped() {
     for minor in MINORS {
         let image = Image::build(minor, false);
-        let u = &image.t.unicode;
         let mut mem = image.mem.clone();
         // A one-million-character ASCII function name.
         let at = 0x7710_0000_0000;
         let length = 1_000_000usize;
-        let mut obj = vec![b'x'; u.ascii_data + length + 1];
-        obj[u.ascii_data + length] = 0;
-        obj[..8].copy_from_slice(&1u64.to_ne_bytes());
-        obj[8..16].copy_from_slice(&image.types["str"].to_ne_bytes());
-        obj[u.length..u.length + 8].copy_from_slice(&(length as u64).to_ne_bytes());
-        let state = STATE_INTERNED | 1 << 2 | STATE_COMPACT | STATE_ASCII;
-        obj[u.state..u.state + 4].copy_from_slice(&state.to_ne_bytes());
-        mem.map(at, obj);
+        mem.map(at, ascii_str_obj(&image, &vec![b'x'; length]));
         mem.put_u64(image.function_field(HELPER), at);
         let mut reader = StackReader::new(mem, image.t.clone(), image.interp, image.gil);
         reader.begin_tick(Instant::now());
