@@ -138,7 +138,7 @@ pub fn run(settings: RecordSettings) -> Result<i32, LoopspyError> {
     let pids: Vec<i32> = rec.processes.keys().copied().collect();
     for pid in &pids {
         let p = rec.processes.get_mut(pid).expect("known");
-        if p.join_sampler(Some(reason)).is_err() {
+        if !p.join_sampler(Some(reason)) {
             return Err(
                 anyhow::anyhow!("a sampler thread panicked; nothing could be saved").into(),
             );
@@ -439,7 +439,7 @@ impl Recording<'_> {
             return;
         };
         // A sampler that panicked leaves no outcome; what it sent is still analyzed.
-        let _ = p.join_sampler(None);
+        p.join_sampler(None);
         if !matches!(p.stage, Stage::Draining { .. }) {
             return;
         }

@@ -88,32 +88,28 @@ impl Recorded {
         }
     }
 
-    /// Joins the sampler (Sampling -> Draining). A sampler we stopped says `Interrupted`; its
-    /// reason is then `recording_reason`, why the recording stopped (its own clock started a
-    /// little later, after attaching, so the recording's duration usually runs out first).
-    pub(super) fn join_sampler(&mut self, recording_reason: Option<StopReason>) -> Result<(), ()> {
+    /// Joins the sampler (Sampling -> Draining); false when it had panicked (no outcome). A
+    /// sampler we stopped says `Interrupted`; its reason is then `recording_reason`, why the
+    /// recording stopped (its own clock started a little later, after attaching, so the
+    /// recording's duration usually runs out first).
+    pub(super) fn join_sampler(&mut self, recording_reason: Option<StopReason>) -> bool {
         if !self.sampling() {
-            return Ok(());
+            return true;
         }
         let Stage::Sampling { sampler, analyzer } =
             std::mem::replace(&mut self.stage, Stage::Moving)
         else {
             unreachable!("checked: sampling");
         };
-        let joined = sampler.join();
-        let panicked = joined.is_err();
-        let outcome = joined.ok().map(|mut outcome| {
+        let outcome = sampler.join().ok().map(|mut outcome| {
             if let (StopReason::Interrupted, Some(reason)) = (outcome.reason, recording_reason) {
                 outcome.reason = reason;
             }
             outcome
         });
+        let joined = outcome.is_some();
         self.stage = Stage::Draining { outcome, analyzer };
-        if panicked {
-            Err(())
-        } else {
-            Ok(())
-        }
+        joined
     }
 }
 
