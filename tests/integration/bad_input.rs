@@ -341,36 +341,20 @@ fn a_launched_program_that_ends_before_a_loop_gives_its_own_exit_code() {
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let py = python.to_str().unwrap();
+    // `loopspy record -o OUT -- python ARGS...`
+    let launch = |args: &[&str]| {
+        let mut all = vec!["record", "-o", out.to_str().unwrap(), "--"];
+        all.push(python.to_str().unwrap());
+        all.extend_from_slice(args);
+        run_loopspy(&all, Duration::from_secs(30))
+    };
     // A missing script: Python's own exit code 2, said in words, files still written.
-    let run = run_loopspy(
-        &[
-            "record",
-            "-o",
-            out.to_str().unwrap(),
-            "--",
-            py,
-            "/nonexistent/missing.py",
-        ],
-        Duration::from_secs(30),
-    );
+    let run = launch(&["/nonexistent/missing.py"]);
     assert_eq!(run.code(), 2, "{}", run.stderr);
     assert!(run.stderr.contains("exited with code 2"), "{}", run.stderr);
     assert!(!run.stderr.contains("--thread"), "{}", run.stderr);
     // A program too short to be read at all: its code (0), and no false reader warning.
-    let out2 = dir.path().join("out2");
-    let run = run_loopspy(
-        &[
-            "record",
-            "-o",
-            out2.to_str().unwrap(),
-            "--",
-            py,
-            "-c",
-            "print('hi')",
-        ],
-        Duration::from_secs(30),
-    );
+    let run = launch(&["-c", "print('hi')"]);
     assert_eq!(run.code(), 0, "{}", run.stderr);
     assert!(
         !run.stderr.contains("does not read this interpreter"),
@@ -378,18 +362,7 @@ fn a_launched_program_that_ends_before_a_loop_gives_its_own_exit_code() {
         run.stderr
     );
     assert!(!run.stderr.contains("error"), "{}", run.stderr);
-    let run = run_loopspy(
-        &[
-            "record",
-            "-o",
-            out2.to_str().unwrap(),
-            "--",
-            py,
-            "-c",
-            "import sys; sys.exit(5)",
-        ],
-        Duration::from_secs(30),
-    );
+    let run = launch(&["-c", "import sys; sys.exit(5)"]);
     assert_eq!(run.code(), 5, "{}", run.stderr);
 }
 
