@@ -218,6 +218,15 @@ impl BusyRun {
         }
     }
 
+    /// Whether the task `key` names, seen under running-task table `generation`, is in the same
+    /// step as the run's latest sample: `Some(true)` the same task under an unchanged table (no
+    /// step started or ended in between), `Some(false)` the same task stepped again (the loop
+    /// went round), `None` when it is not the same known task or the run has no generation.
+    pub fn same_step(&self, key: &CallbackKey, generation: TaskGeneration) -> Option<bool> {
+        let known = self.task_generation?;
+        self.same_task(key).then_some(known == generation)
+    }
+
     /// Whether `key` is the same known task (and root) as the callback of the latest sample.
     pub fn same_task(&self, key: &CallbackKey) -> bool {
         self.segment.as_ref().is_some_and(|s| {

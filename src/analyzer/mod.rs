@@ -374,8 +374,7 @@ impl Analyzer {
         };
         let single_loop = self.analysis.loops.len() == 1;
         let run = self.analysis.loops.get(&tid).and_then(|l| l.run.as_ref());
-        single_loop
-            && run.is_some_and(|run| run.same_task(&key) && run.task_generation == Some(generation))
+        single_loop && run.is_some_and(|run| run.same_step(&key, generation) == Some(true))
     }
 
     /// Where the busy run of `tid` must end before this busy sample because the loop went
@@ -419,8 +418,7 @@ impl Analyzer {
         }
         let key = key?;
         if let (Some(generation), true) = (generation, single_loop) {
-            let stepped_again =
-                run.task_generation.is_some_and(|g| g != generation) && run.same_task(&key);
+            let stepped_again = run.same_step(&key, generation) == Some(false);
             run.task_generation = Some(generation);
             if stepped_again {
                 return Some(midway);

@@ -95,8 +95,6 @@ impl TargetReader {
     }
 
     pub(super) fn new(spy: PythonSpy, settings: &SamplerSettings) -> Self {
-        let pid = spy.pid;
-        let blocking = spy.config.blocking == LockingStrategy::Lock;
         let mut reader = Self::with_spy(spy, settings);
         if reader.own.is_some() {
             // The own reader needs py-spy only for thread names from now on: the lookup takes
@@ -104,8 +102,8 @@ impl TargetReader {
             if let Some(spy) = reader.spy.take() {
                 reader.name_lookup = Some(NameLookup::spawn(spy));
             }
-            if blocking {
-                reader.process = remoteprocess::Process::new(pid).ok();
+            if reader.blocking {
+                reader.process = remoteprocess::Process::new(reader.pid).ok();
             }
         }
         reader
