@@ -15,6 +15,8 @@ pub const NAME_CHARS: usize = 120;
 pub const PATH_CHARS: usize = 160;
 /// Characters of a source line shown to people.
 pub const SOURCE_CHARS: usize = 200;
+/// Characters of a cause's detail (which can name target files and peers) shown to people.
+pub const DETAIL_CHARS: usize = 400;
 
 /// `text` made safe to print: control characters (newlines, tabs, escapes, DEL, C1) written
 /// as visible escapes (`\n`, `\x1b`), and cut to `max` characters with a closing `…`.

@@ -36,8 +36,8 @@ impl Style {
     /// Prose that may hold target text (a cause's detail names files and peers).
     fn prose(self, value: &str) -> String {
         match self {
-            Style::Plain => text::human(value, 400).into_owned(),
-            Style::Markdown => text::md_text(value, 400),
+            Style::Plain => text::human(value, text::DETAIL_CHARS).into_owned(),
+            Style::Markdown => text::md_text(value, text::DETAIL_CHARS),
         }
     }
 
