@@ -16,7 +16,7 @@ use crate::remote::stacks::StackReader;
 use crate::remote::threads::ThreadIdMap;
 use crate::sample::{Frame, OsState, ThreadSample};
 
-/// How often thread names are looked up again while some thread has none (or a new one came).
+/// How often thread names are looked up again while a thread that matters has none.
 const NAME_LOOKUP_EVERY: Duration = Duration::from_secs(1);
 
 /// Python thread id -> (kernel tid, name), as py-spy's lookup in `threading` found them.

@@ -310,9 +310,9 @@ impl TargetReader {
         }
     }
 
-    /// Thread names come from py-spy's lookup in `threading._active`, asked for when a thread
-    /// appears and then at most once a second while some thread has no name, and done on the
-    /// lookup's own thread. A `pthread_t` reused by a new thread (its kernel tid changed) is
+    /// Thread names come from py-spy's lookup in `threading._active`, done on the lookup's own
+    /// thread, asked for at most once a second while a thread that matters has no name: any
+    /// thread until an event loop is known, then only the loop threads. A `pthread_t` reused by a new thread (its kernel tid changed) is
     /// looked up again; until then the new thread goes unnamed rather than misnamed.
     fn refresh_names(&mut self, reads: &[ThreadRead], now: Instant) {
         let Some(lookup) = self.name_lookup.as_mut() else {
