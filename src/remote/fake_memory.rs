@@ -43,6 +43,14 @@ pub(crate) struct FakeMemory {
 }
 
 impl FakeMemory {
+    /// The mapped regions: (start, length).
+    pub(crate) fn spans(&self) -> Vec<(u64, usize)> {
+        self.regions
+            .iter()
+            .map(|(&start, data)| (start, data.len()))
+            .collect()
+    }
+
     pub(crate) fn map(&mut self, start: u64, data: Vec<u8>) {
         let end = start + data.len() as u64;
         let clear_below = self
@@ -223,5 +231,18 @@ impl Rng {
 
     pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
+    }
+}
+
+/// Runs `case(seed)` for `count` seeds of version `minor`, naming the seed of any failure or
+/// panic so that it can be replayed.
+pub(crate) fn fuzz(minor: u64, count: u64, mut case: impl FnMut(u64) -> Result<(), String>) {
+    for i in 0..count {
+        let seed = minor << 32 | i;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(seed))) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => panic!("3.{minor}, seed {seed:#x}: {why}"),
+            Err(_) => panic!("3.{minor}, seed {seed:#x}: panicked (message above)"),
+        }
     }
 }

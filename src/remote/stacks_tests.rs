@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::remote::memory::fake::{
-    FakeMemory, Rng, ShiftingMemory, PAGE_BYTES, STATE_ASCII, STATE_BIT7, STATE_COMPACT,
+    fuzz, FakeMemory, Rng, ShiftingMemory, PAGE_BYTES, STATE_ASCII, STATE_BIT7, STATE_COMPACT,
     STATE_INTERNED,
 };
 use crate::remote::offsets::for_minor;
@@ -1726,32 +1726,11 @@ fn within(body: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Runs `case(seed)` for `count` seeds of version `minor`, naming the seed of any failure or
-/// panic so that it can be replayed.
-fn fuzz(minor: u64, count: u64, mut case: impl FnMut(u64) -> Result<(), String>) {
-    for i in 0..count {
-        let seed = minor << 32 | i;
-        match panic::catch_unwind(AssertUnwindSafe(|| case(seed))) {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => panic!("3.{minor}, seed {seed:#x}: {why}"),
-            Err(_) => panic!("3.{minor}, seed {seed:#x}: panicked (message above)"),
-        }
-    }
-}
-
 /// Whether the fake memory of fuzz case `seed` refuses whole-page reads: for the first cases
 /// of each version (so that a reader whose walks do not end fails on the read budget before
 /// a cached walk can spin until memory runs out), then for three cases in ten.
 fn refuse_pages(seed: u64, rng: &mut Rng) -> bool {
     seed & 0xffff_ffff < 64 || rng.chance(30)
-}
-
-/// (start, length) of every mapped region.
-fn spans(mem: &FakeMemory) -> Vec<(u64, usize)> {
-    mem.regions
-        .iter()
-        .map(|(&start, data)| (start, data.len()))
-        .collect()
 }
 
 /// A value a torn word may hold: zero, extremes, real or interior or just-unmapped addresses.
@@ -1772,13 +1751,13 @@ fn nasty_word(image: &Image, rng: &mut Rng) -> u64 {
         3 | 4 => obj.addr,
         5 => obj.addr + rng.below(obj.len.max(1)) as u64,
         6 => {
-            let (start, len) = *rng.pick(&spans(&image.mem));
+            let (start, len) = *rng.pick(&image.mem.spans());
             start + len as u64 + rng.below(16) as u64
         }
         7 => *rng.pick(&image.all_frames()),
         8 => image.codes[rng.below(image.codes.len())].addr,
         _ => {
-            let (start, len) = *rng.pick(&spans(&image.mem));
+            let (start, len) = *rng.pick(&image.mem.spans());
             start + rng.below(len) as u64
         }
     }
@@ -2137,7 +2116,7 @@ fn garbage(t: &PythonOffsets, rng: &mut Rng, garble: Garble) -> Garbage {
         mem.unmap(Area::Rodata.base());
         mem.unmap(Area::Types.base());
     }
-    let spans = spans(&mem);
+    let spans = mem.spans();
     let anchors: Vec<u64> = planted_objects.iter().map(|o| o.addr).collect();
     for &(at, len) in &fills {
         for word in (at..at + len as u64).step_by(8) {

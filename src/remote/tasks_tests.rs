@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::remote::memory::fake::{
-    FakeMemory, Rng, ShiftingMemory, STATE_ASCII, STATE_BIT7, STATE_COMPACT, STATE_INTERNED,
+    fuzz, FakeMemory, Rng, ShiftingMemory, STATE_ASCII, STATE_BIT7, STATE_COMPACT, STATE_INTERNED,
 };
 use crate::remote::offsets::for_minor;
 
@@ -2001,27 +2001,6 @@ fn exercise<M: RemoteMemory>(
     Ok(())
 }
 
-/// Runs `case(seed)` for `count` seeds of version `minor`, naming the seed of any failure or
-/// panic so that it can be replayed.
-fn fuzz(minor: u64, count: u64, mut case: impl FnMut(u64) -> Result<(), String>) {
-    for i in 0..count {
-        let seed = minor << 32 | i;
-        match panic::catch_unwind(AssertUnwindSafe(|| case(seed))) {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => panic!("3.{minor}, seed {seed:#x}: {why}"),
-            Err(_) => panic!("3.{minor}, seed {seed:#x}: panicked (message above)"),
-        }
-    }
-}
-
-/// (start, length) of every mapped region.
-fn spans(mem: &FakeMemory) -> Vec<(u64, usize)> {
-    mem.regions
-        .iter()
-        .map(|(&start, data)| (start, data.len()))
-        .collect()
-}
-
 /// A value a torn word may hold: zero, extremes, small numbers, real or interior or
 /// just-unmapped addresses, the image's loops, tasks and dicts.
 fn nasty_word(image: &Image, rng: &mut Rng) -> u64 {
@@ -2041,7 +2020,7 @@ fn nasty_word(image: &Image, rng: &mut Rng) -> u64 {
         4 | 5 => obj.addr,
         6 => obj.addr + rng.below(obj.len.max(1)) as u64,
         7 => {
-            let (start, len) = *rng.pick(&spans(&image.mem));
+            let (start, len) = *rng.pick(&image.mem.spans());
             start + len as u64 + rng.below(16) as u64
         }
         8 => *rng.pick(&image.loops),
@@ -2054,7 +2033,7 @@ fn nasty_word(image: &Image, rng: &mut Rng) -> u64 {
             image.placeholder.addr,
         ]),
         _ => {
-            let (start, len) = *rng.pick(&spans(&image.mem));
+            let (start, len) = *rng.pick(&image.mem.spans());
             start + rng.below(len) as u64
         }
     }
@@ -2363,7 +2342,7 @@ fn garbage(minor: u64, rng: &mut Rng, garble: Garble) -> (FakeMemory, u64) {
         mem.unmap(Area::Rodata.base());
         mem.unmap(Area::Types.base());
     }
-    let spans = spans(&mem);
+    let spans = mem.spans();
     let word = |rng: &mut Rng| -> u64 {
         if garble == Garble::Random {
             return rng.next_u64();
