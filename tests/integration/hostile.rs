@@ -156,10 +156,20 @@ fn same_function(reported: &str, truth: &str) -> bool {
         || cut.is_some_and(|start| truth.starts_with(start) && start.len() >= 1024)
 }
 
+/// Whether an incident of `reported` ms measures a block the target timed at `truth` ms. The
+/// target's own clock sees only part of the block (from the first line it timed to the last),
+/// so the truth is a lower bound: the incident may not fall short of it by more than 15 ms (two
+/// samples and a boundary estimate), and may run past it by the moments the target cannot time
+/// — entering the step, returning to the loop, being descheduled under load (seen up to 18 ms
+/// with a 20 000-frame recursion in CI) — but not by 50 ms: a gap stretched into the incident
+/// (the 300 ms of the issue) still fails.
+fn covers(reported: f64, truth: f64) -> bool {
+    reported >= truth - 15.0 && reported <= truth + 50.0
+}
+
 /// At least 90% of the blocks found right: by an incident overlapping it with the right culprit
-/// function, file and thread and a duration within 15 ms (the truth spans the whole callback,
-/// recursion included, and 1 kHz sampling adds up to 2 ms); and no incident that overlaps no
-/// block.
+/// function, file and thread and a duration that [`covers`] it; and no incident that overlaps
+/// no block.
 fn check_blocks(h: &Hostile, mode: &str) {
     let incidents = h.json["incidents"].as_array().expect("incidents");
     let listing: Vec<String> = incidents
@@ -199,7 +209,7 @@ fn check_blocks(h: &Hostile, mode: &str) {
         let culprit = &hit["culprit"];
         let right = same_function(culprit["function"].as_str().unwrap_or(""), function)
             && culprit["file"].as_str() == Some(file)
-            && (f64_of(hit, "duration_ms") - (end - start) * 1000.0).abs() <= 15.0
+            && covers(f64_of(hit, "duration_ms"), (end - start) * 1000.0)
             && hit["thread_id"] == block["thread_id"];
         if right {
             found += 1;
