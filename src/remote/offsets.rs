@@ -134,9 +134,19 @@ pub struct FrameOffsets {
     /// `owner` (a `char`), `_PyInterpreterFrame` only.
     #[serde(default)]
     pub owner: Option<usize>,
-    /// The `owner` value of shim frames that belong to the C stack (3.12+), skipped.
+    /// The first `owner` value that is no Python function's frame (3.12–3.13: the C stack's
+    /// shim frames; 3.14+: the interpreter's entry frames too): frames owned by it or above are
+    /// skipped.
     #[serde(default)]
     pub cstack_owner: Option<u8>,
+    /// The largest valid `owner` (3.14 has two non-Python owners, 3 and 4); a larger one is a
+    /// torn read. Defaults to `cstack_owner`.
+    #[serde(default)]
+    pub max_owner: Option<u8>,
+    /// Tag bits of the code pointer (3.14+ hold it as a `_PyStackRef`, whose low two bits are
+    /// flags): masked off before the pointer is followed.
+    #[serde(default)]
+    pub code_tag_bits: u64,
 }
 
 /// How a code object maps bytecode offsets to lines.

@@ -398,17 +398,17 @@ impl<M: RemoteMemory> StackReader<M> {
             let frame = &buf[..len];
             let f = &self.offsets.frame;
             let back = word(frame, f.back);
-            if let (Some(owner_at), Some(cstack)) = (f.owner, f.cstack_owner) {
-                let owner = frame[owner_at];
-                if owner == cstack {
+            if let (Some(owner_at), Some(first_skipped)) = (f.owner, f.cstack_owner) {
+                let owner = frame.get(owner_at).copied().unwrap_or(u8::MAX);
+                if owner > f.max_owner.unwrap_or(first_skipped) {
+                    return Err(StackError::Torn("frame owner out of range"));
+                }
+                if owner >= first_skipped {
                     addr = back;
                     continue;
                 }
-                if owner > cstack {
-                    return Err(StackError::Torn("frame owner out of range"));
-                }
             }
-            let code = word(frame, f.code);
+            let code = word(frame, f.code) & !f.code_tag_bits;
             let position = match f.layout {
                 FrameLayout::Object => {
                     let lasti = int32(frame, f.lasti.unwrap_or(0)) as i64;

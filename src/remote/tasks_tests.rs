@@ -965,7 +965,7 @@ fn sys_modules_needs_wide_indices_and_str_keys_have_short_entries() {
         mem.map(SPARE, general.bytes);
         mem.put_u64(image.ma_keys_field(image.sys_modules.addr), SPARE);
         let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-        assert_eq!(reader.running_tasks().0, image.running(), "3.{minor}");
+        assert_eq!(reader.running_tasks(&[]).0, image.running(), "3.{minor}");
     }
 }
 
@@ -986,7 +986,7 @@ fn names_and_coroutines_of_every_width_are_read() {
             dict = step(&image, &mut mem, &dict, leave, Some(enter));
         }
         let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-        let (tasks, _) = reader.running_tasks();
+        let (tasks, _) = reader.running_tasks(&[]);
         let expected: Vec<RunningTask> = [LATIN1, UCS2, UCS4, BIG_N]
             .iter()
             .map(|&i| image.tasks[i].expected())
@@ -1029,7 +1029,7 @@ fn task_names_held_as_ints_only_where_the_table_says() {
             mem.map(SPARE, int_bytes(&image.t, int_type, n));
             mem.put_u64(image.name_field(0), SPARE);
             let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-            let (tasks, _) = reader.running_tasks();
+            let (tasks, _) = reader.running_tasks(&[]);
             let first = tasks.iter().find(|t| t.address == image.tasks[0].addr);
             assert_eq!(
                 first.map(|t| t.name.clone()),
@@ -1288,7 +1288,7 @@ fn check_case(what: &str, left: Left, readers: Readers, case: impl Fn(&Image, &m
         let mut runs = vec![(true, image.reader())];
         if readers == Readers::FreshAndWarm {
             let mut warm = image.reader();
-            assert_eq!(warm.running_tasks().0, image.running());
+            assert_eq!(warm.running_tasks(&[]).0, image.running());
             runs.push((false, warm));
         }
         for (fresh, mut reader) in runs {
@@ -1321,7 +1321,7 @@ fn wrong_type_names_give_no_task() {
             let mut reader = image.reader();
             rename(&image, &mut reader.mem, "dict", to);
             assert_eq!(
-                reader.running_tasks(),
+                reader.running_tasks(&[]),
                 (vec![], None),
                 "3.{minor}: dict renamed {to}"
             );
@@ -1694,7 +1694,7 @@ fn strings_that_are_no_compact_strings_give_no_name() {
             mem.put_u64(image.current.value_field(1), image.tasks[task].addr);
             mem.put_u64(image.current.key_field(1), image.tasks[task].loop_);
             let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-            let (tasks, _) = reader.running_tasks();
+            let (tasks, _) = reader.running_tasks(&[]);
             assert_eq!(tasks[0].name, image.tasks[task].name, "3.{minor}: {what}");
             assert_eq!(tasks[0].coroutine, "", "3.{minor}: {what}");
         }
@@ -1771,10 +1771,10 @@ fn unmapped_pointers_give_no_task() {
         for minor in MINORS {
             let image = Image::build(minor, false);
             let mut warm = image.reader();
-            warm.running_tasks();
+            warm.running_tasks(&[]);
             warm.mem.unmap(area.base());
             assert_eq!(
-                warm.running_tasks().0,
+                warm.running_tasks(&[]).0,
                 warm_left.tasks(&image),
                 "3.{minor}: {what}"
             );
@@ -1803,7 +1803,7 @@ fn names_at_the_end_of_a_mapping_are_read() {
         mem.map(SPARE + 0x2000, name);
         mem.put_u64(image.name_field(0), SPARE + 0x2000);
         let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-        let (tasks, _) = reader.running_tasks();
+        let (tasks, _) = reader.running_tasks(&[]);
         assert_eq!(names(&tasks), ["io", "Task-7"], "3.{minor}");
     }
 }
@@ -1844,7 +1844,7 @@ fn extreme_words_never_panic() {
             for (what, at) in cases {
                 let mut reader = image.reader();
                 reader.mem.put_u64(at, value);
-                let read = panic::catch_unwind(AssertUnwindSafe(|| reader.running_tasks().0));
+                let read = panic::catch_unwind(AssertUnwindSafe(|| reader.running_tasks(&[]).0));
                 match read {
                     Err(_) => panics.push(format!("3.{minor}: {what} := {value:#x}")),
                     Ok(tasks) => {

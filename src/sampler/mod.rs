@@ -7,6 +7,7 @@
 
 mod pyspy;
 mod reader;
+mod self_check;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,11 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Sender, TrySendError};
-use py_spy::PythonSpy;
 
 use crate::histogram::Histogram;
-use crate::remote::procfs;
 pub use crate::remote::stacks::MAX_FRAMES;
+use crate::remote::{procfs, AttachedTarget};
 use crate::sample::{Frame, Sample, SamplerMessage};
 use reader::TargetReader;
 
@@ -137,7 +137,7 @@ pub struct SamplerOutcome {
 /// Starts the sampler thread. It stops when `stop` is set, the duration elapses, or the target
 /// exits; the channel is closed when it returns.
 pub fn spawn(
-    spy: PythonSpy,
+    target: AttachedTarget,
     settings: SamplerSettings,
     stop: Arc<AtomicBool>,
     tx: Sender<SamplerMessage>,
@@ -151,7 +151,7 @@ pub fn spawn(
             unsafe {
                 libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64);
             }
-            let mut reader = TargetReader::new(spy, &settings);
+            let mut reader = TargetReader::new(target, &settings);
             run(&mut reader, &settings, &stop, &tx)
         })
         .expect("spawning the sampler thread")

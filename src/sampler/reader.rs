@@ -5,20 +5,20 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use py_spy::config::LockingStrategy;
 use py_spy::PythonSpy;
 
 use super::pyspy::{
     forget_recycled_names, own_reader_agrees, py_spy_thread_sample, NameLookup, ThreadNames,
 };
+use super::self_check::own_reader_checks_out;
 use super::{ReaderKind, SamplerSettings};
 use crate::remote::memory::ProcessMemory;
-use crate::remote::offsets;
 use crate::remote::procfs::{KernelView, ThreadFiles};
 use crate::remote::resources::ResourceResolver;
 use crate::remote::stacks::{Depth, StackError, StackReader, ThreadHead};
 use crate::remote::tasks::TaskReader;
 use crate::remote::threads::ThreadIdMap;
+use crate::remote::AttachedTarget;
 use crate::sample::{Frame, OsState, RunningTask, TaskGeneration, ThreadSample};
 
 /// One thread as the own reader read it this tick.
@@ -88,14 +88,15 @@ impl TargetReader {
 
     /// The asyncio tasks being stepped now, and the task table's generation.
     pub(super) fn running_tasks(&mut self) -> (Vec<RunningTask>, Option<TaskGeneration>) {
+        let loops: Vec<u64> = self.loop_threads.iter().map(|t| t.tstate).collect();
         self.tasks
             .as_mut()
-            .map(TaskReader::running_tasks)
+            .map(|tasks| tasks.running_tasks(&loops))
             .unwrap_or_default()
     }
 
-    pub(super) fn new(spy: PythonSpy, settings: &SamplerSettings) -> Self {
-        let mut reader = Self::with_spy(spy, settings);
+    pub(super) fn new(target: AttachedTarget, settings: &SamplerSettings) -> Self {
+        let mut reader = Self::choose_reader(target, settings);
         if reader.own.is_some() {
             // The own reader needs py-spy only for thread names from now on: the lookup takes
             // it to its own thread (and --blocking pauses through a handle of our own).
@@ -109,44 +110,55 @@ impl TargetReader {
         reader
     }
 
-    fn with_spy(mut spy: PythonSpy, settings: &SamplerSettings) -> Self {
-        let pid = spy.pid;
-        let table = offsets::for_minor(spy.version.minor).filter(|_| spy.version.major == 3);
-        let tasks = table.clone().map(|table| {
+    /// Picks the stack reader. The own reader is used where it has a layout and is shown to
+    /// read this interpreter right: against py-spy's reading when the layout is a table of
+    /// ours (a build or patch release that moved a field would otherwise garble every read),
+    /// by its own checks when the layout is the target's own debug offsets (which py-spy's
+    /// hard-coded structs may read worse than we do).
+    fn choose_reader(target: AttachedTarget, settings: &SamplerSettings) -> Self {
+        let AttachedTarget {
+            mut spy,
+            layout,
+            pid,
+            python_version,
+            blocking,
+            ..
+        } = target;
+        let tasks = layout.as_ref().map(|l| {
             TaskReader::new(
                 ProcessMemory { pid },
-                table,
-                spy.addresses.imports_modules_address,
+                l.offsets.clone(),
+                l.modules_ptr as usize,
             )
+            .for_target(pid, l.minor, l.interpreter, l.interpreter_size)
         });
-        let own = table
-            .filter(|_| settings.reader == ReaderKind::Own)
-            .map(|table| {
-                StackReader::new(
-                    ProcessMemory { pid },
-                    table,
-                    spy.addresses.interpreter_address as u64,
-                    spy.addresses.threadstate_address as u64,
-                )
-            })
-            .and_then(|mut own| {
-                if own_reader_agrees(&mut own, &mut spy) {
-                    return Some(own);
-                }
-                // A program that ended during the check disagreed with nothing.
-                if !crate::remote::procfs::is_alive(pid) {
-                    return None;
-                }
+        let wants_own = settings.reader == ReaderKind::Own || spy.is_none();
+        let own = layout.filter(|_| wants_own).and_then(|l| {
+            let from_target = l.from_target;
+            let mut own = StackReader::new(ProcessMemory { pid }, l.offsets, l.interpreter, l.gil);
+            let trusted = match spy.as_mut() {
+                Some(spy) if !from_target => own_reader_agrees(&mut own, spy),
+                _ => own_reader_checks_out(&mut own, pid),
+            };
+            // A program that ended during the check disagreed with nothing.
+            if trusted || !crate::remote::procfs::is_alive(pid) {
+                return Some(own);
+            }
+            if spy.is_none() {
                 eprintln!(
-                    "loopspy: warning: pid {pid} (Python {}): loopspy's own stack reader does not read this interpreter the way py-spy does; sampling with py-spy's reader instead (about 0.7 of a core at 1 kHz: lower --rate if that is too much)",
-                    spy.version
+                    "loopspy: warning: pid {pid} (Python {python_version}): loopspy's own stack reader could not check its reading of this interpreter (threads or code objects did not add up); reading it anyway, as py-spy cannot"
                 );
-                None
-            });
+                return Some(own);
+            }
+            eprintln!(
+                "loopspy: warning: pid {pid} (Python {python_version}): loopspy's own stack reader does not read this interpreter the way py-spy does; sampling with py-spy's reader instead (about 0.7 of a core at 1 kHz: lower --rate if that is too much)"
+            );
+            None
+        });
         TargetReader {
             pid,
-            blocking: spy.config.blocking == LockingStrategy::Lock,
-            spy: Some(spy),
+            blocking,
+            spy,
             own,
             tasks,
             thread_ids: ThreadIdMap::default(),
