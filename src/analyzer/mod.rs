@@ -27,7 +27,7 @@ pub use analysis::{
     Analysis, BusySpan, Gaps, Profile, MAX_INCIDENTS, MAX_PROFILE_ENTRIES, MAX_TIMELINE,
 };
 use facts::StackFacts;
-use incident::{BusyObservation, BusyRun, CallbackKey, Incident};
+use incident::{BusyObservation, BusyRun, CallbackKey, Incident, StepMark};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
 pub use loop_thread::{LoopThread, RecentStalls, RECENT_STALLS_WINDOW};
@@ -246,18 +246,12 @@ impl Analyzer {
         // unless the target itself proves no other step ran: the same task is being stepped
         // and asyncio's running-task table did not change (every step start and end changes
         // it), so one task step went on through the gap.
-        if after_gap && !self.same_step_across_gap(tid, key, sample.task_generation) {
+        let generation = self.step_generation(thread, sample.task_generation);
+        if after_gap && !self.same_step_across_gap(tid, key, generation) {
             self.close_run(tid, at, false);
         }
         let run_once_line = facts.run_once_line;
-        let split_at = self.run_boundary(
-            tid,
-            at,
-            position,
-            key,
-            sample.task_generation,
-            run_once_line,
-        );
+        let split_at = self.run_boundary(tid, at, position, key, generation, run_once_line);
         if let Some(boundary) = split_at {
             self.finish_run(tid, boundary, false);
         }
@@ -361,20 +355,35 @@ impl Analyzer {
         }
     }
 
+    /// What tells this thread's callbacks apart: the handle its loop is running when the
+    /// reader saw it (3.13+; one per thread), else asyncio's running-task table — shared by
+    /// every loop of the process, so only when there is one loop.
+    fn step_generation(
+        &self,
+        thread: &ThreadSample,
+        table: Option<TaskGeneration>,
+    ) -> Option<StepMark> {
+        match thread.callback_id {
+            Some(handle) => Some(StepMark::Handle(handle)),
+            None => table
+                .filter(|_| self.analysis.loops.len() == 1)
+                .map(StepMark::Table),
+        }
+    }
+
     /// Whether the busy run of `tid` was in the step of the task `key` names, under the same
-    /// running-task table `generation` (only with one loop in the process: loops share it).
+    /// step `generation` (see [`Self::step_generation`]).
     fn same_step_across_gap(
         &self,
         tid: u64,
         key: Option<CallbackKey>,
-        generation: Option<TaskGeneration>,
+        generation: Option<StepMark>,
     ) -> bool {
         let (Some(key), Some(generation)) = (key, generation) else {
             return false;
         };
-        let single_loop = self.analysis.loops.len() == 1;
         let run = self.analysis.loops.get(&tid).and_then(|l| l.run.as_ref());
-        single_loop && run.is_some_and(|run| run.same_step(&key, generation) == Some(true))
+        run.is_some_and(|run| run.same_step(&key, generation) == Some(true))
     }
 
     /// Where the busy run of `tid` must end before this busy sample because the loop went
@@ -392,11 +401,10 @@ impl Analyzer {
         at: Instant,
         position: LoopPosition,
         key: Option<CallbackKey>,
-        generation: Option<TaskGeneration>,
+        generation: Option<StepMark>,
         run_once_line: Option<u32>,
     ) -> Option<Instant> {
         let threshold = self.settings.threshold;
-        let single_loop = self.analysis.loops.len() == 1;
         let loop_thread = self.analysis.loops.get_mut(&tid)?;
         if let (
             LoopPosition::Callback {
@@ -417,7 +425,7 @@ impl Analyzer {
             }
         }
         let key = key?;
-        if let (Some(generation), true) = (generation, single_loop) {
+        if let Some(generation) = generation {
             let stepped_again = run.same_step(&key, generation) == Some(false);
             run.task_generation = Some(generation);
             if stepped_again {

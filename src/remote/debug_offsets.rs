@@ -133,6 +133,8 @@ pub enum Field {
     FrameInstr,
     /// `interpreter_frame.owner`.
     FrameOwner,
+    /// `interpreter_frame.localsplus`.
+    FrameLocalsplus,
     /// `code_object.filename`.
     CodeFilename,
     /// `code_object.name`.
@@ -196,6 +198,7 @@ fn position(field: Field, minor: u64) -> Option<usize> {
         FrameExecutable => [240, 264, 328],
         FrameInstr => [248, 272, 336],
         FrameOwner => [264, 288, 352],
+        FrameLocalsplus => [256, 280, 344],
         CodeFilename => [280, 320, 384],
         CodeName => [288, 328, 392],
         CodeQualname => [296, 336, 400],
@@ -320,6 +323,7 @@ impl DebugOffsets {
             FrameExecutable,
             FrameInstr,
             FrameOwner,
+            FrameLocalsplus,
             CodeFilename,
             CodeName,
             CodeQualname,
@@ -456,6 +460,7 @@ impl DebugOffsets {
                 max_owner: Some(max_owner),
                 // `_PyStackRef` from 3.14: Py_TAG_BITS is 3 in GIL builds.
                 code_tag_bits: if minor >= 14 { 3 } else { 0 },
+                localsplus: Some(get(FrameLocalsplus)),
             },
             code: CodeOffsets {
                 filename: get(CodeFilename),
@@ -500,6 +505,7 @@ fn field_name(field: Field) -> &'static str {
         FrameExecutable => "interpreter_frame.executable",
         FrameInstr => "interpreter_frame.instr_ptr",
         FrameOwner => "interpreter_frame.owner",
+        FrameLocalsplus => "interpreter_frame.localsplus",
         CodeFilename => "code_object.filename",
         CodeName => "code_object.name",
         CodeQualname => "code_object.qualname",
@@ -615,6 +621,7 @@ pub(crate) mod tests {
             (FrameExecutable, [0, 0, 0]),
             (FrameInstr, [56, 56, 56]),
             (FrameOwner, [70, 74, 74]),
+            (FrameLocalsplus, [72, 80, 80]),
             (CodeFilename, [112, 112, 112]),
             (CodeName, [120, 120, 120]),
             (CodeQualname, [128, 128, 128]),
@@ -657,6 +664,8 @@ pub(crate) mod tests {
         // Every value the reader uses; Debug output compares the whole structs.
         let strip = |mut o: PythonOffsets| {
             o.frame.max_owner = o.frame.max_owner.or(o.frame.cstack_owner);
+            // Not in the table: only the debug offsets give it.
+            o.frame.localsplus = None;
             format!("{o:?}")
         };
         assert_eq!(strip(ours), strip(table));

@@ -147,6 +147,10 @@ pub struct FrameOffsets {
     /// flags): masked off before the pointer is followed.
     #[serde(default)]
     pub code_tag_bits: u64,
+    /// `localsplus`, the frame's locals (3.13+, from the debug offsets): `Handle._run`'s
+    /// `self` is read there to tell one callback from the next.
+    #[serde(default)]
+    pub localsplus: Option<usize>,
 }
 
 /// How a code object maps bytecode offsets to lines.

@@ -27,6 +27,7 @@ pub(super) struct ThreadRead {
     owns_gil: bool,
     frames: Vec<Frame>,
     depth: Depth,
+    callback_id: Option<u64>,
 }
 
 /// Everything the sampler holds on one target: the stack reader, the kernel's view of the
@@ -267,6 +268,7 @@ impl TargetReader {
                 head,
                 frames,
                 depth,
+                callback_id: reader.callback_id(),
             });
         }
         self.loop_threads = loops;
@@ -284,6 +286,7 @@ impl TargetReader {
             owns_gil,
             frames,
             depth,
+            callback_id,
         } = read;
         let pid = self.pid;
         let os_tid = head
@@ -319,6 +322,7 @@ impl TargetReader {
             owns_gil,
             every: if full || is_loop { 1 } else { self.stride },
             truncated: depth == Depth::Truncated,
+            callback_id,
         }
     }
 

@@ -488,3 +488,18 @@ fn launch_mode_finds_the_interpreter_behind_the_pyenv_shim() {
     }
     launch(&[shim.to_str().unwrap()]);
 }
+
+#[test]
+fn finds_blocks_on_cpython_3_14() {
+    selector_loop("3.14");
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_15() {
+    selector_loop("3.15");
+}
+
+#[test]
+fn finds_blocks_in_uvloop_on_cpython_3_14() {
+    uvloop("3.14");
+}
