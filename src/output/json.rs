@@ -104,6 +104,7 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
             "rate_hz": info.rate_hz,
             "achieved_rate_hz": round(s.achieved_rate(), 1),
             "reader": s.reader,
+            "offsets": s.offsets,
             "other_threads_hz": s.other_threads_hz,
             "interval_us": { "p50": s.interval_p50_us, "p99": s.interval_p99_us, "max": s.interval_max_us },
             "missed_ticks": s.missed_ticks,

@@ -369,7 +369,7 @@ impl DebugOffsets {
         // The GIL's fields are found relative to the GIL struct.
         for field in [GilLocked, GilHolder] {
             let rel = self.get(field).checked_sub(self.get(GilRuntimeState));
-            if !rel.is_some_and(|r| r < 64) {
+            if rel.is_none_or(|r| r >= 64) {
                 return Err(implausible(field_name(field), self.get(field)));
             }
         }

@@ -56,6 +56,9 @@ pub struct SamplerStats {
     pub interval_max_us: u64,
     /// The stack reader used: `own`, or `py-spy` (asked for, or no offset table).
     pub reader: &'static str,
+    /// Where the own reader's struct offsets came from: `target` (the interpreter's own
+    /// `_Py_DebugOffsets`, 3.13+), `table` (`python_offsets/`), or `none` (py-spy's reader).
+    pub offsets: &'static str,
     /// Reads per second of threads without an event loop (own reader; else `rate_hz`).
     pub other_threads_hz: u32,
 }
@@ -245,6 +248,7 @@ fn run(
         .map(|t| t.duration_since(start))
         .unwrap_or_default();
     stats.reader = reader.reader_name();
+    stats.offsets = reader.offsets_source();
     stats.other_threads_hz = reader.other_threads_hz(settings.rate_hz);
     stats.interval_p50_us = intervals.quantile(0.50);
     stats.interval_p99_us = intervals.quantile(0.99);

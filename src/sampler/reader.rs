@@ -37,6 +37,8 @@ pub(super) struct TargetReader {
     /// py-spy, while it reads the stacks (`--reader py-spy`, or no offset table).
     spy: Option<PythonSpy>,
     own: Option<StackReader<ProcessMemory>>,
+    /// The own reader's offsets are the target's debug offsets.
+    offsets_from_target: bool,
     blocking: bool,
     tasks: Option<TaskReader>,
     thread_ids: ThreadIdMap,
@@ -69,6 +71,14 @@ impl TargetReader {
     }
 
     /// Which reader samples: `own`, or `py-spy`.
+    pub(super) fn offsets_source(&self) -> &'static str {
+        match (&self.own, self.offsets_from_target) {
+            (None, _) => "none",
+            (Some(_), true) => "target",
+            (Some(_), false) => "table",
+        }
+    }
+
     pub(super) fn reader_name(&self) -> &'static str {
         if self.own.is_some() {
             "own"
@@ -134,6 +144,7 @@ impl TargetReader {
             .for_target(pid, l.minor, l.interpreter, l.interpreter_size)
         });
         let wants_own = settings.reader == ReaderKind::Own || spy.is_none();
+        let offsets_from_target = layout.as_ref().is_some_and(|l| l.from_target);
         let own = layout.filter(|_| wants_own).and_then(|l| {
             let from_target = l.from_target;
             let mut own = StackReader::new(ProcessMemory { pid }, l.offsets, l.interpreter, l.gil);
@@ -161,6 +172,7 @@ impl TargetReader {
             blocking,
             spy,
             own,
+            offsets_from_target,
             tasks,
             thread_ids: ThreadIdMap::default(),
             thread_files: ThreadFiles::new(pid),

@@ -11,18 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// In CI (or with LOOPSPY_STRICT=1) a missing interpreter or package fails the test instead of
-/// skipping it.
-pub fn strict() -> bool {
-    std::env::var_os("CI").is_some() || std::env::var_os("LOOPSPY_STRICT").is_some()
-}
-
-/// Skips (outside CI) or fails (in CI) with a reason.
+/// A missing prerequisite fails the test, naming what installs it: a test that skips would
+/// pass while testing nothing (`tests/setup.sh` sets everything up).
 pub fn missing(what: &str) {
-    if strict() {
-        panic!("{what} is required (CI/LOOPSPY_STRICT is set), but missing");
-    }
-    eprintln!("SKIPPED: {what} is missing (set LOOPSPY_STRICT=1 to fail instead)");
+    panic!("{what} is required but missing; `tests/setup.sh` installs every test prerequisite");
 }
 
 fn pyenv_root() -> PathBuf {
