@@ -61,6 +61,9 @@ pub struct ThreadSample {
     /// row never share it). Tells a task's consecutive steps apart on 3.14+, where asyncio's
     /// running-task table no longer changes with each step.
     pub callback_id: Option<u64>,
+    /// The thread's id inside the target's own PID namespace (a container), when that is not
+    /// ours; `os_tid` is always our (the host's) id.
+    pub ns_tid: Option<u64>,
 }
 
 /// Every Python thread of the target at one instant.

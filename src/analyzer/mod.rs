@@ -165,6 +165,11 @@ impl Analyzer {
                 .entry(tid)
                 .or_insert_with(|| name.to_string());
         }
+        if let Some(ns_tid) = thread.ns_tid {
+            if a.ns_thread_ids.len() < MAX_THREADS_KEPT || a.ns_thread_ids.contains_key(&tid) {
+                a.ns_thread_ids.insert(tid, ns_tid);
+            }
+        }
         let stack = (!thread.frames.is_empty()).then(|| a.symbols.intern_stack(&thread.frames));
         if let (Some(stack), OsState::Running) = (stack, &thread.os_state) {
             add_weight(&mut a.active_profile, tid, stack, weight_us);

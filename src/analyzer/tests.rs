@@ -45,6 +45,7 @@ fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
             every: 1,
             truncated: false,
             callback_id: None,
+            ns_tid: None,
         }],
     })
 }

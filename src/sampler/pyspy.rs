@@ -224,6 +224,7 @@ pub(super) fn py_spy_thread_sample(
         // py-spy reads every frame (up to its own limit) and says nothing of a cut.
         truncated: false,
         callback_id: None,
+        ns_tid: None,
     }
 }
 

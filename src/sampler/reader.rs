@@ -17,7 +17,7 @@ use crate::remote::procfs::{KernelView, ThreadFiles};
 use crate::remote::resources::ResourceResolver;
 use crate::remote::stacks::{Depth, StackError, StackReader, ThreadHead};
 use crate::remote::tasks::TaskReader;
-use crate::remote::threads::ThreadIdMap;
+use crate::remote::threads::{NamespaceTids, ThreadIdMap};
 use crate::remote::AttachedTarget;
 use crate::sample::{Frame, OsState, RunningTask, TaskGeneration, ThreadSample};
 
@@ -42,6 +42,8 @@ pub(super) struct TargetReader {
     blocking: bool,
     tasks: Option<TaskReader>,
     thread_ids: ThreadIdMap,
+    /// The target's thread ids in its own PID namespace -> ours.
+    ns_tids: NamespaceTids,
     thread_files: ThreadFiles,
     resources: ResourceResolver,
     /// Python thread id -> (kernel tid, name) from py-spy's thread-name lookup.
@@ -175,6 +177,7 @@ impl TargetReader {
             offsets_from_target,
             tasks,
             thread_ids: ThreadIdMap::default(),
+            ns_tids: NamespaceTids::new(pid),
             thread_files: ThreadFiles::new(pid),
             resources: ResourceResolver::default(),
             names: HashMap::new(),
@@ -301,9 +304,10 @@ impl TargetReader {
             callback_id,
         } = read;
         let pid = self.pid;
-        let os_tid = head
-            .native_tid
-            .or_else(|| self.thread_ids.resolve(pid, head.python_tid));
+        let os_tid = match head.native_tid {
+            Some(ns_tid) => self.ns_tids.host_tid(ns_tid),
+            None => self.thread_ids.resolve(pid, head.python_tid),
+        };
         let view = os_tid.map(|tid| {
             views
                 .remove(&tid)
@@ -335,6 +339,7 @@ impl TargetReader {
             every: if full || is_loop { 1 } else { self.stride },
             truncated: depth == Depth::Truncated,
             callback_id,
+            ns_tid: head.native_tid.filter(|_| self.ns_tids.foreign()),
         }
     }
 

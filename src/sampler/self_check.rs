@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::remote::memory::RemoteMemory;
 use crate::remote::source::SourceCache;
 use crate::remote::stacks::StackReader;
+use crate::remote::threads::NamespaceTids;
 use crate::sample::Frame;
 
 /// Attempts before the reader is not trusted (the target runs on between reads).
@@ -19,11 +20,12 @@ const ATTEMPTS: usize = 20;
 /// Whether the reader's view of the interpreter checks out (see the module's doc).
 pub(super) fn own_reader_checks_out<M: RemoteMemory>(own: &mut StackReader<M>, pid: i32) -> bool {
     let mut sources = SourceCache::new(pid);
+    let mut ns_tids = NamespaceTids::new(pid);
     (0..ATTEMPTS).any(|attempt| {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(2));
         }
-        attempt_checks_out(own, pid, &mut sources)
+        attempt_checks_out(own, pid, &mut sources, &mut ns_tids)
     })
 }
 
@@ -31,6 +33,7 @@ fn attempt_checks_out<M: RemoteMemory>(
     own: &mut StackReader<M>,
     pid: i32,
     sources: &mut SourceCache,
+    ns_tids: &mut NamespaceTids,
 ) -> bool {
     own.begin_tick(Instant::now());
     let Ok(heads) = own.threads() else {
@@ -38,9 +41,11 @@ fn attempt_checks_out<M: RemoteMemory>(
     };
     let live = live_tids(pid);
     let threads_live = !heads.is_empty()
-        && heads
-            .iter()
-            .all(|h| h.native_tid.is_some_and(|tid| live.contains(&tid)));
+        && heads.iter().all(|h| {
+            h.native_tid
+                .and_then(|tid| ns_tids.host_tid(tid))
+                .is_some_and(|tid| live.contains(&tid))
+        });
     if !threads_live {
         return false;
     }

@@ -223,6 +223,7 @@ mod tests {
                 every: 1,
                 truncated: false,
                 callback_id: None,
+                ns_tid: None,
             }],
         }
     }

@@ -5,6 +5,7 @@ mod bad_input;
 mod causes;
 mod ci_gate;
 mod common;
+mod containers;
 mod dump;
 mod fleet;
 mod formats;
