@@ -71,7 +71,7 @@ fn unsupported_python_version_is_named() {
     assert_eq!(run.code(), UNSUPPORTED_PYTHON, "{}", run.stderr);
     let line = error_line(&run);
     assert!(
-        line.contains("does not support") && line.contains("3.8 to 3.13"),
+        line.contains("does not support") && line.contains("3.8 to 3.15"),
         "{line}"
     );
 }
