@@ -44,6 +44,7 @@ fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
             owns_gil: true,
             every: 1,
             truncated: false,
+            counters: None,
         }],
     })
 }

@@ -222,6 +222,7 @@ mod tests {
                 owns_gil: true,
                 every: 1,
                 truncated: false,
+                counters: None,
             }],
         }
     }
