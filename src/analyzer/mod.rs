@@ -549,7 +549,11 @@ impl Analyzer {
             add_weight(&mut a.blocking_profile, tid, stack, us);
         }
         a.incidents_total += 1;
-        a.sites.entry(incident.culprit).or_default().add(&incident);
+        let culprit_frame = a.symbols.frames.get(incident.culprit);
+        a.sites
+            .entry(sites::SiteKey::of(culprit_frame))
+            .or_default()
+            .add(&incident, culprit_frame.line);
         if self.settings.stream {
             self.closed.push(incident.clone());
         }
