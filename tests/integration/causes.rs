@@ -259,6 +259,7 @@ fn offset_tables_match_every_interpreter() {
             ("thread_native_thread_id", thread.native_thread_id),
             ("frame_back", Some(frame.back)),
             ("frame_code", Some(frame.code)),
+            ("frame_globals", frame.globals),
             ("frame_lasti", frame.lasti),
             ("frame_instr", frame.instr),
             ("frame_owner", frame.owner),
