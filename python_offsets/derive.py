@@ -484,6 +484,8 @@ def measure_object_frames(found, gen, workers):
                                  "frame f_back")
     found["frame_code"] = unique(common(*[word_offsets(b, id(f.f_code)) for b, f in zip(blobs, frames)]),
                                  "frame f_code")
+    found["frame_globals"] = unique(
+        common(*[word_offsets(b, id(f.f_globals)) for b, f in zip(blobs, frames)]), "frame f_globals")
     samples = []
     for _ in range(2):
         g = gen.gi_frame
@@ -532,6 +534,7 @@ def measure_interpreter_frames(found, gen, workers, live):
         return unique(common(*[word_offsets(blobs[id(f)], value_of(f)) for f in frames]), what)
 
     found["frame_code"] = scan(all_frames, lambda f: id(f.f_code), "frame code")
+    found["frame_globals"] = scan(all_frames, lambda f: id(f.f_globals), "frame globals")
     found["frame_back"] = back = scan(live, lambda f: iframe_of(f.f_back), "frame previous")
 
     # The instruction pointer: an address in the code object's inline bytecode, at f_lasti

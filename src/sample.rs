@@ -64,6 +64,31 @@ pub struct ThreadSample {
     /// The thread's id inside the target's own PID namespace (a container), when that is not
     /// ours; `os_tid` is always our (the host's) id.
     pub ns_tid: Option<u64>,
+    /// The kernel's running totals for this thread, when they were read with this sample: only
+    /// for an event-loop thread out of its selector, at most every few milliseconds (a write
+    /// into the page cache runs on CPU in the kernel, with no syscall to read; these tell it
+    /// from a Python loop).
+    pub counters: Option<ThreadCounters>,
+}
+
+/// A thread's CPU-time and I/O totals as the kernel keeps them (`/proc/<pid>/task/<tid>/stat`
+/// and `.../io`). Running totals: what a busy run did is the difference of two readings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadCounters {
+    /// Time on CPU in user space, in clock ticks (`utime`; `USER_HZ`, 100 a second).
+    pub user_ticks: u64,
+    /// Time on CPU in the kernel, in clock ticks (`stime`).
+    pub system_ticks: u64,
+    /// Bytes passed to `read()`-like calls (`rchar`: files, pipes, ttys; page-cache hits too).
+    pub read_chars: u64,
+    /// Bytes passed to `write()`-like calls (`wchar`).
+    pub written_chars: u64,
+    /// Bytes this thread dirtied for storage (`write_bytes`; a page-cache write counts at once).
+    pub storage_written: u64,
+    /// The regular file of the process whose offset moved most since the sampler last looked,
+    /// when this reading looked (only when the thread moved bytes): a file written or read on
+    /// CPU leaves no syscall to read its descriptor from.
+    pub busiest_file: Option<String>,
 }
 
 /// Every Python thread of the target at one instant.

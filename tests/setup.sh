@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything loopspy's tests need, idempotently (a second run takes seconds):
 #   - uvloop in each pyenv CPython 3.8-3.13 (the interpreters themselves must be in pyenv);
-#   - pytest, pytest-asyncio, uvicorn and maturin in 3.12 (the CI-gate, fleet and wheel tests);
+#   - pytest, pytest-asyncio, uvicorn, maturin and ziglang in 3.12 (the CI-gate, fleet and wheel
+#     tests; zig links the manylinux2014 wheel);
 #   - tmux (the live view's tests) and debootstrap;
 #   - a Debian sid userland with CPython 3.13.18, 3.14 and 3.15 and uvloop, which pyenv cannot
 #     build here: debootstrapped once into $LOOPSPY_SID_ROOT (default ~/.cache/loopspy/sid-root,
@@ -34,9 +35,10 @@ for minor in 3.8 3.9 3.10 3.11 3.12 3.13; do
     die "could not install uvloop for $py; run: $py -m pip install uvloop"
 done
 py312=$(ls -d "$PYENV_ROOT"/versions/3.12.*/bin/python3.12 | sort -V | tail -n 1)
-"$py312" -c "import pytest, pytest_asyncio, uvicorn, maturin" 2>/dev/null ||
-  "$py312" -m pip install --quiet --disable-pip-version-check pytest pytest-asyncio uvicorn 'maturin>=1.5,<2' ||
-  die "could not install the 3.12 test packages; run: $py312 -m pip install pytest pytest-asyncio uvicorn 'maturin>=1.5,<2'"
+"$py312" -c "import pytest, pytest_asyncio, uvicorn, maturin, ziglang" 2>/dev/null ||
+  "$py312" -m pip install --quiet --disable-pip-version-check pytest pytest-asyncio uvicorn 'maturin>=1.5,<2' ziglang ||
+  die "could not install the 3.12 test packages; run: $py312 -m pip install pytest pytest-asyncio uvicorn 'maturin>=1.5,<2' ziglang"
+"$py312" -m ziglang version >/dev/null || die "zig (PyPI's ziglang) does not run; run: $py312 -m pip install --force-reinstall ziglang"
 
 apt_install tmux debootstrap util-linux
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::sample::{Frame, OsState, Resource, ThreadSample};
+use crate::sample::{Frame, OsState, Resource, ThreadCounters, ThreadSample};
 use crate::syscalls;
 
 /// The cause of an incident. `category` is one of the documented words.
@@ -37,6 +37,54 @@ pub struct Cause {
     /// For `gil`: the thread that held the GIL, and what it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gil_holder: Option<String>,
+    /// What the kernel counted for the loop thread over the incident, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelCounts>,
+}
+
+/// The loop thread's CPU time and bytes moved over an incident, from the kernel's running
+/// totals (the difference of the first and last reading in the busy run, which cover most of
+/// it: they are read every 10 ms or so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct KernelCounts {
+    /// On CPU in user space, ms (10 ms resolution).
+    pub user_ms: u64,
+    /// On CPU in the kernel, ms (10 ms resolution).
+    pub system_ms: u64,
+    /// Bytes passed to read()-like calls.
+    pub read_bytes: u64,
+    /// Bytes passed to write()-like calls.
+    pub written_bytes: u64,
+}
+
+impl KernelCounts {
+    /// Share of the CPU time spent in the kernel, percent (None without CPU time to share).
+    pub fn system_pct(&self) -> Option<u32> {
+        let total = self.user_ms + self.system_ms;
+        (total > 0).then(|| (100 * self.system_ms + total / 2) as u32 / total as u32)
+    }
+
+    /// File I/O done on CPU: the kernel had at least half of the CPU time (and two clock
+    /// ticks of it), and the thread moved at least [`BULK_BYTES`]. A Python loop is user
+    /// time; a big allocation's page faults are kernel time without bytes.
+    fn is_bulk_io(&self) -> bool {
+        self.system_ms >= 20
+            && 2 * self.system_ms >= self.user_ms + self.system_ms
+            && self.read_bytes + self.written_bytes >= BULK_BYTES
+    }
+}
+
+/// Bytes a busy run must move through read()/write() to count as bulk file I/O.
+const BULK_BYTES: u64 = 1 << 20;
+
+/// Clock ticks a second in `/proc/*/stat` (`USER_HZ`: 100 in the Linux x86_64 ABI).
+const TICKS_PER_SECOND: u64 = 100;
+
+/// How many distinct files an incident's evidence counts (readings name few).
+const MAX_FILES_COUNTED: usize = 16;
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 impl Cause {
@@ -50,6 +98,7 @@ impl Cause {
             path: None,
             library: None,
             gil_holder: None,
+            kernel: None,
         }
     }
 }
@@ -72,6 +121,11 @@ pub struct CauseEvidence {
     gil_holders: HashMap<String, u32>,
     waits: HashMap<WaitKey, u32>,
     library_hits: HashMap<&'static str, u32>,
+    /// The first and the latest kernel counter reading of the busy run.
+    counters_first: Option<ThreadCounters>,
+    counters_last: Option<ThreadCounters>,
+    /// Files the sampler saw moving while the loop thread moved bytes, with how often.
+    files_moved: HashMap<String, u32>,
 }
 
 /// Libraries recognised from the files on the callback's stack, with their category. The
@@ -157,11 +211,60 @@ impl CauseEvidence {
         if let Some(lib) = library {
             *self.library_hits.entry(lib).or_default() += 1;
         }
+        if let Some(counters) = &thread.counters {
+            self.add_counters(counters);
+        }
+    }
+
+    /// Where the run's kernel counts start from: the counters read with its first sample, or
+    /// else the loop thread's latest reading before it (the counters of a loop idle in its
+    /// selector do not move, so that reading is as good).
+    pub fn counters_start(&mut self, counters: Option<&ThreadCounters>) {
+        self.counters_first = counters.cloned();
+    }
+
+    /// Adds a kernel counter reading taken with a busy sample.
+    pub fn add_counters(&mut self, counters: &ThreadCounters) {
+        if self.counters_first.is_none() {
+            self.counters_first = Some(counters.clone());
+        }
+        if let Some(file) = &counters.busiest_file {
+            if self.files_moved.len() < MAX_FILES_COUNTED || self.files_moved.contains_key(file) {
+                *self.files_moved.entry(file.clone()).or_default() += 1;
+            }
+        }
+        self.counters_last = Some(counters.clone());
+    }
+
+    /// What the kernel counted between the run's first and latest readings.
+    pub fn kernel_counts(&self) -> Option<KernelCounts> {
+        let (a, b) = (self.counters_first.as_ref()?, self.counters_last.as_ref()?);
+        let ms = |ticks: u64| ticks * 1000 / TICKS_PER_SECOND;
+        Some(KernelCounts {
+            user_ms: ms(b.user_ticks.saturating_sub(a.user_ticks)),
+            system_ms: ms(b.system_ticks.saturating_sub(a.system_ticks)),
+            read_bytes: b.read_chars.saturating_sub(a.read_chars),
+            written_bytes: b.written_chars.saturating_sub(a.written_chars),
+        })
+    }
+
+    /// The file the sampler saw moving most often.
+    fn file_moved(&self) -> Option<&str> {
+        self.files_moved
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(path, _)| path.as_str())
     }
 
     /// Decides the cause from everything seen. `culprit_source` is the text of the culprit
     /// line, when it could be read.
     pub fn decide(&self, culprit_source: Option<&str>) -> Cause {
+        let mut cause = self.decide_category(culprit_source);
+        cause.kernel = self.kernel_counts();
+        cause
+    }
+
+    fn decide_category(&self, culprit_source: Option<&str>) -> Cause {
         let total = self.samples.max(1);
         let pct = |n: u32| (100.0 * n as f64 / total as f64).round() as u32;
         // A library counts when it was on the stack in a real share of the samples, not in a
@@ -185,6 +288,7 @@ impl CauseEvidence {
                 .map(|call| call.trim_matches(|c| c == '.' || c == '('))
         });
         let top_wait = self.waits.iter().max_by_key(|(k, n)| (**n, k.nr));
+        let kernel = self.kernel_counts();
         let via = library.map(|l| format!(" via {l}")).unwrap_or_default();
 
         // 1. Waiting for a GIL another thread holds.
@@ -213,13 +317,22 @@ impl CauseEvidence {
                 let (category, cause) = self.wait_cause(wait, *count, pct(*count), &via);
                 (Some(category), cause)
             }
-            _ => (
-                None,
-                Cause::new(
-                    "cpu",
-                    format!("thread on CPU in {}% of samples{via}", pct(self.running)),
-                ),
-            ),
+            _ => {
+                let in_kernel = kernel
+                    .and_then(|k| k.system_pct())
+                    .map(|p| format!(", {p}% of its CPU time in the kernel"))
+                    .unwrap_or_default();
+                (
+                    None,
+                    Cause::new(
+                        "cpu",
+                        format!(
+                            "thread on CPU in {}% of samples{in_kernel}{via}",
+                            pct(self.running)
+                        ),
+                    ),
+                )
+            }
         };
         cause.library = library;
 
@@ -239,14 +352,49 @@ impl CauseEvidence {
             }
         }
         // A large write runs in the kernel (the thread shows as running, with no syscall to
-        // read); a file wait seen in some samples plus a file-I/O culprit line says "file".
+        // read). The kernel's counters say so: mostly system time while bulk bytes moved.
+        let file_wait = self
+            .waits
+            .iter()
+            .filter(|(k, _)| matches!(k.resource, Some(Resource::File(_))))
+            .max_by_key(|(k, n)| (**n, k.nr));
+        if let Some(counts) = kernel.filter(|k| wait_category.is_none() && k.is_bulk_io()) {
+            // The descriptor a file wait named is exact; the file whose offset moved is the
+            // sampler's best look when the thread never left the CPU.
+            let path = file_wait
+                .and_then(|(k, _)| k.resource.as_ref().and_then(Resource::path))
+                .or_else(|| self.file_moved());
+            let (verb, bytes) = if counts.written_bytes >= counts.read_bytes {
+                ("wrote", counts.written_bytes)
+            } else {
+                ("read", counts.read_bytes)
+            };
+            let target = match (path, verb) {
+                (Some(path), "wrote") => format!(" to file {path}"),
+                (Some(path), _) => format!(" from file {path}"),
+                (None, _) => " (file not identified)".to_string(),
+            };
+            let mut file = Cause::new(
+                "file",
+                format!(
+                    "file I/O on CPU in the kernel: {verb} {}{target}, {}% of {} ms on CPU in the kernel{via}",
+                    megabytes(bytes),
+                    counts.system_pct().unwrap_or(0),
+                    counts.user_ms + counts.system_ms,
+                ),
+            );
+            if let Some(path) = path {
+                file.resource = Some(Resource::File(path.to_string()).to_string());
+                file.path = Some(path.to_string());
+            }
+            file.syscall = file_wait.and_then(|(k, _)| k.nr).map(syscalls::name);
+            file.library = library;
+            return file;
+        }
+        // A file wait seen in some samples plus a file-I/O culprit line says "file" too (no
+        // counters: the py-spy reader, or a kernel without task I/O accounting).
         if wait_category.is_none() {
-            if let Some((wait, _)) = self
-                .waits
-                .iter()
-                .filter(|(k, _)| matches!(k.resource, Some(Resource::File(_))))
-                .max_by_key(|(k, n)| (**n, k.nr))
-            {
+            if let Some((wait, _)) = file_wait {
                 let file_io = culprit_source
                     .is_some_and(|text| FILE_CALLS.iter().any(|call| text.contains(call)));
                 if file_io {
@@ -402,6 +550,7 @@ mod tests {
             truncated: false,
             callback_id: None,
             ns_tid: None,
+            counters: None,
         }
     }
 
@@ -490,6 +639,82 @@ mod tests {
         let cause = e.decide(Some("cur.execute(SLOW_QUERY)"));
         assert_eq!(cause.category, "database");
         assert!(cause.detail.contains("execute()"), "{}", cause.detail);
+    }
+
+    /// A busy sample on CPU carrying a counter reading: `ticks` (user, system) and bytes
+    /// (read, written) so far.
+    fn on_cpu_with(ticks: (u64, u64), bytes: (u64, u64), file: Option<&str>) -> ThreadSample {
+        let mut t = waiting(0, 0, None);
+        t.os_state = OsState::Running;
+        t.counters = Some(ThreadCounters {
+            user_ticks: ticks.0,
+            system_ticks: ticks.1,
+            read_chars: bytes.0,
+            written_chars: bytes.1,
+            storage_written: bytes.1,
+            busiest_file: file.map(String::from),
+        });
+        t
+    }
+
+    #[test]
+    fn a_write_on_cpu_in_the_kernel_is_file_naming_the_file() {
+        // 64 MB written, 190 of 200 ms in the kernel, never off CPU: what a write() into the
+        // page cache looks like.
+        let mut e = CauseEvidence::default();
+        e.counters_start(on_cpu_with((50, 10), (0, 1_000), None).counters.as_ref());
+        e.add(&on_cpu_with((50, 12), (0, 1_000), None), None, None);
+        e.add(
+            &on_cpu_with((51, 20), (0, 1_000), Some("/srv/up.bin")),
+            None,
+            None,
+        );
+        e.add(&on_cpu_with((51, 29), (0, 64_001_000), None), None, None);
+        let cause = e.decide(Some("f.write(payload)"));
+        assert_eq!(cause.category, "file", "{}", cause.detail);
+        assert_eq!(cause.path.as_deref(), Some("/srv/up.bin"));
+        assert!(
+            cause.detail.contains("wrote 64.0 MB to file /srv/up.bin"),
+            "{}",
+            cause.detail
+        );
+        let kernel = cause.kernel.unwrap();
+        assert_eq!((kernel.user_ms, kernel.system_ms), (10, 190));
+        assert_eq!(kernel.written_bytes, 64_000_000);
+        assert!(suggestion(cause.category).contains("aiofiles"));
+    }
+
+    #[test]
+    fn a_read_on_cpu_in_the_kernel_is_file_even_unnamed() {
+        let mut e = CauseEvidence::default();
+        e.add(&on_cpu_with((0, 0), (0, 0), None), None, None);
+        e.add(&on_cpu_with((1, 9), (80_000_000, 0), None), None, None);
+        let cause = e.decide(None);
+        assert_eq!(cause.category, "file");
+        assert_eq!(cause.path, None);
+        assert!(
+            cause.detail.contains("read 80.0 MB (file not identified)"),
+            "{}",
+            cause.detail
+        );
+    }
+
+    #[test]
+    fn a_python_loop_and_kernel_time_without_bytes_stay_cpu() {
+        // User time: a Python loop, whatever bytes a log line moved.
+        let mut e = CauseEvidence::default();
+        e.add(&on_cpu_with((0, 0), (0, 0), None), None, None);
+        e.add(&on_cpu_with((15, 1), (0, 2_000_000), None), None, None);
+        let cause = e.decide(None);
+        assert_eq!(cause.category, "cpu");
+        assert!(cause.detail.contains("6% of its CPU time in the kernel"));
+        // Kernel time moving no bytes (page faults of a large allocation): still cpu.
+        let mut e = CauseEvidence::default();
+        e.add(&on_cpu_with((0, 0), (0, 0), None), None, None);
+        e.add(&on_cpu_with((2, 14), (0, 4_096), None), None, None);
+        let cause = e.decide(None);
+        assert_eq!(cause.category, "cpu");
+        assert!(cause.detail.contains("88% of its CPU time in the kernel"));
     }
 
     #[test]

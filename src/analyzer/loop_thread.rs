@@ -8,6 +8,7 @@ use super::incident::{self, BusyRun};
 use super::intern::FrameId;
 use super::loop_detect::LoopKind;
 use crate::histogram::{quantile_of_sorted, Histogram};
+use crate::sample::ThreadCounters;
 
 /// Sample counts per source line, for the few lines a frame is seen at.
 #[derive(Debug, Default)]
@@ -60,6 +61,9 @@ pub struct LoopThread {
     /// iteration boundary shows a callback's frames with `_run_once` already further on.
     pub(super) handle_run_lines: LineVotes,
     pub(super) run: Option<BusyRun>,
+    /// The latest kernel counter reading of this thread (its numbers only): where a busy run
+    /// whose first sample came without one starts counting.
+    pub(super) last_counters: Option<ThreadCounters>,
     /// End time and duration (ms) of every stall of the last minute, for live views.
     pub(super) recent_stalls: VecDeque<(Instant, f64)>,
 }
@@ -112,6 +116,7 @@ impl LoopThread {
             base_frame,
             handle_run_lines: LineVotes::default(),
             run: None,
+            last_counters: None,
             recent_stalls: VecDeque::new(),
         }
     }

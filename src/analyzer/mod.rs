@@ -20,7 +20,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::remote::source::SourceCache;
-use crate::sample::{OsState, RunningTask, Sample, SamplerMessage, TaskGeneration, ThreadSample};
+use crate::sample::{
+    OsState, RunningTask, Sample, SamplerMessage, TaskGeneration, ThreadCounters, ThreadSample,
+};
 use crate::syscalls;
 use analysis::{add_weight, MAX_THREADS_KEPT};
 pub use analysis::{
@@ -212,12 +214,24 @@ impl Analyzer {
         });
         loop_thread.observed += weight;
         loop_thread.saw(kind, thread.name.as_deref());
+        let counters_before = match &thread.counters {
+            Some(counters) => loop_thread.last_counters.replace(ThreadCounters {
+                busiest_file: None,
+                ..counters.clone()
+            }),
+            None => loop_thread.last_counters.clone(),
+        };
         let first_sample = loop_thread.last_sample_at.is_none();
         let previous = loop_thread.last_sample_at.replace(at);
         let after_gap =
             previous.is_some_and(|p| at.saturating_duration_since(p) > self.settings.gap());
 
         if !position.is_busy() {
+            // The reading taken as the loop got back to its selector closes the run's counts
+            // (a long write() adds its bytes only when it returns).
+            if let (Some(run), Some(counters)) = (loop_thread.run.as_mut(), &thread.counters) {
+                run.evidence.add_counters(counters);
+            }
             self.went_idle(tid, at);
             return;
         }
@@ -279,6 +293,8 @@ impl Analyzer {
             };
             let mut run = BusyRun::new(start_at, at);
             run.loop_context = context;
+            run.evidence
+                .counters_start(thread.counters.as_ref().or(counters_before.as_ref()));
             run
         });
         let callback = match position {
@@ -546,7 +562,11 @@ impl Analyzer {
             add_weight(&mut a.blocking_profile, tid, stack, us);
         }
         a.incidents_total += 1;
-        a.sites.entry(incident.culprit).or_default().add(&incident);
+        let culprit_frame = a.symbols.frames.get(incident.culprit);
+        a.sites
+            .entry(sites::SiteKey::of(culprit_frame))
+            .or_default()
+            .add(&incident, culprit_frame.line);
         if self.settings.stream {
             self.closed.push(incident.clone());
         }

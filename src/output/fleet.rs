@@ -99,11 +99,11 @@ fn combined_lines(members: &[Member], pick: fn(&Analysis) -> &Profile) -> Vec<St
     lines
 }
 
-/// One site (culprit function, file, line) merged across processes.
+/// One site (culprit function and file, with its lines) merged across processes.
 struct MergedSite {
     function: String,
     file: String,
-    line: u32,
+    lines: std::collections::BTreeSet<u32>,
     count: u64,
     total_ms: f64,
     max_ms: f64,
@@ -111,17 +111,27 @@ struct MergedSite {
     pids: Vec<i32>,
 }
 
+impl MergedSite {
+    /// `40,41` (the first eight lines, then `…`).
+    fn line_list(&self) -> String {
+        let mut lines: Vec<String> = self.lines.iter().take(8).map(u32::to_string).collect();
+        if self.lines.len() > 8 {
+            lines.push("…".into());
+        }
+        lines.join(",")
+    }
+}
+
 fn merged_sites(members: &[Member]) -> Vec<MergedSite> {
-    let mut merged: HashMap<(String, String, u32), MergedSite> = HashMap::new();
+    let mut merged: HashMap<(String, String), MergedSite> = HashMap::new();
     for m in members {
-        for (frame, site) in &m.analysis.sites {
-            let f = m.analysis.symbols.frames.get(*frame);
+        for (key, site) in &m.analysis.sites {
             let entry = merged
-                .entry((f.function.to_string(), f.file.to_string(), f.line))
+                .entry((key.function.to_string(), key.file.to_string()))
                 .or_insert_with(|| MergedSite {
-                    function: f.function.to_string(),
-                    file: f.file.to_string(),
-                    line: f.line,
+                    function: key.function.to_string(),
+                    file: key.file.to_string(),
+                    lines: Default::default(),
                     count: 0,
                     total_ms: 0.0,
                     max_ms: 0.0,
@@ -131,6 +141,7 @@ fn merged_sites(members: &[Member]) -> Vec<MergedSite> {
             entry.count += site.count;
             entry.total_ms += site.total_ms;
             entry.max_ms = entry.max_ms.max(site.max_ms);
+            entry.lines.extend(site.lines().map(|(line, _)| line));
             entry.pids.push(m.info.pid);
         }
     }
@@ -138,7 +149,7 @@ fn merged_sites(members: &[Member]) -> Vec<MergedSite> {
     list.sort_by(|a, b| {
         b.total_ms
             .total_cmp(&a.total_ms)
-            .then((&a.function, &a.file, a.line).cmp(&(&b.function, &b.file, b.line)))
+            .then((&a.function, &a.file).cmp(&(&b.function, &b.file)))
     });
     list
 }
@@ -186,7 +197,7 @@ pub fn report(members: &[Member]) -> String {
             rank + 1,
             text::md_code(&site.function, text::NAME_CHARS),
             text::md_code(&site.file, text::PATH_CHARS),
-            site.line,
+            site.line_list(),
             site.count,
             site.total_ms,
             site.max_ms,
@@ -294,7 +305,7 @@ pub fn summary(members: &[Member], written: &WrittenFiles) -> String {
                 site.category,
                 text::name(&site.function),
                 text::human(short_path(&site.file), text::PATH_CHARS),
-                site.line,
+                site.line_list(),
                 pid_list(&site.pids)
             );
         }

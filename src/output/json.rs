@@ -10,6 +10,7 @@ use super::RecordingInfo;
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::incident::Incident;
 use crate::analyzer::intern::FrameId;
+use crate::analyzer::sites;
 use crate::analyzer::Analysis;
 use crate::sampler::StopReason;
 
@@ -93,6 +94,32 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
         .iter()
         .map(|i| incident_json(analysis, i))
         .collect();
+    let sites: Vec<Value> = sites::ranked(&analysis.sites)
+        .into_iter()
+        .map(|(key, site)| {
+            let lines: Vec<Value> = site
+                .lines()
+                .map(|(line, stats)| {
+                    json!({
+                        "line": line,
+                        "count": stats.count,
+                        "total_ms": round(stats.total_ms, 2),
+                        "source": stats.source,
+                    })
+                })
+                .collect();
+            json!({
+                "function": key.function,
+                "file": key.file,
+                "lines": lines,
+                "count": site.count,
+                "total_ms": round(site.total_ms, 2),
+                "max_ms": round(site.max_ms, 2),
+                "p95_ms": site.percentile(0.95),
+                "cause": site.category(),
+            })
+        })
+        .collect();
     json!({
         "schema": SCHEMA,
         "target": {
@@ -127,6 +154,7 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
             "stop_reason": stop_reason_str(info.stop_reason),
         },
         "loops": loops,
+        "sites": sites,
         "incidents": incidents,
     })
 }

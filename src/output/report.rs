@@ -13,6 +13,31 @@ use crate::analyzer::{frame_label, Analysis};
 use crate::sample::Frame;
 use crate::text;
 
+/// The code column of a site: its line's text; for a site whose incidents stopped at several
+/// lines of its function, each line with its text, count and time (`41: `f.write(...)` — 2×,
+/// 200.0 ms`), one per cell line.
+fn site_code(site: &sites::SiteStats) -> String {
+    let code = |source: Option<&str>| {
+        source
+            .map(|t| text::md_code(t, text::SOURCE_CHARS))
+            .unwrap_or_default()
+    };
+    if site.lines().count() <= 1 {
+        return code(site.source());
+    }
+    site.lines()
+        .map(|(line, stats)| {
+            format!(
+                "{line}: {} — {}×, {:.1} ms",
+                code(stats.source.as_deref()),
+                stats.count,
+                stats.total_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("<br>")
+}
+
 /// A frame in Markdown text: its function and file as code spans nothing can break out of.
 fn md_frame(frame: &Frame) -> String {
     format!(
@@ -122,21 +147,16 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
             "| # | site | code | count | total ms | max ms | p95 ms | cause | fix |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-        for (rank, (culprit, site)) in ranked.iter().enumerate() {
-            let f = analysis.symbols.frames.get(*culprit);
-            let code = site
-                .source
-                .as_deref()
-                .map(|t| text::md_code(t, text::SOURCE_CHARS))
-                .unwrap_or_default();
+        for (rank, (key, site)) in ranked.iter().enumerate() {
+            let code = site_code(site);
             let category = site.category();
             let _ = writeln!(
                 md,
                 "| {} | {} {}:{} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
                 rank + 1,
-                text::md_code(&f.function, text::NAME_CHARS),
-                text::md_code(&f.file, text::PATH_CHARS),
-                f.line,
+                text::md_code(&key.function, text::NAME_CHARS),
+                text::md_code(&key.file, text::PATH_CHARS),
+                site.line_list(),
                 code,
                 site.count,
                 site.total_ms,

@@ -6,7 +6,6 @@ use std::fmt::Write;
 use super::{RecordingInfo, WrittenFiles};
 use crate::analyzer::sites;
 use crate::analyzer::Analysis;
-use crate::text::frame_label;
 
 /// How many sites the summary lists.
 const TOP_SITES: usize = 5;
@@ -71,8 +70,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
                 "Top blocking sites:\n  {:>9} {:>5} {:>8} {:>8}  {:<10} site",
                 "total ms", "count", "max ms", "p95 ms", "cause"
             );
-            for (culprit, site) in ranked.iter().take(TOP_SITES) {
-                let f = analysis.symbols.frames.get(*culprit);
+            for (key, site) in ranked.iter().take(TOP_SITES) {
                 let _ = writeln!(
                     out,
                     "  {:>9.0} {:>5} {:>8.0} {:>8.0}  {:<10} {}",
@@ -81,7 +79,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
                     site.max_ms,
                     site.percentile(0.95),
                     site.category(),
-                    frame_label(f, true)
+                    site.label(key)
                 );
             }
         }

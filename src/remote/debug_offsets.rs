@@ -461,6 +461,11 @@ impl DebugOffsets {
                 // `_PyStackRef` from 3.14: Py_TAG_BITS is 3 in GIL builds.
                 code_tag_bits: if minor >= 14 { 3 } else { 0 },
                 localsplus: Some(get(FrameLocalsplus)),
+                // Not in the debug offsets: `_PyInterpreterFrame` is f_executable (0),
+                // previous (8), f_funcobj (16), f_globals (24) in 3.13
+                // (Include/internal/pycore_frame.h) and 3.14–3.15
+                // (pycore_interpframe_structs.h).
+                globals: Some(24),
             },
             code: CodeOffsets {
                 filename: get(CodeFilename),

@@ -121,6 +121,11 @@ pub struct FrameOffsets {
     pub back: usize,
     /// `f_code` / `f_executable`.
     pub code: usize,
+    /// `f_globals`: the module dict the frame runs in. A code object whose address is reused
+    /// by another one almost always comes back under another module's globals, so the code
+    /// cache checks it at once (`remote::stacks`).
+    #[serde(default)]
+    pub globals: Option<usize>,
     /// `f_lasti` (an `int`), `PyFrameObject` only.
     #[serde(default)]
     pub lasti: Option<usize>,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 
-use crate::sample::Syscall;
+use crate::sample::{Syscall, ThreadCounters};
 
 /// Parses the text of a `syscall` file: `NR ARG1 .. ARG6 SP PC` in hex after the number.
 pub fn parse_syscall(text: &str) -> Option<Syscall> {
@@ -118,6 +118,161 @@ impl ThreadFiles {
     }
 }
 
+/// `utime` and `stime` (clock ticks) from the text of a `stat` file.
+pub fn parse_stat_times(text: &str) -> Option<(u64, u64)> {
+    // The command name is in parentheses and may itself contain spaces or parentheses; after
+    // it come the state (field 3) ... utime (14) and stime (15).
+    let mut fields = text[text.rfind(')')? + 1..].split_whitespace().skip(11);
+    let utime = fields.next()?.parse().ok()?;
+    let stime = fields.next()?.parse().ok()?;
+    Some((utime, stime))
+}
+
+/// Fills the byte counters of `counters` from the text of an `io` file.
+pub fn parse_io(text: &str, counters: &mut ThreadCounters) -> Option<()> {
+    let mut seen = 0;
+    for line in text.lines() {
+        let (key, value) = line.split_once(':')?;
+        let value: u64 = value.trim().parse().ok()?;
+        let slot = match key {
+            "rchar" => &mut counters.read_chars,
+            "wchar" => &mut counters.written_chars,
+            "write_bytes" => &mut counters.storage_written,
+            _ => continue,
+        };
+        *slot = value;
+        seen += 1;
+    }
+    (seen == 3).then_some(())
+}
+
+/// The `stat` and `io` files of a process's threads, kept open and re-read in place like
+/// [`ThreadFiles`]. Read only for event-loop threads while their loop is busy, at a low rate:
+/// two reads each time.
+#[derive(Debug)]
+pub struct CounterFiles {
+    pid: i32,
+    open: HashMap<u64, Option<(fs::File, fs::File)>>,
+}
+
+impl CounterFiles {
+    /// Most threads kept open (event-loop threads only: a handful).
+    const MAX_OPEN: usize = 64;
+
+    /// For the threads of `pid`.
+    pub fn new(pid: i32) -> Self {
+        CounterFiles {
+            pid,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Thread `tid`'s CPU times and I/O totals, `None` when gone or unreadable (`io` needs
+    /// the same access as reading the target's memory; a kernel without task I/O accounting
+    /// has no `io` file).
+    pub fn read(&mut self, tid: u64) -> Option<ThreadCounters> {
+        use std::os::unix::fs::FileExt;
+        if self.open.len() >= Self::MAX_OPEN && !self.open.contains_key(&tid) {
+            self.open.clear();
+        }
+        let pid = self.pid;
+        let files = self.open.entry(tid).or_insert_with(|| {
+            let open = |name: &str| fs::File::open(format!("/proc/{pid}/task/{tid}/{name}"));
+            Some((open("stat").ok()?, open("io").ok()?))
+        });
+        let (stat, io) = files.as_ref()?;
+        let mut buf = [0u8; 1024];
+        let mut counters = ThreadCounters::default();
+        let read = |file: &fs::File, buf: &mut [u8]| -> Option<usize> {
+            file.read_at(buf, 0)
+                .ok()
+                .filter(|&n| n > 0 && n < buf.len())
+        };
+        let parsed = read(stat, &mut buf)
+            .and_then(|n| parse_stat_times(std::str::from_utf8(&buf[..n]).ok()?))
+            .and_then(|(user, system)| {
+                counters.user_ticks = user;
+                counters.system_ticks = system;
+                let n = read(io, &mut buf)?;
+                parse_io(std::str::from_utf8(&buf[..n]).ok()?, &mut counters)
+            });
+        if parsed.is_none() {
+            self.open.remove(&tid);
+            return None;
+        }
+        Some(counters)
+    }
+
+    /// Closes the files of threads not in `live`.
+    pub fn retain(&mut self, live: impl Fn(u64) -> bool) {
+        self.open.retain(|tid, _| live(*tid));
+    }
+}
+
+/// Most descriptors [`open_files`] looks at: a server with thousands of sockets open costs
+/// a bounded look (sockets are skipped cheaply, but each is a `readlink`).
+pub const MAX_FDS_LOOKED_AT: usize = 1024;
+
+/// One regular file a process has open, as [`open_files`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenFile {
+    /// The descriptor.
+    pub fd: u64,
+    /// Its path, as the target sees it.
+    pub path: String,
+    /// The file offset (`pos` in fdinfo). Moves only when a read or write call returns.
+    pub offset: u64,
+    /// The file's size, for a file open for writing: it grows while one long `write()` is
+    /// still copying into the page cache (the offset does not move until the call returns).
+    pub size: Option<u64>,
+}
+
+/// The regular files `pid` has open (`/proc/<pid>/fd`, `fdinfo`). Comparing two looks tells
+/// which file is being written or read when no syscall can be read (a thread on CPU in
+/// `write()`).
+pub fn open_files(pid: i32) -> Vec<OpenFile> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return found;
+    };
+    for entry in entries.flatten().take(MAX_FDS_LOOKED_AT) {
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // Sockets, pipes and anonymous inodes have no path (and no offset worth reading).
+        let Some(path) = fd_target(pid, fd).filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let Some(offset) = field("pos:").and_then(|v| v.parse().ok()) else {
+            continue;
+        };
+        let writable = field("flags:")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .is_some_and(|flags| flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32);
+        // stat() through the magic link reaches the target's file even in another mount
+        // namespace; only regular files have a size that means progress.
+        let size = fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .ok()
+            .filter(|m| writable && m.is_file())
+            .map(|m| m.len());
+        found.push(OpenFile {
+            fd,
+            path,
+            offset,
+            size,
+        });
+    }
+    found
+}
+
 /// True while the process exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
     !matches!(process_state(pid), None | Some('Z') | Some('X'))
@@ -185,6 +340,7 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn paths_are_shown_as_a_chrooted_target_sees_them() {
@@ -216,6 +372,42 @@ mod tests {
     fn running_thread_has_no_syscall() {
         assert_eq!(parse_syscall("running\n"), None);
         assert_eq!(parse_syscall("-1 0x7ffd 0x7f12\n"), None);
+    }
+
+    #[test]
+    fn parses_cpu_times_and_io_totals() {
+        let stat = "42 (a (b) c) R 1 42 42 0 -1 4194304 100 0 0 0 37 12 0 0 20 0 1 0 5 0\n";
+        assert_eq!(parse_stat_times(stat), Some((37, 12)));
+        let io = "rchar: 10\nwchar: 64000000\nsyscr: 3\nsyscw: 1\nread_bytes: 0\n\
+                  write_bytes: 63995904\ncancelled_write_bytes: 0\n";
+        let mut c = ThreadCounters::default();
+        assert!(parse_io(io, &mut c).is_some());
+        assert_eq!(
+            (c.read_chars, c.written_chars, c.storage_written),
+            (10, 64_000_000, 63_995_904)
+        );
+        assert!(parse_io("rchar: 1\n", &mut ThreadCounters::default()).is_none());
+    }
+
+    #[test]
+    fn reads_own_threads_counters_and_file_offsets() {
+        use std::io::Write;
+        let me = std::process::id() as i32;
+        let tid = unsafe { libc::gettid() } as u64;
+        let mut counters = CounterFiles::new(me);
+        let before = counters.read(tid).expect("own thread's stat and io");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("written.bin");
+        let mut file = fs::File::create(&path).unwrap();
+        file.write_all(&vec![7u8; 3 << 20]).unwrap();
+        let after = counters.read(tid).unwrap();
+        assert!(after.written_chars >= before.written_chars + (3 << 20));
+        let open = open_files(me);
+        let listed = open
+            .iter()
+            .find(|f| Path::new(&f.path) == path)
+            .expect("the open file is listed");
+        assert_eq!((listed.offset, listed.size), (3 << 20, Some(3 << 20)));
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! Per tick this reader does one read per thread state (to walk the thread list), one per
 //! frame of the threads the sampler asks for, and one for the GIL holder. Everything that never
 //! changes while a code object lives — its names, file name and decoded line table — is cached
-//! by the code object's address. A cached entry is re-checked against the target once a second
-//! (a code object freed and its address reused by another one is noticed then), and at once
-//! whenever a frame's position does not fit the cached bytecode length.
+//! by the code object's address. A cached entry is re-checked against the target once a second,
+//! at once whenever a frame's position does not fit the cached bytecode length, and at once
+//! whenever the frame runs under other globals than the entry was last seen with: a code object
+//! freed and its address reused by another one (while a program imports, a module's class
+//! bodies are freed and the next module's functions take their place) comes back under another
+//! module's globals, and trusting the old entry for a second named the wrong function.
 //!
 //! Nothing here trusts what it reads: the target runs on while we read it, so a frame can be
 //! popped or a code object freed half-way through a walk. Every pointer is checked (a code
@@ -98,6 +101,8 @@ struct CodeInfo {
     code_bytes: i64,
     /// The fields the entry was decoded from, compared when the entry is re-checked.
     fingerprint: [u64; 4],
+    /// The `f_globals` of the frame it was last seen in (0 where the table has none).
+    globals: u64,
     checked_at: Instant,
     /// 3.13 shim frames (`<shim>` or an empty file name), which py-spy and we leave out.
     shim: bool,
@@ -184,7 +189,14 @@ impl<M: RemoteMemory> StackReader<M> {
     /// (py-spy's `threadstate_address`; 0 when unknown).
     pub fn new(mem: M, offsets: PythonOffsets, interpreter: u64, gil: u64) -> Self {
         let (f, t, c) = (&offsets.frame, &offsets.thread, &offsets.code);
-        let frame_len = span(&[Some(f.back), Some(f.code), f.lasti, f.instr, f.owner]);
+        let frame_len = span(&[
+            Some(f.back),
+            Some(f.code),
+            f.globals,
+            f.lasti,
+            f.instr,
+            f.owner,
+        ]);
         let tstate_len = span(&[
             Some(t.next),
             t.frame,
@@ -415,6 +427,7 @@ impl<M: RemoteMemory> StackReader<M> {
                 }
             }
             let code = word(frame, f.code) & !f.code_tag_bits;
+            let globals = f.globals.map_or(0, |at| word(frame, at));
             let position = match f.layout {
                 FrameLayout::Object => {
                     let lasti = int32(frame, f.lasti.unwrap_or(0)) as i64;
@@ -433,7 +446,7 @@ impl<M: RemoteMemory> StackReader<M> {
             };
             let locals = self.offsets.frame.localsplus;
             let want_self = self.callback_id.is_none();
-            let info = self.code(code, position)?;
+            let info = self.code(code, position, globals)?;
             let read_self = info.handle_run && want_self;
             if !info.shim {
                 out.push(Frame {
@@ -462,8 +475,11 @@ impl<M: RemoteMemory> StackReader<M> {
     }
 
     /// The cached facts of the code object at `code`, decoding it on first sight, when the
-    /// entry is due for a check, or when `position` does not fit it.
-    fn code(&mut self, code: u64, position: i64) -> Result<&CodeInfo, StackError> {
+    /// entry is due for a check, when `position` does not fit it, or when the frame's
+    /// `globals` are not those the entry was last seen under (a re-check: one header read, and
+    /// a decode only if the code object changed; a code object run under several globals, as
+    /// `exec` does, costs that read per change).
+    fn code(&mut self, code: u64, position: i64, globals: u64) -> Result<&CodeInfo, StackError> {
         /// What the cache entry calls for this time.
         enum Lookup {
             Trust,
@@ -473,6 +489,7 @@ impl<M: RemoteMemory> StackReader<M> {
         let fits = |info: &CodeInfo| position >= -2 && position <= info.code_bytes;
         let lookup = match self.codes.get(&code) {
             Some(info) if !fits(info) => Lookup::Decode,
+            Some(info) if info.globals != globals => Lookup::Recheck,
             Some(info) if self.now.duration_since(info.checked_at) < REVALIDATE => Lookup::Trust,
             Some(_) => Lookup::Recheck,
             None => Lookup::Decode,
@@ -486,9 +503,10 @@ impl<M: RemoteMemory> StackReader<M> {
                     if matches!(lookup, Lookup::Recheck) && info.fingerprint == fingerprint =>
                 {
                     info.checked_at = self.now;
+                    info.globals = globals;
                 }
                 _ => {
-                    let info = self.decode_code(&header, fingerprint)?;
+                    let info = self.decode_code(&header, fingerprint, globals)?;
                     if self.codes.len() >= MAX_CODES || self.cache_bytes >= MAX_CACHE_BYTES {
                         self.codes.clear();
                         self.cache_bytes = 0;
@@ -547,7 +565,12 @@ impl<M: RemoteMemory> StackReader<M> {
         Ok(is_code)
     }
 
-    fn decode_code(&self, header: &[u8], fingerprint: [u64; 4]) -> Result<CodeInfo, StackError> {
+    fn decode_code(
+        &self,
+        header: &[u8],
+        fingerprint: [u64; 4],
+        globals: u64,
+    ) -> Result<CodeInfo, StackError> {
         let c = &self.offsets.code;
         let file = self.read_str(word(header, c.filename))?;
         let function = self.read_str(word(header, c.qualname.unwrap_or(c.name)))?;
@@ -573,6 +596,7 @@ impl<M: RemoteMemory> StackReader<M> {
             file: file.into(),
             code_bytes,
             fingerprint,
+            globals,
             checked_at: self.now,
             shim,
             handle_run,

@@ -548,11 +548,18 @@ impl Builder {
     /// `filler` (a plausible pointer, such as the globals dict).
     fn frame(&mut self, code: u64, position: u64, back: u64, owner: u8, filler: u64) -> u64 {
         let f = self.t.frame.clone();
-        let fields_end = [Some(f.back), Some(f.code), f.lasti, f.instr, f.owner]
-            .into_iter()
-            .flatten()
-            .max()
-            .expect("fields")
+        let fields_end = [
+            Some(f.back),
+            Some(f.code),
+            f.globals,
+            f.lasti,
+            f.instr,
+            f.owner,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .expect("fields")
             + 8;
         let len = fields_end.next_multiple_of(8) + 24; // and a few locals
         let area = match (f.layout, owner) {
@@ -1128,6 +1135,57 @@ fn a_changed_name_is_seen_at_the_next_check() {
         assert_eq!(stacks[0][2].0, "Worker.stop", "3.{minor}");
         assert_eq!(stacks[0][2].1, image.codes[RUN].file, "3.{minor}");
         assert_eq!(reader.stats().codes_decoded, 7, "3.{minor}: one re-decode");
+    }
+}
+
+/// Regression: launched with loopspy from its first instruction, a demo's outermost frames read
+/// `TransportSocket (asyncio/trsock.py:70)` for up to a second instead of `run
+/// (asyncio/runners.py)`: the class body's code object was cached, freed once `asyncio.trsock`
+/// was imported, and `asyncio.run`'s code object took its address with a position that fitted
+/// the old bytecode length. A frame under other globals than the cached entry's is re-checked
+/// at once; one under the same globals is trusted as before.
+#[test]
+fn a_code_object_reused_under_other_globals_is_seen_at_once() {
+    for minor in MINORS {
+        let image = Image::build(minor, false);
+        let at = image.t.frame.globals.expect("every table has f_globals") as u64;
+        let mut reader = image.reader();
+        let now = Instant::now();
+        read_all(&mut reader, now);
+        let frame = image.frame_of(0, RUN);
+        let decoded = reader.stats().codes_decoded;
+
+        // Globals are only compared, so any other address stands for another dict.
+        // The same code object run under another dict (exec in fresh globals): re-checked
+        // (one header read), not re-decoded, and trusted again under those globals.
+        reader.mem.put_u64(frame + at, image.codec);
+        let stacks = read_all(&mut reader, now + Duration::from_millis(10));
+        assert_eq!(stacks[0][2].0, image.codes[RUN].function, "3.{minor}");
+        assert_eq!(
+            reader.stats().codes_decoded,
+            decoded,
+            "3.{minor}: no decode"
+        );
+        let reads = reader.mem.reads.get();
+        read_all(&mut reader, now + Duration::from_millis(20));
+        let same = reader.mem.reads.get() - reads;
+        read_all(&mut reader, now + Duration::from_millis(30));
+        assert_eq!(
+            reader.mem.reads.get() - reads,
+            2 * same,
+            "3.{minor}: trusted"
+        );
+
+        // Another code object at the same address (its name differs), in another module's
+        // frame, well within the once-a-second re-check: its own name at once.
+        reader
+            .mem
+            .put_u64(image.function_field(RUN), image.spare_name);
+        let other_module = image.spare_table;
+        reader.mem.put_u64(frame + at, other_module);
+        let stacks = read_all(&mut reader, now + Duration::from_millis(40));
+        assert_eq!(stacks[0][2].0, "Worker.stop", "3.{minor}");
+        assert_eq!(reader.stats().codes_decoded, decoded + 1, "3.{minor}");
     }
 }
 

@@ -225,6 +225,8 @@ pub(super) fn py_spy_thread_sample(
         truncated: false,
         callback_id: None,
         ns_tid: None,
+        // py-spy's reader reads no kernel counters.
+        counters: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! py-spy's), and the kernel's view of each thread.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use py_spy::PythonSpy;
 
@@ -13,13 +13,28 @@ use super::pyspy::{
 use super::self_check::own_reader_checks_out;
 use super::{ReaderKind, SamplerSettings};
 use crate::remote::memory::ProcessMemory;
-use crate::remote::procfs::{KernelView, ThreadFiles};
+use crate::remote::procfs::{self, CounterFiles, KernelView, ThreadFiles};
 use crate::remote::resources::ResourceResolver;
 use crate::remote::stacks::{Depth, StackError, StackReader, ThreadHead};
 use crate::remote::tasks::TaskReader;
 use crate::remote::threads::{NamespaceTids, ThreadIdMap};
 use crate::remote::AttachedTarget;
-use crate::sample::{Frame, OsState, RunningTask, TaskGeneration, ThreadSample};
+use crate::sample::{Frame, OsState, RunningTask, TaskGeneration, ThreadCounters, ThreadSample};
+use crate::syscalls;
+
+/// How often a busy loop thread's kernel counters are read (at most): a busy run of 50 ms
+/// gets about five readings, an idle loop none.
+const COUNTER_INTERVAL: Duration = Duration::from_millis(10);
+/// Bytes a loop thread must move between two counter readings for the sampler to look which
+/// file moved (about 100 MB/s at [`COUNTER_INTERVAL`]: bulk file I/O, not a log line).
+const FILE_LOOK_BYTES: u64 = 1 << 20;
+/// Least time between two looks at the process's file offsets (each is a `readlink` and a
+/// read per open file, up to `procfs::MAX_FDS_LOOKED_AT`).
+const FILE_LOOK_INTERVAL: Duration = Duration::from_millis(20);
+/// A look older than this is no baseline for the next: files moved since then by anything.
+const FILE_LOOK_STALE: Duration = Duration::from_millis(250);
+/// Least an offset must have moved between two looks to name its file.
+const FILE_LOOK_MIN_MOVE: u64 = 64 << 10;
 
 /// One thread as the own reader read it this tick.
 pub(super) struct ThreadRead {
@@ -28,6 +43,14 @@ pub(super) struct ThreadRead {
     frames: Vec<Frame>,
     depth: Depth,
     callback_id: Option<u64>,
+}
+
+/// A loop thread's latest kernel counter reading.
+struct CounterRead {
+    at: Instant,
+    /// Taken while the loop was busy: the next tick in the selector reads once more.
+    busy: bool,
+    counters: ThreadCounters,
 }
 
 /// Everything the sampler holds on one target: the stack reader, the kernel's view of the
@@ -45,6 +68,13 @@ pub(super) struct TargetReader {
     /// The target's thread ids in its own PID namespace -> ours.
     ns_tids: NamespaceTids,
     thread_files: ThreadFiles,
+    /// `stat` and `io` of the loop threads, read while their loop is busy.
+    counter_files: CounterFiles,
+    /// Each loop thread's latest counter reading, and when: the rate limit, and the base that
+    /// says whether the thread moved bytes since.
+    counter_reads: HashMap<u64, CounterRead>,
+    /// The process's open regular files at the last look, and when.
+    file_look: Option<(Instant, Vec<procfs::OpenFile>)>,
     resources: ResourceResolver,
     /// Python thread id -> (kernel tid, name) from py-spy's thread-name lookup.
     names: ThreadNames,
@@ -179,6 +209,9 @@ impl TargetReader {
             thread_ids: ThreadIdMap::default(),
             ns_tids: NamespaceTids::new(pid),
             thread_files: ThreadFiles::new(pid),
+            counter_files: CounterFiles::new(pid),
+            counter_reads: HashMap::new(),
+            file_look: None,
             resources: ResourceResolver::default(),
             names: HashMap::new(),
             name_lookup: None,
@@ -226,11 +259,13 @@ impl TargetReader {
         self.refresh_names(&reads, now);
         let samples: Vec<ThreadSample> = reads
             .into_iter()
-            .map(|read| self.thread_sample(read, full, &mut views))
+            .map(|read| self.thread_sample(read, full, now, &mut views))
             .collect();
         if full {
-            self.thread_files
-                .retain(|tid| samples.iter().any(|t| t.os_tid == tid));
+            let live = |tid| samples.iter().any(|t| t.os_tid == tid);
+            self.thread_files.retain(live);
+            self.counter_files.retain(live);
+            self.counter_reads.retain(|tid, _| live(*tid));
         }
         self.last_tids.clear();
         self.last_tids.extend(samples.iter().map(|t| t.os_tid));
@@ -294,6 +329,7 @@ impl TargetReader {
         &mut self,
         read: ThreadRead,
         full: bool,
+        now: Instant,
         views: &mut HashMap<u64, Option<KernelView>>,
     ) -> ThreadSample {
         let ThreadRead {
@@ -326,6 +362,12 @@ impl TargetReader {
             .loop_threads
             .iter()
             .any(|t| t.python_tid == head.python_tid);
+        // A loop waiting in its selector does nothing worth counting.
+        let in_selector = matches!(&os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr));
+        let counters = match os_tid {
+            Some(tid) if is_loop => self.counters(tid, now, in_selector),
+            _ => None,
+        };
         ThreadSample {
             os_tid: os_tid.unwrap_or(head.python_tid),
             python_tid: head.python_tid,
@@ -340,7 +382,79 @@ impl TargetReader {
             truncated: depth == Depth::Truncated,
             callback_id,
             ns_tid: head.native_tid.filter(|_| self.ns_tids.foreign()),
+            counters,
         }
+    }
+
+    /// The kernel counters of loop thread `tid`: while its loop is busy (out of its selector)
+    /// when [`COUNTER_INTERVAL`] has passed since its last reading, and once more on its first
+    /// tick back in the selector (`in_selector`): a write() of 64 MB counts its bytes only when
+    /// it returns. With the file that moved most when the thread was in the kernel or moved
+    /// bulk bytes.
+    fn counters(&mut self, tid: u64, now: Instant, in_selector: bool) -> Option<ThreadCounters> {
+        let last = self.counter_reads.get(&tid);
+        let due = match last {
+            None => !in_selector,
+            Some(last) if in_selector => last.busy,
+            Some(last) => now.saturating_duration_since(last.at) >= COUNTER_INTERVAL,
+        };
+        if !due {
+            return None;
+        }
+        let mut counters = self.counter_files.read(tid)?;
+        let moved = |c: &ThreadCounters| c.read_chars.wrapping_add(c.written_chars);
+        let busy_io = last.is_some_and(|last| {
+            let before = &last.counters;
+            counters.system_ticks > before.system_ticks
+                || moved(&counters).saturating_sub(moved(before)) >= FILE_LOOK_BYTES
+        });
+        self.counter_reads.insert(
+            tid,
+            CounterRead {
+                at: now,
+                busy: !in_selector,
+                counters: counters.clone(),
+            },
+        );
+        if busy_io {
+            counters.busiest_file = self.busiest_file(now);
+        }
+        Some(counters)
+    }
+
+    /// The regular file that moved most since the previous look at the process's open files:
+    /// its offset, or for a file open for writing its size (one long write() grows the file
+    /// long before it moves the offset). A file opened since counts from 0. At most every
+    /// [`FILE_LOOK_INTERVAL`]; the first look, or one after a stale one, is only a baseline.
+    /// Process-wide: another thread moving a file at the same time could be named instead
+    /// (documented).
+    fn busiest_file(&mut self, now: Instant) -> Option<String> {
+        if let Some((at, _)) = &self.file_look {
+            if now.saturating_duration_since(*at) < FILE_LOOK_INTERVAL {
+                return None;
+            }
+        }
+        let look = procfs::open_files(self.pid);
+        let (at, previous) = self.file_look.replace((now, look))?;
+        if now.saturating_duration_since(at) >= FILE_LOOK_STALE {
+            return None;
+        }
+        let (_, look) = self.file_look.as_ref()?;
+        look.iter()
+            .map(|file| {
+                let before = previous
+                    .iter()
+                    .find(|b| b.fd == file.fd && b.path == file.path);
+                let offset = file.offset.saturating_sub(before.map_or(0, |b| b.offset));
+                let size = file
+                    .size
+                    .unwrap_or(0)
+                    .saturating_sub(before.and_then(|b| b.size).unwrap_or(0));
+                (offset.max(size), &file.path)
+            })
+            .filter(|(moved, _)| *moved >= FILE_LOOK_MIN_MOVE)
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)))
+            .map(|(_, path)| path.clone())
     }
 
     /// Thread names come from py-spy's lookup in `threading._active`, done on the lookup's own

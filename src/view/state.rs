@@ -224,6 +224,7 @@ mod tests {
                 truncated: false,
                 callback_id: None,
                 ns_tid: None,
+                counters: None,
             }],
         }
     }

@@ -1,7 +1,8 @@
 //! Cause attribution on real processes: each category produced for real (`time.sleep`, a CPU
 //! loop, urllib against a slow local server, a slow sqlite3 query, `subprocess.run`, a large
-//! write + fsync, a `threading.Lock` held elsewhere, a GIL-holding thread, a logging handler
-//! that blocks), on CPython 3.8–3.13 and uvloop.
+//! write + fsync, a 64 MB write into the page cache without fsync (on CPU in the kernel), a
+//! `threading.Lock` held elsewhere, a GIL-holding thread, a logging handler that blocks), on
+//! CPython 3.8–3.13 and uvloop.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn record_causes(python: &Path, fixture_args: &[&str]) -> (Value, Vec<Value>, String) {
+/// Records the causes fixture: incidents.json, the fixture's truth, report.md and the summary.
+fn record_causes(python: &Path, fixture_args: &[&str]) -> (Value, Vec<Value>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let go = dir.path().join("go");
     let truth = dir.path().join("truth.json");
@@ -37,7 +39,7 @@ fn record_causes(python: &Path, fixture_args: &[&str]) -> (Value, Vec<Value>, St
     let json = read_json(&out.join("incidents.json"));
     let truth = read_json(&truth).as_array().cloned().unwrap_or_default();
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    (json, truth, report)
+    (json, truth, report, run.stdout)
 }
 
 pub fn check_causes(json: &Value, truth: &[Value], report: &str) {
@@ -47,7 +49,7 @@ pub fn check_causes(json: &Value, truth: &[Value], report: &str) {
         .map(|i| format!("  {} {}", i["culprit"], i["cause"]))
         .collect::<Vec<_>>()
         .join("\n");
-    assert_eq!(truth.len(), 9, "the fixture ran every scenario");
+    assert_eq!(truth.len(), 10, "the fixture ran every scenario");
     for t in truth {
         let name = t["name"].as_str().unwrap();
         let (start, end) = (t["start"].as_f64().unwrap(), t["end"].as_f64().unwrap());
@@ -86,6 +88,14 @@ pub fn check_causes(json: &Value, truth: &[Value], report: &str) {
         if let Some(path) = t.get("path") {
             assert_eq!(&inc["cause"]["path"], path, "{context}");
         }
+        if t["cause"] == "file" {
+            // Both writes (fsync'd, and into the page cache) are told by the kernel's counts
+            // over the incident: the bytes written (the fixture writes 48 and 64 MB).
+            let written = inc["cause"]["kernel"]["written_bytes"]
+                .as_u64()
+                .unwrap_or(0);
+            assert!(written >= 40_000_000, "kernel counts\n{context}");
+        }
         assert!(inc["suggestion"].as_str().is_some_and(|s| !s.is_empty()));
         if name != "gil" {
             // Every scenario runs in a task named after it (create_task(name=...)).
@@ -108,8 +118,72 @@ fn causes(minor: &str, uvloop: bool) {
     }
     let _serial = timing_lock();
     let args: &[&str] = if uvloop { &["--uvloop"] } else { &[] };
-    let (json, truth, report) = record_causes(&python, args);
+    let (json, truth, report, _) = record_causes(&python, args);
     check_causes(&json, &truth, &report);
+}
+
+/// A function that blocked at two of its lines is one site, with both lines inside — in the
+/// summary, report.md and incidents.json's `sites` (a `with open` and the `f.write` of one
+/// handler were two sites once).
+#[test]
+fn one_site_per_function_with_its_lines() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    let _serial = timing_lock();
+    let (json, truth, report, summary) = record_causes(&python, &["--scenarios", "checkpoint"]);
+    assert_eq!(truth.len(), 2, "the fixture blocked twice");
+    let fixture_text = std::fs::read_to_string(fixture("causes.py")).unwrap();
+    let line_of = |needle: &str| {
+        1 + fixture_text
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap() as u64
+    };
+    let lines = [
+        line_of("time.sleep(0.12)  #"),
+        line_of("time.sleep(0.16)  #"),
+    ];
+    let incidents = json["incidents"].as_array().unwrap();
+    let culprit_lines: Vec<u64> = incidents
+        .iter()
+        .filter(|i| i["culprit"]["function"] == "checkpoint")
+        .map(|i| i["culprit"]["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        culprit_lines, lines,
+        "two incidents, one per line\n{json:#}"
+    );
+    let sites: Vec<&Value> = json["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["function"] == "checkpoint")
+        .collect();
+    assert_eq!(sites.len(), 1, "one site for the function\n{json:#}");
+    let site = sites[0];
+    assert_eq!(site["count"], 2);
+    let site_lines: Vec<(u64, u64)> = site["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["line"].as_u64().unwrap(), l["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(site_lines, vec![(lines[0], 1), (lines[1], 1)], "{site:#}");
+    let label = format!("checkpoint (causes.py:{},{})", lines[0], lines[1]);
+    assert!(summary.contains(&label), "summary lacks {label}\n{summary}");
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| 1 |"))
+        .expect("a site row");
+    assert!(
+        row.contains("`checkpoint`") && row.contains(&format!(":{},{} |", lines[0], lines[1])),
+        "{row}"
+    );
+    assert!(
+        row.contains("time.sleep(0.12)") && row.contains("time.sleep(0.16)"),
+        "{row}"
+    );
 }
 
 #[test]
@@ -201,6 +275,7 @@ fn offset_tables_match_every_interpreter() {
             ("thread_native_thread_id", thread.native_thread_id),
             ("frame_back", Some(frame.back)),
             ("frame_code", Some(frame.code)),
+            ("frame_globals", frame.globals),
             ("frame_lasti", frame.lasti),
             ("frame_instr", frame.instr),
             ("frame_owner", frame.owner),

@@ -504,3 +504,61 @@ fn finds_blocks_on_cpython_3_15() {
 fn finds_blocks_in_uvloop_on_cpython_3_14() {
     uvloop("3.14");
 }
+
+/// Regression: in launch mode the stack reader meets the interpreter while it imports, when
+/// code objects are freed and their addresses reused; once in five demo runs the first second's
+/// stacks began `TransportSocket (asyncio/trsock.py:70)` instead of `run (asyncio/runners.py)`
+/// (a stale code-cache entry), splitting the flame graph's root. Every busy sample of every
+/// launch must start at the program's own outermost frames.
+fn launched_stacks_start_at_the_program(minor: &str, launches: usize) {
+    let Some(python) = require_python(minor) else {
+        return;
+    };
+    let _serial = timing_lock();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo_app.py");
+    for launch in 0..launches {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let args = [
+            "record",
+            "--rate",
+            "1000",
+            "-f",
+            "collapsed",
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            python.to_str().unwrap(),
+            demo.to_str().unwrap(),
+            "--seconds",
+            "1.5",
+        ];
+        let run = run_loopspy(&args, Duration::from_secs(60));
+        assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+        let mut stacks = 0;
+        for file in ["flamegraph.collapsed", "blocking.collapsed"] {
+            let text = std::fs::read_to_string(out.join(file)).unwrap();
+            for line in text.lines() {
+                let frames: Vec<&str> = line.rsplit_once(' ').unwrap().0.split(';').collect();
+                let outermost = (frames[0], frames.get(1).copied().unwrap_or(""));
+                assert!(
+                    outermost.0.starts_with("<module> (demo_app.py:")
+                        && outermost.1.starts_with("run (asyncio/runners.py:"),
+                    "3.{minor}, launch {launch}, {file}: a stack starts {outermost:?}\n{line}"
+                );
+                stacks += 1;
+            }
+        }
+        assert!(stacks > 10, "3.{minor}: {stacks} distinct stacks");
+    }
+}
+
+#[test]
+fn launched_stacks_start_at_the_program_on_cpython_3_11() {
+    launched_stacks_start_at_the_program("3.11", 5);
+}
+
+#[test]
+fn launched_stacks_start_at_the_program_on_cpython_3_12() {
+    launched_stacks_start_at_the_program("3.12", 5);
+}

@@ -1,12 +1,35 @@
-//! `pip install loopspy`: the maturin `bin` wheel is built from this checkout, installed into a
-//! fresh virtual environment (offline, from the file), and the installed `loopspy` records a
-//! real blocking program.
+//! `pip install loopspy`: the maturin `bin` wheel is built from this checkout the way it ships
+//! (`--zig --compatibility manylinux2014`: zig links against glibc 2.17's symbols), its tag and
+//! the glibc versions its binary needs are checked, it is installed into a fresh virtual
+//! environment (offline, from the file), and the installed `loopspy` records a real blocking
+//! program.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::common::*;
+
+/// The glibc symbol versions an ELF binary names (`GLIBC_2.17` → (2, 17)), sorted: the
+/// version-needed strings of its dynamic section, found in its bytes (no binutils needed).
+fn glibc_versions(binary: &[u8]) -> Vec<(u32, u32)> {
+    let marker = b"GLIBC_2.";
+    let mut found: Vec<(u32, u32)> = binary
+        .windows(marker.len())
+        .enumerate()
+        .filter(|(_, w)| *w == marker)
+        .filter_map(|(at, _)| {
+            let rest = &binary[at + marker.len()..];
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            // A version string ends in NUL (`GLIBC_2.17\0`; `GLIBC_2.2.5` has a third part).
+            let minor = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+            matches!(rest.get(digits), Some(0) | Some(b'.')).then_some((2, minor))
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
 
 fn check(what: &str, output: Output) -> Output {
     assert!(
@@ -24,18 +47,28 @@ fn pip_installed_wheel_records_a_blocking_program() {
     let Some(python) = require_python("3.12") else {
         return;
     };
-    if !require_module(&python, "maturin") {
+    if !require_module(&python, "maturin") || !require_module(&python, "ziglang") {
         return;
     }
+    // The zig build compiles everything once more (for the explicit target, in its own
+    // folder under the target directory, so nothing the other tests run is relinked): minutes
+    // of both cores the first time, which would starve the timing tests.
+    let _serial = timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let wheels = dir.path().join("wheels");
-    // Same profile and features as `cargo test --release` built, so cargo finds the binary
-    // fresh and nothing under test is rebuilt.
+    // maturin finds zig as `python-zig`, installed beside the interpreter by `ziglang`.
+    let bin_dir = python.parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
     check(
-        "maturin build",
+        "maturin build --zig",
         Command::new(&python)
-            .args(["-m", "maturin", "build", "--release", "-o"])
+            .args(["-m", "maturin", "build", "--release", "--zig"])
+            .args(["--compatibility", "manylinux2014", "-o"])
             .arg(&wheels)
+            .env("PATH", path)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap(),
@@ -48,6 +81,11 @@ fn pip_installed_wheel_records_a_blocking_program() {
     let name = wheel.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
         name.starts_with(&format!("loopspy-{}-py3-none-", env!("CARGO_PKG_VERSION"))),
+        "{name}"
+    );
+    // glibc >= 2.17: Debian 9+, Ubuntu 18.04+, RHEL/CentOS 7+, Amazon Linux 2 (README).
+    assert!(
+        name.ends_with("-manylinux2014_x86_64.manylinux_2_17_x86_64.whl"),
         "{name}"
     );
 
@@ -75,6 +113,11 @@ fn pip_installed_wheel_records_a_blocking_program() {
         "pip put no loopspy in {}",
         venv.display()
     );
+    let needed = glibc_versions(&std::fs::read(&installed).unwrap());
+    assert!(
+        needed.last().is_some_and(|&v| v <= (2, 17)),
+        "the binary needs glibc {needed:?}, the tag promises 2.17"
+    );
     let version = check(
         "loopspy --version",
         Command::new(&installed).arg("--version").output().unwrap(),
@@ -84,7 +127,6 @@ fn pip_installed_wheel_records_a_blocking_program() {
         format!("loopspy {}", env!("CARGO_PKG_VERSION"))
     );
 
-    let _serial = timing_lock();
     let out = dir.path().join("out");
     let truth = dir.path().join("truth.json");
     let mut cmd = Command::new(&installed);
