@@ -288,3 +288,46 @@ fn report_html_shows_html_in_target_names_as_text() {
     let png = browser.screenshot(1400);
     std::fs::write(artifacts().join("report-html-hostile.png"), png).unwrap();
 }
+
+/// The combined report.html of a fleet, in Chromium: no error, a summary row and a section per
+/// process, every incident of the combined incidents.json, each process's own page linked.
+pub(crate) fn check_fleet_page(out: &Path, pids: &[i32]) {
+    let json = read_json(&out.join("incidents.json"));
+    let mut browser = Browser::start(1400, 1000);
+    browser.open(
+        &file_url(&out.join("report.html")),
+        "document.body && document.body.dataset.ready === '1'",
+    );
+    assert_eq!(browser.errors(), Vec::<String>::new(), "the fleet page reported errors");
+    let page = browser.eval(
+        "({ rows: document.querySelectorAll('.fleet-summary tbody').length,
+            sections: [...document.querySelectorAll('.process')].map(s => s.id),
+            incidents: [...document.querySelectorAll('tbody.incident')].map(b => b.id),
+            links: [...document.querySelectorAll('.fleet-summary a')].map(a => a.getAttribute('href')) })",
+    );
+    assert_eq!(page["rows"], Value::from(pids.len()), "{page}");
+    for pid in pids {
+        let section = format!("p-{pid}");
+        assert!(
+            page["sections"].as_array().unwrap().iter().any(|s| s == &section),
+            "no section for pid {pid}: {page}"
+        );
+        let own = format!("pid-{pid}/report.html");
+        assert!(
+            page["links"].as_array().unwrap().iter().any(|l| l == &own),
+            "pid {pid}'s own page not linked: {page}"
+        );
+        assert!(out.join(&own).exists(), "{own} missing");
+    }
+    let incidents = json["incidents"].as_array().unwrap();
+    let shown = page["incidents"].as_array().unwrap();
+    assert_eq!(shown.len(), incidents.len(), "{page}");
+    for incident in incidents {
+        let prefix = format!("inc-{}-", incident["pid"]);
+        assert!(
+            shown.iter().any(|id| id.as_str().unwrap().starts_with(&prefix)),
+            "incident of pid {} not in its section: {page}",
+            incident["pid"]
+        );
+    }
+}
