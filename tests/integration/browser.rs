@@ -79,9 +79,9 @@ impl Browser {
         let mut seen = Vec::new();
         let port: u16 = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("chromium printed no DevTools address:\n{}", seen.join("\n")));
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("chromium printed no DevTools address:\n{}", seen.join("\n"))
+            });
             if let Some(url) = line.split("DevTools listening on ").nth(1) {
                 let host = url.trim_start_matches("ws://").split('/').next().unwrap();
                 break host.rsplit(':').next().unwrap().parse().unwrap();
@@ -92,7 +92,10 @@ impl Browser {
         let mut list = Value::Null;
         for _ in 0..50 {
             list = serde_json::from_str(&http_get(port, "/json/list")).unwrap_or(Value::Null);
-            if list.as_array().is_some_and(|l| l.iter().any(|t| t["type"] == "page")) {
+            if list
+                .as_array()
+                .is_some_and(|l| l.iter().any(|t| t["type"] == "page"))
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -101,9 +104,17 @@ impl Browser {
             .as_array()
             .and_then(|l| l.iter().find(|t| t["type"] == "page"))
             .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-            .unwrap_or_else(|| panic!("no page target in {list:?} ({:?})", http_get(port, "/json/list")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no page target in {list:?} ({:?})",
+                    http_get(port, "/json/list")
+                )
+            })
             .to_string();
-        let path = format!("/{}", ws.trim_start_matches("ws://").split_once('/').unwrap().1);
+        let path = format!(
+            "/{}",
+            ws.trim_start_matches("ws://").split_once('/').unwrap().1
+        );
         let mut browser = Browser {
             _child: child,
             _profile: profile,
@@ -268,7 +279,10 @@ impl WebSocket {
             head.push(byte[0]);
         }
         let head = String::from_utf8_lossy(&head);
-        assert!(head.starts_with("HTTP/1.1 101"), "websocket refused: {head}");
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "websocket refused: {head}"
+        );
         WebSocket { stream }
     }
 
@@ -298,7 +312,9 @@ impl WebSocket {
         let mut message = Vec::new();
         loop {
             let mut head = [0u8; 2];
-            self.stream.read_exact(&mut head).expect("reading from chromium");
+            self.stream
+                .read_exact(&mut head)
+                .expect("reading from chromium");
             let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0f);
             let mut len = u64::from(head[1] & 0x7f);
             if len == 126 {
@@ -377,7 +393,11 @@ pub fn decode_png(png: &[u8]) -> Image {
         for i in 0..stride {
             let a = if i >= channels { out[i - channels] } else { 0 };
             let b = previous[i];
-            let c = if i >= channels { previous[i - channels] } else { 0 };
+            let c = if i >= channels {
+                previous[i - channels]
+            } else {
+                0
+            };
             let predicted = match filter {
                 0 => 0,
                 1 => a,
@@ -385,7 +405,11 @@ pub fn decode_png(png: &[u8]) -> Image {
                 3 => ((u16::from(a) + u16::from(b)) / 2) as u8,
                 4 => {
                     let p = i16::from(a) + i16::from(b) - i16::from(c);
-                    let (pa, pb, pc) = ((p - i16::from(a)).abs(), (p - i16::from(b)).abs(), (p - i16::from(c)).abs());
+                    let (pa, pb, pc) = (
+                        (p - i16::from(a)).abs(),
+                        (p - i16::from(b)).abs(),
+                        (p - i16::from(c)).abs(),
+                    );
                     if pa <= pb && pa <= pc {
                         a
                     } else if pb <= pc {

@@ -50,7 +50,11 @@ fn open_report(dir: &Path) -> (Browser, Value) {
     // Layout and the timeline's first draw happen on the next frames.
     std::thread::sleep(Duration::from_millis(300));
     let _ = browser.eval("1");
-    assert_eq!(browser.errors(), Vec::<String>::new(), "the page reported errors");
+    assert_eq!(
+        browser.errors(),
+        Vec::<String>::new(),
+        "the page reported errors"
+    );
     assert_eq!(
         browser.eval("performance.getEntriesByType('resource').length"),
         Value::from(0),
@@ -163,7 +167,11 @@ fn report_html_opens_from_a_file_url_and_shows_every_incident() {
     );
     let (mut browser, json) = open_report(&out);
     let incidents = json["incidents"].as_array().unwrap();
-    assert!(incidents.len() >= 6, "the demo blocks its loop every ~0.4 s: {}", incidents.len());
+    assert!(
+        incidents.len() >= 6,
+        "the demo blocks its loop every ~0.4 s: {}",
+        incidents.len()
+    );
 
     // Hover a mark: the tooltip names its culprit.
     let mark = browser.eval(
@@ -180,9 +188,12 @@ fn report_html_opens_from_a_file_url_and_shows_every_incident() {
     ));
     let culprit = culprit.as_str().unwrap().to_string();
     browser.mouse("mouseMoved", x, y);
-    let tip = browser.eval("document.getElementById('tip').hidden ? null : document.getElementById('tip').textContent");
+    let tip = browser.eval(
+        "document.getElementById('tip').hidden ? null : document.getElementById('tip').textContent",
+    );
     assert!(
-        tip.as_str().is_some_and(|t| t.contains(&culprit) && t.contains("duration")),
+        tip.as_str()
+            .is_some_and(|t| t.contains(&culprit) && t.contains("duration")),
         "hovering mark {n} showed {tip}, not its culprit {culprit}"
     );
     // Click it: its incident opens, in view, with the culprit, its source and the fix.
@@ -196,9 +207,17 @@ fn report_html_opens_from_a_file_url_and_shows_every_incident() {
                            visible: r.top < innerHeight && r.bottom > 0,
                            source: !!b.querySelector('pre.src div.at') }; })()",
     );
-    assert_eq!(opened["n"], Value::from(n), "clicking mark {n} opened {opened}");
+    assert_eq!(
+        opened["n"],
+        Value::from(n),
+        "clicking mark {n} opened {opened}"
+    );
     assert_eq!(opened["visible"], Value::Bool(true), "{opened}");
-    assert_eq!(opened["source"], Value::Bool(true), "no culprit source: {opened}");
+    assert_eq!(
+        opened["source"],
+        Value::Bool(true),
+        "no culprit source: {opened}"
+    );
     let text = opened["text"].as_str().unwrap();
     assert!(text.contains(&culprit) && text.contains("Fix"), "{text}");
 
@@ -209,12 +228,22 @@ fn report_html_opens_from_a_file_url_and_shows_every_incident() {
         .iter()
         .map(|i| i["duration_ms"].as_f64().unwrap())
         .fold(0.0, f64::max);
-    assert_eq!(first.as_f64().unwrap(), longest, "sorted by duration, longest first");
+    assert_eq!(
+        first.as_f64().unwrap(),
+        longest,
+        "sorted by duration, longest first"
+    );
     browser.eval("[...document.querySelectorAll('.incidents th')].find(t => t.textContent === 'time').click()");
-    let boxes = browser.eval("document.querySelectorAll('.fbox').length").as_u64().unwrap();
+    let boxes = browser
+        .eval("document.querySelectorAll('.fbox').length")
+        .as_u64()
+        .unwrap();
     assert!(boxes >= 5, "the flame graph drew {boxes} boxes");
     browser.eval("(() => { const s = document.querySelector('.flames input'); s.value = 'handle_report'; s.dispatchEvent(new Event('input')); })()");
-    let matched = browser.eval("document.querySelectorAll('.fbox.match').length").as_u64().unwrap();
+    let matched = browser
+        .eval("document.querySelectorAll('.fbox.match').length")
+        .as_u64()
+        .unwrap();
     assert!(matched >= 1, "searching the flame graph matched nothing");
     browser.eval("(() => { const s = document.querySelector('.flames input'); s.value = ''; s.dispatchEvent(new Event('input')); window.scrollTo(0, 0); })()");
     assert_eq!(browser.errors(), Vec::<String>::new(), "errors while used");
@@ -225,10 +254,17 @@ fn report_html_opens_from_a_file_url_and_shows_every_incident() {
     std::fs::write(&path, &png).unwrap();
     std::fs::copy(&path, artifacts().join("report-html.png")).unwrap();
     let image = decode_png(&png);
-    assert!(image.width == 1400 && image.height >= 1000, "{}x{}", image.width, image.height);
+    assert!(
+        image.width == 1400 && image.height >= 1000,
+        "{}x{}",
+        image.width,
+        image.height
+    );
     let mut counts = std::collections::HashMap::new();
     for p in &image.rgb {
-        *counts.entry([p[0] >> 4, p[1] >> 4, p[2] >> 4]).or_insert(0usize) += 1;
+        *counts
+            .entry([p[0] >> 4, p[1] >> 4, p[2] >> 4])
+            .or_insert(0usize) += 1;
     }
     let background = counts.values().max().copied().unwrap_or(0);
     let drawn = 1.0 - background as f64 / image.rgb.len() as f64;
@@ -247,7 +283,10 @@ fn report_html_shows_html_in_target_names_as_text() {
     };
     let (mut browser, json) = open_report(&h.out);
     assert!(
-        !browser.events.iter().any(|e| e["method"] == "Page.javascriptDialogOpening"),
+        !browser
+            .events
+            .iter()
+            .any(|e| e["method"] == "Page.javascriptDialogOpening"),
         "a name's <script> ran"
     );
     assert_eq!(
@@ -267,9 +306,8 @@ fn report_html_shows_html_in_target_names_as_text() {
         .find(|f| f.starts_with("evil\n<script>"))
         .expect("the HTML-named block")
         .to_string();
-    let cells = browser.eval(
-        "[...document.querySelectorAll('td.culprit code')].map(c => c.textContent)",
-    );
+    let cells =
+        browser.eval("[...document.querySelectorAll('td.culprit code')].map(c => c.textContent)");
     assert!(
         cells
             .as_array()
@@ -281,8 +319,14 @@ fn report_html_shows_html_in_target_names_as_text() {
     // Its file, with a space, non-ASCII letters and a newline, too; and the open incident.
     browser.eval("document.querySelectorAll('tbody.incident tr.row').forEach(r => r.click())");
     let detail = browser.eval("document.querySelector('#app').textContent");
-    assert!(detail.as_str().unwrap().contains("<script>alert(1)</script>"));
-    assert!(detail.as_str().unwrap().contains("dir with space/üñí\\n.py"));
+    assert!(detail
+        .as_str()
+        .unwrap()
+        .contains("<script>alert(1)</script>"));
+    assert!(detail
+        .as_str()
+        .unwrap()
+        .contains("dir with space/üñí\\n.py"));
     assert_eq!(browser.eval("document.scripts.length"), Value::from(2));
     assert_eq!(browser.errors(), Vec::<String>::new());
     let png = browser.screenshot(1400);
@@ -298,7 +342,11 @@ pub(crate) fn check_fleet_page(out: &Path, pids: &[i32]) {
         &file_url(&out.join("report.html")),
         "document.body && document.body.dataset.ready === '1'",
     );
-    assert_eq!(browser.errors(), Vec::<String>::new(), "the fleet page reported errors");
+    assert_eq!(
+        browser.errors(),
+        Vec::<String>::new(),
+        "the fleet page reported errors"
+    );
     let page = browser.eval(
         "({ rows: document.querySelectorAll('.fleet-summary tbody').length,
             sections: [...document.querySelectorAll('.process')].map(s => s.id),
@@ -309,7 +357,11 @@ pub(crate) fn check_fleet_page(out: &Path, pids: &[i32]) {
     for pid in pids {
         let section = format!("p-{pid}");
         assert!(
-            page["sections"].as_array().unwrap().iter().any(|s| s == &section),
+            page["sections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == &section),
             "no section for pid {pid}: {page}"
         );
         let own = format!("pid-{pid}/report.html");
@@ -325,9 +377,36 @@ pub(crate) fn check_fleet_page(out: &Path, pids: &[i32]) {
     for incident in incidents {
         let prefix = format!("inc-{}-", incident["pid"]);
         assert!(
-            shown.iter().any(|id| id.as_str().unwrap().starts_with(&prefix)),
+            shown
+                .iter()
+                .any(|id| id.as_str().unwrap().starts_with(&prefix)),
             "incident of pid {} not in its section: {page}",
             incident["pid"]
         );
     }
+}
+
+/// The report.html of a process with no event loop, in Chromium: no error, the timeline says
+/// there is no loop, and the flame graph shows what the threads ran (`function` among them).
+pub(crate) fn check_no_loop_page(out: &Path, function: &str) {
+    let (mut browser, _) = open_report(out);
+    let page = browser.eval(
+        "({ timeline: document.querySelector('.timeline').textContent,
+            boxes: [...document.querySelectorAll('.fbox')].map(b => b.textContent) })",
+    );
+    assert!(
+        page["timeline"]
+            .as_str()
+            .unwrap()
+            .contains("No asyncio event loop was seen"),
+        "{page}"
+    );
+    assert!(
+        page["boxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b.as_str().unwrap().contains(function)),
+        "the flame graph lacks {function}: {page}"
+    );
 }
