@@ -221,6 +221,40 @@ fn report_html_opens_from_a_file_url_and_shows_every_incident() {
     let text = opened["text"].as_str().unwrap();
     assert!(text.contains(&culprit) && text.contains("Fix"), "{text}");
 
+    // The wheel zooms the timeline in around the pointer: the mark grows; "all" zooms out.
+    let width = |b: &mut Browser| {
+        b.eval(&format!(
+            "Number(document.querySelector('.mark[data-n=\"{n}\"]').getAttribute('width'))"
+        ))
+        .as_f64()
+        .unwrap()
+    };
+    let before = width(&mut browser);
+    browser.eval("window.scrollTo(0, 0)");
+    let (x, y) = {
+        let m = browser.eval(&format!(
+            "(() => {{ const r = document.querySelector('.mark[data-n=\"{n}\"]').getBoundingClientRect();
+                       return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+        ));
+        (m[0].as_f64().unwrap(), m[1].as_f64().unwrap())
+    };
+    browser.call(
+        "Input.dispatchMouseEvent",
+        serde_json::json!({ "type": "mouseWheel", "x": x, "y": y, "deltaX": 0, "deltaY": -400 }),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let zoomed = width(&mut browser);
+    assert!(
+        zoomed > before * 1.1,
+        "the wheel did not zoom in: mark {before} -> {zoomed} px"
+    );
+    browser.eval("[...document.querySelectorAll('.timeline button')].find(b => b.textContent === 'all').click()");
+    assert_eq!(
+        width(&mut browser),
+        before,
+        "'all' shows the whole recording again"
+    );
+
     // The tables sort, the flame graph searches.
     browser.eval("[...document.querySelectorAll('.incidents th')].find(t => t.textContent === 'duration').click()");
     let first = browser.eval("Number(document.querySelector('tbody.incident').dataset.ms)");
