@@ -41,8 +41,32 @@ def py_spy():
     return exe
 
 
+SID_ROOT = os.environ.get("LOOPSPY_SID_ROOT", os.path.expanduser("~/.cache/loopspy/sid-root"))
+
+
+def in_root(python):
+    """`chroot:ROOT:python3.15` runs the target (and Tachyon) inside that userland."""
+    if python.startswith("chroot:"):
+        _, root, exe = python.split(":", 2)
+        return root, exe
+    return None, python
+
+
 def start_target(python, seconds, report):
+    root, exe = in_root(python)
+    if root:
+        # The target runs chrooted, as in a container; it sees its files at /tmp/loopspy-bench.
+        inner = os.path.join(root, "tmp", "loopspy-bench")
+        os.makedirs(inner, exist_ok=True)
+        shutil.copy(TARGET, os.path.join(inner, "target.py"))
+        name = os.path.basename(report)
+        proc = subprocess.Popen(["chroot", root, exe, "/tmp/loopspy-bench/target.py", "--report",
+                                 f"/tmp/loopspy-bench/{name}", "--seconds", str(seconds)])
+        time.sleep(WARMUP)
+        proc.report_path = os.path.join(inner, name)
+        return proc
     proc = subprocess.Popen([python, TARGET, "--report", report, "--seconds", str(seconds)])
+    proc.report_path = report
     time.sleep(WARMUP)
     return proc
 
@@ -73,7 +97,7 @@ def run_profiled(python, seconds, argv_for_pid, tmp, name):
         time.sleep(seconds)
     end = time.time()
     target.wait()
-    work = rates(report, begin, end)
+    work = rates(target.report_path, begin, end)
     return {"name": name, "cores": cores, "work": statistics.mean(work) if work else 0, **extra}
 
 
@@ -97,6 +121,17 @@ def pyspy_argv(exe, rate, seconds, out, nonblocking):
         if nonblocking:
             cmd.append("--nonblocking")
         return cmd, None
+    return argv
+
+
+def tachyon_argv(python, rate, seconds, out):
+    """CPython 3.15's own sampler, run by the target's interpreter inside its root."""
+    root, exe = in_root(python)
+
+    def argv(pid):
+        return ["chroot", root, exe, "-m", "profiling.sampling", "attach", "-r", str(rate), "-a",
+                "-d", str(int(seconds)), "--collapsed", "-o", "/tmp/loopspy-bench/tachyon.txt",
+                str(pid)], None
     return argv
 
 
@@ -124,13 +159,21 @@ def rss_over_time(python, rate, minutes, tmp):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--python", default=shutil.which("python3.12") or sys.executable)
+    parser.add_argument("--python", default=shutil.which("python3.12") or sys.executable,
+                        help="the target's interpreter; chroot:ROOT:python3.15 runs it in ROOT")
+    parser.add_argument("--sid", metavar="MINOR",
+                        help="shorthand for --python chroot:$LOOPSPY_SID_ROOT:/usr/bin/pythonMINOR; "
+                             "with 3.15 also measures CPython's own sampler (Tachyon)")
+    parser.add_argument("--rates", default="1000,2000,5000,10000,20000",
+                        help="rates of the highest-rate table")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--rss-minutes", type=float, default=0)
     parser.add_argument("--rss-only", action="store_true", help="skip the overhead and rate runs")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the overhead runs")
     args = parser.parse_args()
+    if args.sid:
+        args.python = f"chroot:{SID_ROOT}:/usr/bin/python{args.sid}"
     if not os.path.exists(LOOPSPY):
         sys.exit("build first: cargo build --release")
     exe = py_spy()
@@ -150,6 +193,9 @@ def main():
         (f"py-spy record --idle --rate {r} (pauses the target)",
          pyspy_argv(exe, r, s, os.path.join(tmp, "b.svg"), False)),
     ]
+    if args.sid == "3.15":
+        runs.append((f"python3.15 -m profiling.sampling attach -a -r {r} (Tachyon)",
+                     tachyon_argv(args.python, r, s, None)))
     # Every profiler runs --repeat times, in rounds (each round runs all of them once), so that
     # a slow spell of the machine hits every row alike; the rows report means.
     per_label = {label: [] for label, _ in runs}
@@ -169,7 +215,10 @@ def main():
                         "works": [row["work"] for row in rows]})
     base = results[0]["work"]
     pyspy_nb = results[3]["cores"]
-    py = subprocess.run([args.python, "--version"], capture_output=True, text=True).stdout.strip()
+    tachyon = results[5]["cores"] if len(results) > 5 else None
+    root, inner_exe = in_root(args.python)
+    py_cmd = ["chroot", root, inner_exe] if root else [args.python]
+    py = subprocess.run([*py_cmd, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"## Overhead at {r} Hz, {s:.0f} s per run, {args.repeat} rounds ({platform.machine()}, "
           f"{os.cpu_count()} cores, {py}, {version})\n")
     print("| profiler | CPU (cores) | vs py-spy --nonblocking | target slowdown | target work/s per round | achieved rate |")
@@ -177,6 +226,8 @@ def main():
     for res in results:
         cores = "" if res["cores"] is None else f"{res['cores']:.3f}"
         ratio = "" if res["cores"] is None else f"{res['cores'] / pyspy_nb:.2f}x"
+        if tachyon is not None and res["cores"] is not None:
+            ratio += f" ({res['cores'] / tachyon:.2f}x Tachyon)"
         slow = (1 - res["work"] / base) * 100 if base else 0
         works = ", ".join(f"{w:.0f}" for w in res["works"])
         ach = f"{res['achieved']:.0f} Hz" if res.get("achieved") else ""
@@ -185,7 +236,7 @@ def main():
     print("\n## Highest loopspy rate\n")
     print("| asked | achieved | CPU (cores) | read errors | sustained |")
     print("|---|---|---|---|---|")
-    for rate in (1000, 2000, 5000, 10000, 20000):
+    for rate in (int(x) for x in args.rates.split(",") if x):
         res = run_profiled(args.python, 6, loopspy_argv(rate, 6, os.path.join(tmp, f"r{rate}")),
                            tmp, f"rate{rate}")
         errors = f"{res['errors'] / max(res['samples'] + res['errors'], 1) * 100:.1f}%"

@@ -147,6 +147,10 @@ pub struct RawDumpArgs {
     /// Stack reader.
     #[arg(long, value_enum, default_value_t = ReaderChoice::Own)]
     pub reader: ReaderChoice,
+    /// With --json: also print the struct offsets loopspy reads this interpreter with
+    /// (`layout`), taken from the target's own debug offsets on CPython 3.13+.
+    #[arg(long, requires = "json")]
+    pub show_offsets: bool,
 }
 
 impl RawDumpArgs {
@@ -157,6 +161,7 @@ impl RawDumpArgs {
             json: self.json,
             blocking: self.blocking,
             reader: self.reader.into(),
+            show_offsets: self.show_offsets,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct DumpSettings {
     pub blocking: bool,
     /// Stack reader.
     pub reader: crate::sampler::ReaderKind,
+    /// Print the reader's struct offsets too (`--show-offsets`).
+    pub show_offsets: bool,
 }
 
 /// What one thread was doing.
@@ -43,6 +45,7 @@ struct ThreadView {
 /// Runs the command, printing to stdout.
 pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
     let target = remote::attach(settings.pid, settings.blocking)?;
+    let layout = target.layout.as_ref().map(|l| l.offsets.clone());
     let (tx, rx) = crossbeam_channel::bounded(1024);
     let session::Session {
         pid,
@@ -77,7 +80,7 @@ pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
         }
         analyzer.feed(message);
     }
-    let _ = sampler.join();
+    let stats = sampler.join().map(|o| o.stats).unwrap_or_default();
     let Some(sample) = last else {
         return Err(anyhow::anyhow!(
             "could not read a consistent snapshot of pid {pid} (it may have exited, or changed too fast); try again or use --blocking"
@@ -111,13 +114,18 @@ pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
         })
         .collect();
     if settings.json {
-        let doc = json!({
+        let mut doc = json!({
             "pid": pid,
             "python_version": python_version,
             "command": command,
             "sampled_ms": WINDOW.as_millis() as u64,
+            "reader": stats.reader,
+            "offsets": stats.offsets,
             "threads": views.iter().map(thread_json).collect::<Vec<_>>(),
         });
+        if settings.show_offsets {
+            doc["layout"] = serde_json::to_value(&layout).unwrap_or_default();
+        }
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         print!("{}", render_text(pid, &python_version, &command, &views));

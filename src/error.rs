@@ -22,8 +22,19 @@ pub enum LoopspyError {
     },
 
     /// The interpreter is a CPython version loopspy has no support for.
-    #[error("process {pid} runs Python {version}, which loopspy does not support (supported: CPython 3.8 to 3.13)")]
+    #[error("process {pid} runs Python {version}, which loopspy does not support (supported: CPython 3.8 to 3.15){detail}")]
     UnsupportedPython {
+        /// Target process id.
+        pid: i32,
+        /// Version found in the target.
+        version: String,
+        /// Why, when there is more to say (`: pre-releases are not supported ...`).
+        detail: String,
+    },
+
+    /// A free-threaded (no-GIL) build, whose object and frame layouts loopspy does not read.
+    #[error("process {pid} runs a free-threaded build of Python {version} (python3.Xt), which loopspy does not support yet; run the service on the default (GIL) build of the same version to profile it")]
+    FreeThreaded {
         /// Target process id.
         pid: i32,
         /// Version found in the target.
@@ -103,7 +114,9 @@ impl LoopspyError {
         match self {
             LoopspyError::NoSuchProcess(_) => NO_SUCH_PROCESS,
             LoopspyError::NotPython { .. } => NOT_PYTHON,
-            LoopspyError::UnsupportedPython { .. } => UNSUPPORTED_PYTHON,
+            LoopspyError::UnsupportedPython { .. } | LoopspyError::FreeThreaded { .. } => {
+                UNSUPPORTED_PYTHON
+            }
             LoopspyError::PermissionDenied { .. } => PERMISSION_DENIED,
             LoopspyError::OutputNotWritable { .. } => OUTPUT_NOT_WRITABLE,
             LoopspyError::LaunchFailed { .. } => LAUNCH_FAILED,

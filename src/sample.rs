@@ -55,6 +55,15 @@ pub struct ThreadSample {
     /// The stack was deeper than the reader reads (`remote::stacks::MAX_FRAMES`): `frames` are its
     /// innermost ones, the outermost (where the event loop is) are missing.
     pub truncated: bool,
+    /// Which callback the loop is running, where the reader can tell one from the next
+    /// (CPython 3.13+ with the own reader: the address of the `Handle` that `Handle._run` is
+    /// running — the next step's handle is made while this one still lives, so two steps in a
+    /// row never share it). Tells a task's consecutive steps apart on 3.14+, where asyncio's
+    /// running-task table no longer changes with each step.
+    pub callback_id: Option<u64>,
+    /// The thread's id inside the target's own PID namespace (a container), when that is not
+    /// ours; `os_tid` is always our (the host's) id.
+    pub ns_tid: Option<u64>,
 }
 
 /// Every Python thread of the target at one instant.

@@ -54,12 +54,11 @@ pub fn start(
     analysis: &AnalysisSettings,
     tx: Sender<SamplerMessage>,
 ) -> Session {
-    let AttachedTarget {
-        spy,
-        pid,
-        python_version,
-        command,
-    } = target;
+    let (pid, python_version, command) = (
+        target.pid,
+        target.python_version.clone(),
+        target.command.clone(),
+    );
     let interval = Duration::from_secs_f64(1.0 / sampling.rate_hz.max(1) as f64);
     let analyzer = Analyzer::new(AnalyzerSettings {
         threshold: analysis.threshold,
@@ -71,7 +70,7 @@ pub fn start(
         timeline: analysis.timeline,
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sampler::spawn(spy, sampling, stop.clone(), tx);
+    let sampler = sampler::spawn(target, sampling, stop.clone(), tx);
     Session {
         pid,
         python_version,

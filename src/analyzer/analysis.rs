@@ -83,6 +83,8 @@ pub struct Analysis {
     pub active_profile: Profile,
     /// Thread names seen, by kernel thread id.
     pub thread_names: HashMap<u64, String>,
+    /// Thread ids inside the target's PID namespace, by our kernel thread id (containers).
+    pub ns_thread_ids: HashMap<u64, u64>,
     /// Samples received.
     pub samples: u64,
     /// Failed reads reported by the sampler.

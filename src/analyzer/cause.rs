@@ -400,6 +400,8 @@ mod tests {
             owns_gil: false,
             every: 1,
             truncated: false,
+            callback_id: None,
+            ns_tid: None,
         }
     }
 

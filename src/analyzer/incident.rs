@@ -16,6 +16,18 @@ use crate::sample::{RunningTask, TaskGeneration};
 /// Lines of source kept either side of an incident's culprit line.
 pub const CONTEXT_LINES: u32 = 3;
 
+/// What tells one callback (task step) of a loop from the next, as far as the reader knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepMark {
+    /// The process's running-task table (3.8–3.13): it changes with every step of any task
+    /// of any loop, so it speaks of one task's steps only.
+    Table(TaskGeneration),
+    /// The handle this thread's `Handle._run` runs (3.13+ with the own reader): a different
+    /// handle is a different callback, whatever task it steps. The same handle is most likely
+    /// the same callback — handles are reused, two steps apart, by the allocator.
+    Handle(u64),
+}
+
 /// Blocking (one callback held the loop) or saturation (many callbacks in one iteration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -155,7 +167,7 @@ pub struct BusyRun {
     /// `_run_once`'s line at the latest sample (selector loops).
     pub last_run_once_line: Option<u32>,
     /// Generation of the running-task table at the latest sample.
-    pub task_generation: Option<TaskGeneration>,
+    pub task_generation: Option<StepMark>,
     /// Busy samples so far.
     pub samples: u32,
     /// Of them, samples whose stack the reader cut (deeper than it reads).
@@ -229,9 +241,23 @@ impl BusyRun {
     /// step as the run's latest sample: `Some(true)` the same task under an unchanged table (no
     /// step started or ended in between), `Some(false)` the same task stepped again (the loop
     /// went round), `None` when it is not the same known task or the run has no generation.
-    pub fn same_step(&self, key: &CallbackKey, generation: TaskGeneration) -> Option<bool> {
+    pub fn same_step(&self, key: &CallbackKey, generation: StepMark) -> Option<bool> {
         let known = self.task_generation?;
-        self.same_task(key).then_some(known == generation)
+        let same = match (known, generation) {
+            // The same root in the same task (or in no task read): a new handle is its next
+            // step. Another root or task is another callback, which `split_point` weighs.
+            (StepMark::Handle(_), StepMark::Handle(_)) => self.same_callback(key),
+            _ => self.same_task(key),
+        };
+        same.then_some(known == generation)
+    }
+
+    /// Whether `key` is the callback of the latest sample: the same root in the same task, or
+    /// in no task known.
+    pub fn same_callback(&self, key: &CallbackKey) -> bool {
+        self.segment
+            .as_ref()
+            .is_some_and(|s| s.key.task == key.task && s.key.root == key.root)
     }
 
     /// Whether `key` is the same known task (and root) as the callback of the latest sample.

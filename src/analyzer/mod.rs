@@ -28,7 +28,7 @@ pub use analysis::{
     Analysis, BusySpan, Gaps, Profile, MAX_INCIDENTS, MAX_PROFILE_ENTRIES, MAX_TIMELINE,
 };
 use facts::StackFacts;
-use incident::{BusyObservation, BusyRun, CallbackKey, Incident};
+use incident::{BusyObservation, BusyRun, CallbackKey, Incident, StepMark};
 use intern::{FrameId, StackId, Symbols};
 use loop_detect::{LoopKind, LoopPosition};
 pub use loop_thread::{LoopThread, RecentStalls, RECENT_STALLS_WINDOW};
@@ -166,6 +166,11 @@ impl Analyzer {
                 .entry(tid)
                 .or_insert_with(|| name.to_string());
         }
+        if let Some(ns_tid) = thread.ns_tid {
+            if a.ns_thread_ids.len() < MAX_THREADS_KEPT || a.ns_thread_ids.contains_key(&tid) {
+                a.ns_thread_ids.insert(tid, ns_tid);
+            }
+        }
         let stack = (!thread.frames.is_empty()).then(|| a.symbols.intern_stack(&thread.frames));
         if let (Some(stack), OsState::Running) = (stack, &thread.os_state) {
             add_weight(&mut a.active_profile, tid, stack, weight_us);
@@ -247,18 +252,12 @@ impl Analyzer {
         // unless the target itself proves no other step ran: the same task is being stepped
         // and asyncio's running-task table did not change (every step start and end changes
         // it), so one task step went on through the gap.
-        if after_gap && !self.same_step_across_gap(tid, key, sample.task_generation) {
+        let generation = self.step_generation(thread, sample.task_generation);
+        if after_gap && !self.same_step_across_gap(tid, key, generation) {
             self.close_run(tid, at, false);
         }
         let run_once_line = facts.run_once_line;
-        let split_at = self.run_boundary(
-            tid,
-            at,
-            position,
-            key,
-            sample.task_generation,
-            run_once_line,
-        );
+        let split_at = self.run_boundary(tid, at, position, key, generation, run_once_line);
         if let Some(boundary) = split_at {
             self.finish_run(tid, boundary, false);
         }
@@ -362,20 +361,35 @@ impl Analyzer {
         }
     }
 
+    /// What tells this thread's callbacks apart: the handle its loop is running when the
+    /// reader saw it (3.13+; one per thread), else asyncio's running-task table — shared by
+    /// every loop of the process, so only when there is one loop.
+    fn step_generation(
+        &self,
+        thread: &ThreadSample,
+        table: Option<TaskGeneration>,
+    ) -> Option<StepMark> {
+        match thread.callback_id {
+            Some(handle) => Some(StepMark::Handle(handle)),
+            None => table
+                .filter(|_| self.analysis.loops.len() == 1)
+                .map(StepMark::Table),
+        }
+    }
+
     /// Whether the busy run of `tid` was in the step of the task `key` names, under the same
-    /// running-task table `generation` (only with one loop in the process: loops share it).
+    /// step `generation` (see [`Self::step_generation`]).
     fn same_step_across_gap(
         &self,
         tid: u64,
         key: Option<CallbackKey>,
-        generation: Option<TaskGeneration>,
+        generation: Option<StepMark>,
     ) -> bool {
         let (Some(key), Some(generation)) = (key, generation) else {
             return false;
         };
-        let single_loop = self.analysis.loops.len() == 1;
         let run = self.analysis.loops.get(&tid).and_then(|l| l.run.as_ref());
-        single_loop && run.is_some_and(|run| run.same_step(&key, generation) == Some(true))
+        run.is_some_and(|run| run.same_step(&key, generation) == Some(true))
     }
 
     /// Where the busy run of `tid` must end before this busy sample because the loop went
@@ -393,11 +407,10 @@ impl Analyzer {
         at: Instant,
         position: LoopPosition,
         key: Option<CallbackKey>,
-        generation: Option<TaskGeneration>,
+        generation: Option<StepMark>,
         run_once_line: Option<u32>,
     ) -> Option<Instant> {
         let threshold = self.settings.threshold;
-        let single_loop = self.analysis.loops.len() == 1;
         let loop_thread = self.analysis.loops.get_mut(&tid)?;
         if let (
             LoopPosition::Callback {
@@ -418,7 +431,7 @@ impl Analyzer {
             }
         }
         let key = key?;
-        if let (Some(generation), true) = (generation, single_loop) {
+        if let Some(generation) = generation {
             let stepped_again = run.same_step(&key, generation) == Some(false);
             run.task_generation = Some(generation);
             if stepped_again {

@@ -41,6 +41,7 @@ pub fn incident_json(analysis: &Analysis, incident: &Incident) -> Value {
         "samples": incident.samples,
         "pid": incident.pid,
         "thread_id": incident.thread_id,
+        "ns_thread_id": analysis.ns_thread_ids.get(&incident.thread_id),
         "thread_name": incident.thread_name,
         "loop": incident.loop_kind,
         "kind": incident.kind,
@@ -75,6 +76,7 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
         .map(|l| {
             json!({
                 "thread_id": l.thread_id,
+                "ns_thread_id": analysis.ns_thread_ids.get(&l.thread_id),
                 "thread_name": l.name,
                 "loop": l.kind,
                 "utilization": round(l.utilization().unwrap_or(0.0), 4),
@@ -104,6 +106,7 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
             "rate_hz": info.rate_hz,
             "achieved_rate_hz": round(s.achieved_rate(), 1),
             "reader": s.reader,
+            "offsets": s.offsets,
             "other_threads_hz": s.other_threads_hz,
             "interval_us": { "p50": s.interval_p50_us, "p99": s.interval_p99_us, "max": s.interval_max_us },
             "missed_ticks": s.missed_ticks,

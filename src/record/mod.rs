@@ -535,7 +535,7 @@ impl Recording<'_> {
             match remote::attach(pid, self.settings.blocking) {
                 Ok(mut target) => {
                     // A just-started interpreter may not have its thread state yet.
-                    if target.spy.get_stack_traces().is_err() {
+                    if !target.has_threads() {
                         continue;
                     }
                     self.skipped.remove(&pid);
@@ -546,7 +546,8 @@ impl Recording<'_> {
                 }
                 // Not Python (a shell, a compiler, `sleep`): never ask again.
                 Err(LoopspyError::NotPython { .. })
-                | Err(LoopspyError::UnsupportedPython { .. }) => {
+                | Err(LoopspyError::UnsupportedPython { .. })
+                | Err(LoopspyError::FreeThreaded { .. }) => {
                     *self.skipped.entry(pid).or_default() = ATTACH_RETRIES
                 }
                 Err(_) => {}

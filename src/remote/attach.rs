@@ -1,48 +1,149 @@
 //! Attaching to a running interpreter: the checks that turn "py-spy could not read it" into an
-//! error the user can act on (no such process, not Python, wrong version, no permission).
+//! error the user can act on (no such process, not Python, wrong version, no permission), and
+//! finding where the interpreter is: from the target's own debug offsets on CPython 3.13+, with
+//! py-spy's help before.
 
 use std::io;
 
 use py_spy::config::LockingStrategy;
 use py_spy::{Config, PythonSpy};
 
-use super::{memory, procfs};
+use super::debug_offsets::{self, DebugOffsetsError};
+use super::memory::{self, ProcessMemory, RemoteMemory};
+use super::offsets::{self, PythonOffsets};
+use super::procfs;
 use crate::error::LoopspyError;
 
 /// Oldest and newest CPython minor versions loopspy supports.
-pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u64> = 8..=13;
+pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u64> = 8..=15;
+
+/// Where loopspy's own readers find the interpreter, and the struct layout they read it with.
+#[derive(Debug, Clone)]
+pub struct ReaderLayout {
+    /// The offsets: from the target's debug offsets (3.13+) or `python_offsets/` (3.8–3.13).
+    pub offsets: PythonOffsets,
+    /// The main interpreter's `PyInterpreterState`.
+    pub interpreter: u64,
+    /// The GIL holder's record (`_gil_runtime_state`, or `tstate_current` up to 3.11); 0 when
+    /// unknown.
+    pub gil: u64,
+    /// Address of the interpreter's `sys.modules` pointer.
+    pub modules_ptr: u64,
+    /// The minor version (3.`minor`).
+    pub minor: u64,
+    /// True when `offsets` came from the target itself (`_Py_DebugOffsets`).
+    pub from_target: bool,
+    /// The target's `interpreter_state.size` (3.13+; checks `_asyncio`'s debug section).
+    pub interpreter_size: u64,
+}
 
 /// A target we hold a reader on.
 pub struct AttachedTarget {
-    /// py-spy's interpreter reader, configured for our use.
-    pub spy: PythonSpy,
+    /// py-spy's interpreter reader, configured for our use; None where py-spy cannot read the
+    /// target (loopspy reads it by itself).
+    pub spy: Option<PythonSpy>,
+    /// The own readers' way in; None when only py-spy can read this target.
+    pub layout: Option<ReaderLayout>,
     /// Process id of the interpreter.
     pub pid: i32,
     /// Full version, e.g. `3.11.7`.
     pub python_version: String,
     /// The target's command line.
     pub command: String,
+    /// Pause the target for each read (`--blocking`).
+    pub blocking: bool,
+}
+
+impl AttachedTarget {
+    /// Whether the interpreter has a thread to read yet (a just-started one may not).
+    pub fn has_threads(&mut self) -> bool {
+        if let Some(layout) = &self.layout {
+            let mem = ProcessMemory { pid: self.pid };
+            let mut word = [0u8; 8];
+            let head = layout
+                .interpreter
+                .wrapping_add(layout.offsets.interpreter.threads_head as u64);
+            return mem.read(head, &mut word) && u64::from_ne_bytes(word) != 0;
+        }
+        self.spy
+            .as_mut()
+            .is_some_and(|spy| spy.get_stack_traces().is_ok())
+    }
 }
 
 /// Attaches to `pid`. `blocking` pauses the target during each read (py-spy's default);
 /// loopspy's default is not to.
+///
+/// From CPython 3.13 the target's own debug offsets say where everything is; py-spy is then
+/// attached too where it can be (for thread names and `--reader py-spy`), but not needed.
+/// Before 3.13 py-spy finds the interpreter and `python_offsets/` gives the layout.
 pub fn attach(pid: i32, blocking: bool) -> Result<AttachedTarget, LoopspyError> {
     precheck(pid)?;
     let command = procfs::command_line(pid);
     let config = spy_config(blocking);
+    let mem = ProcessMemory { pid };
+    match debug_offsets::locate(pid, &mem) {
+        Some(Ok(runtime)) => {
+            let version = runtime.table.version;
+            let spy = PythonSpy::new(pid, &config).ok();
+            let layout = ReaderLayout {
+                offsets: runtime.table.reader_offsets(),
+                interpreter: runtime.interpreter,
+                gil: runtime.gil,
+                modules_ptr: runtime.modules_ptr,
+                minor: version.minor(),
+                from_target: true,
+                interpreter_size: runtime.table.get(debug_offsets::Field::InterpSize),
+            };
+            return Ok(AttachedTarget {
+                spy,
+                layout: Some(layout),
+                pid,
+                python_version: version.to_string(),
+                command,
+                blocking,
+            });
+        }
+        Some(Err(DebugOffsetsError::FreeThreaded(version))) => {
+            return Err(LoopspyError::FreeThreaded { pid, version });
+        }
+        Some(Err(DebugOffsetsError::UnknownVersion { version, why })) => {
+            return Err(LoopspyError::UnsupportedPython {
+                pid,
+                version,
+                detail: format!(": {why}"),
+            });
+        }
+        // An interpreter not initialised yet (no interpreter state), or a table that does not
+        // add up: py-spy's way below decides.
+        Some(Err(_)) | None => {}
+    }
     let spy = PythonSpy::new(pid, &config).map_err(|err| classify_spy_error(pid, &command, err))?;
-    let version = &spy.version;
+    let version = spy.version.clone();
     if version.major != 3 || !SUPPORTED_MINORS.contains(&version.minor) {
         return Err(LoopspyError::UnsupportedPython {
             pid,
             version: version.to_string(),
+            detail: String::new(),
         });
     }
+    // 3.14+ without readable debug offsets: py-spy's reader only.
+    let layout = offsets::for_minor(version.minor).map(|offsets| ReaderLayout {
+        offsets,
+        interpreter: spy.addresses.interpreter_address as u64,
+        gil: spy.addresses.threadstate_address as u64,
+        modules_ptr: spy.addresses.imports_modules_address as u64,
+        minor: version.minor,
+        from_target: false,
+        interpreter_size: 0,
+    });
     Ok(AttachedTarget {
         python_version: version.to_string(),
-        spy,
+        spy: Some(spy),
+        layout,
         pid,
         command,
+        blocking,
     })
 }
 

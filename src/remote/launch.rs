@@ -49,11 +49,12 @@ pub fn launch(argv: &[String], blocking: bool) -> Result<LaunchedProcess, Loopsp
             match attach(pid, blocking) {
                 Ok(mut target) => {
                     // A just-started interpreter may not have its thread state yet.
-                    if target.spy.get_stack_traces().is_ok() {
+                    if target.has_threads() {
                         return Ok(LaunchedProcess { child, target });
                     }
                 }
                 Err(err @ LoopspyError::UnsupportedPython { .. })
+                | Err(err @ LoopspyError::FreeThreaded { .. })
                 | Err(err @ LoopspyError::PermissionDenied { .. }) => {
                     let _ = child.kill();
                     let _ = child.wait();

@@ -4,6 +4,8 @@
 //! non-blocking mode) unless the user asked for `--blocking`.
 
 pub mod attach;
+pub mod debug_offsets;
+pub mod elf;
 pub mod launch;
 pub mod linetable;
 pub mod memory;

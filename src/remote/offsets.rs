@@ -1,10 +1,10 @@
 //! The per-version struct-offset tables in `python_offsets/` (one TOML file per CPython minor
 //! version, each number with its source in CPython's tree), compiled into the binary.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `PyDictObject` and its keys object.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DictOffsets {
     /// `ma_used`.
     pub ma_used: usize,
@@ -17,14 +17,14 @@ pub struct DictOffsets {
 }
 
 /// `PyModuleObject`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ModuleOffsets {
     /// `md_dict`.
     pub md_dict: usize,
 }
 
 /// Compact unicode objects.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct UnicodeOffsets {
     /// `length`.
     pub length: usize,
@@ -37,7 +37,7 @@ pub struct UnicodeOffsets {
 }
 
 /// `PyLongObject`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LongOffsets {
     /// `ob_size` (or `lv_tag` when `tagged`).
     pub tag: usize,
@@ -48,14 +48,14 @@ pub struct LongOffsets {
 }
 
 /// `PyTypeObject`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TypeOffsets {
     /// `tp_name`.
     pub tp_name: usize,
 }
 
 /// `_asyncio.Task` (`TaskObj`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TaskOffsets {
     /// `task_coro`.
     pub task_coro: usize,
@@ -66,21 +66,21 @@ pub struct TaskOffsets {
 }
 
 /// Coroutine objects.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CoroOffsets {
     /// `cr_qualname`.
     pub qualname: usize,
 }
 
 /// `PyInterpreterState`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct InterpreterOffsets {
     /// The head of the thread-state list (`tstate_head`, or `threads.head` from 3.11).
     pub threads_head: usize,
 }
 
 /// `PyThreadState`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ThreadOffsets {
     /// `next` in the interpreter's thread list.
     pub next: usize,
@@ -102,7 +102,7 @@ pub struct ThreadOffsets {
 }
 
 /// Which frame struct a version keeps on its frame chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FrameLayout {
     /// `PyFrameObject` (3.8–3.10): a heap object per frame, `f_lasti` for the position.
@@ -113,7 +113,7 @@ pub enum FrameLayout {
 }
 
 /// The frame struct.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FrameOffsets {
     /// Which struct this is.
     pub layout: FrameLayout,
@@ -134,13 +134,27 @@ pub struct FrameOffsets {
     /// `owner` (a `char`), `_PyInterpreterFrame` only.
     #[serde(default)]
     pub owner: Option<usize>,
-    /// The `owner` value of shim frames that belong to the C stack (3.12+), skipped.
+    /// The first `owner` value that is no Python function's frame (3.12–3.13: the C stack's
+    /// shim frames; 3.14+: the interpreter's entry frames too): frames owned by it or above are
+    /// skipped.
     #[serde(default)]
     pub cstack_owner: Option<u8>,
+    /// The largest valid `owner` (3.14 has two non-Python owners, 3 and 4); a larger one is a
+    /// torn read. Defaults to `cstack_owner`.
+    #[serde(default)]
+    pub max_owner: Option<u8>,
+    /// Tag bits of the code pointer (3.14+ hold it as a `_PyStackRef`, whose low two bits are
+    /// flags): masked off before the pointer is followed.
+    #[serde(default)]
+    pub code_tag_bits: u64,
+    /// `localsplus`, the frame's locals (3.13+, from the debug offsets): `Handle._run`'s
+    /// `self` is read there to tell one callback from the next.
+    #[serde(default)]
+    pub localsplus: Option<usize>,
 }
 
 /// How a code object maps bytecode offsets to lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LineTableFormat {
     /// 3.8–3.9 `co_lnotab`.
@@ -152,7 +166,7 @@ pub enum LineTableFormat {
 }
 
 /// `PyCodeObject`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CodeOffsets {
     /// `co_filename`.
     pub filename: usize,
@@ -176,7 +190,7 @@ pub struct CodeOffsets {
 }
 
 /// `PyBytesObject`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct BytesOffsets {
     /// `ob_size`.
     pub ob_size: usize,
@@ -185,7 +199,7 @@ pub struct BytesOffsets {
 }
 
 /// Where the GIL holder is recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GilLayout {
     /// Up to 3.11: a word holding the thread state that holds the GIL (0 when free).
@@ -195,7 +209,7 @@ pub enum GilLayout {
 }
 
 /// The GIL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct GilOffsets {
     /// Which form.
     pub layout: GilLayout,
@@ -208,7 +222,7 @@ pub struct GilOffsets {
 }
 
 /// One version's table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PythonOffsets {
     /// `3.X`.
     pub version: String,

@@ -21,11 +21,23 @@ pub fn parse_syscall(text: &str) -> Option<Syscall> {
     Some(Syscall { nr, args })
 }
 
-/// What file descriptor `fd` of `pid` points at (`/path`, `socket:[inode]`, `pipe:[..]`).
+/// What file descriptor `fd` of `pid` points at (`/path`, `socket:[inode]`, `pipe:[..]`), a
+/// path as the target sees it: the kernel writes paths from loopspy's root, so a chrooted
+/// target's files come with its root in front, which is taken off.
 pub fn fd_target(pid: i32, fd: u64) -> Option<String> {
-    fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
+    let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let link = link.to_string_lossy().into_owned();
+    let root = fs::read_link(format!("/proc/{pid}/root")).ok();
+    Some(as_target_sees(&link, root.as_deref()))
+}
+
+/// `path` (from our root) as a target whose root is `root` (from ours) sees it.
+fn as_target_sees(path: &str, root: Option<&std::path::Path>) -> String {
+    let root = root.and_then(|r| r.to_str()).unwrap_or("/");
+    match path.strip_prefix(root) {
+        Some(rest) if root != "/" && rest.starts_with('/') => rest.to_string(),
+        _ => path.to_string(),
+    }
 }
 
 /// The one-letter scheduler state of a process (`R`, `S`, `D`, `Z`, ...), `None` if it is gone.
@@ -173,6 +185,24 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_shown_as_a_chrooted_target_sees_them() {
+        let root = std::path::Path::new("/var/lib/c1/rootfs");
+        assert_eq!(
+            as_target_sees("/var/lib/c1/rootfs/tmp/a.log", Some(root)),
+            "/tmp/a.log"
+        );
+        assert_eq!(
+            as_target_sees("/var/lib/c1/rootfsx/a", Some(root)),
+            "/var/lib/c1/rootfsx/a"
+        );
+        assert_eq!(
+            as_target_sees("/tmp/a.log", Some(std::path::Path::new("/"))),
+            "/tmp/a.log"
+        );
+        assert_eq!(as_target_sees("socket:[123]", Some(root)), "socket:[123]");
+    }
 
     #[test]
     fn parses_a_blocked_syscall_line() {

@@ -132,6 +132,20 @@ fn shorten(line: &str) -> String {
     }
 }
 
+/// Opens the regular file `path` as process `pid` sees it (resolved inside its root, see
+/// [`open_in_root`]); None for anything but a regular file. For readers of the target's own
+/// binaries (`remote::elf`).
+pub fn open_in_target_root(pid: i32, path: &str) -> Option<OwnedFd> {
+    if path.len() > MAX_PATH_BYTES {
+        return None;
+    }
+    let root = open_plain(&format!("/proc/{pid}/root"), libc::O_DIRECTORY)?;
+    let fd = open_in_root(&root, path)?;
+    let file = File::from(fd);
+    file.metadata().ok().filter(|m| m.is_file())?;
+    Some(OwnedFd::from(file))
+}
+
 fn open_plain(path: &str, flags: libc::c_int) -> Option<OwnedFd> {
     let path = CString::new(path).ok()?;
     // SAFETY: a valid NUL-terminated path; the returned fd is owned by us alone.

@@ -101,6 +101,8 @@ struct CodeInfo {
     checked_at: Instant,
     /// 3.13 shim frames (`<shim>` or an empty file name), which py-spy and we leave out.
     shim: bool,
+    /// asyncio's `Handle._run`, whose `self` tells one callback from the next.
+    handle_run: bool,
 }
 
 impl CodeInfo {
@@ -140,6 +142,8 @@ pub struct StackReader<M> {
     now: Instant,
     stats: ReaderStats,
     pages: TickPages,
+    /// The innermost `Handle._run`'s handle of the last [`StackReader::stack`].
+    callback_id: Option<u64>,
 }
 
 /// The target's pages read during the current tick (buffers reused across ticks).
@@ -203,6 +207,7 @@ impl<M: RemoteMemory> StackReader<M> {
             now: Instant::now(),
             stats: ReaderStats::default(),
             pages: TickPages::default(),
+            callback_id: None,
         }
     }
 
@@ -373,6 +378,7 @@ impl<M: RemoteMemory> StackReader<M> {
         out: &mut Vec<Frame>,
     ) -> Result<Depth, StackError> {
         out.clear();
+        self.callback_id = None;
         let mut addr = thread.frame;
         let mut buf = [0u8; 256];
         let len = self.frame_len.min(256);
@@ -398,17 +404,17 @@ impl<M: RemoteMemory> StackReader<M> {
             let frame = &buf[..len];
             let f = &self.offsets.frame;
             let back = word(frame, f.back);
-            if let (Some(owner_at), Some(cstack)) = (f.owner, f.cstack_owner) {
-                let owner = frame[owner_at];
-                if owner == cstack {
+            if let (Some(owner_at), Some(first_skipped)) = (f.owner, f.cstack_owner) {
+                let owner = frame.get(owner_at).copied().unwrap_or(u8::MAX);
+                if owner > f.max_owner.unwrap_or(first_skipped) {
+                    return Err(StackError::Torn("frame owner out of range"));
+                }
+                if owner >= first_skipped {
                     addr = back;
                     continue;
                 }
-                if owner > cstack {
-                    return Err(StackError::Torn("frame owner out of range"));
-                }
             }
-            let code = word(frame, f.code);
+            let code = word(frame, f.code) & !f.code_tag_bits;
             let position = match f.layout {
                 FrameLayout::Object => {
                     let lasti = int32(frame, f.lasti.unwrap_or(0)) as i64;
@@ -425,7 +431,10 @@ impl<M: RemoteMemory> StackReader<M> {
                     instr.wrapping_sub(start)
                 }
             };
+            let locals = self.offsets.frame.localsplus;
+            let want_self = self.callback_id.is_none();
             let info = self.code(code, position)?;
+            let read_self = info.handle_run && want_self;
             if !info.shim {
                 out.push(Frame {
                     function: info.function.clone(),
@@ -435,9 +444,21 @@ impl<M: RemoteMemory> StackReader<M> {
                         .line_at(position.clamp(-2, i32::MAX as i64) as i32),
                 });
             }
+            if let (true, Some(locals)) = (read_self, locals) {
+                let mut handle = [0u8; 8];
+                self.read_hot(addr.wrapping_add(locals as u64), &mut handle)?;
+                let handle = u64::from_ne_bytes(handle) & !self.offsets.frame.code_tag_bits;
+                self.callback_id = (handle != 0).then_some(handle);
+            }
             addr = back;
         }
         Ok(Depth::Whole)
+    }
+
+    /// Which callback the last [`Self::stack`] found its loop running: the address of the
+    /// handle its innermost `Handle._run` runs (3.13+; None before, or outside a callback).
+    pub fn callback_id(&self) -> Option<u64> {
+        self.callback_id
     }
 
     /// The cached facts of the code object at `code`, decoding it on first sight, when the
@@ -545,6 +566,7 @@ impl<M: RemoteMemory> StackReader<M> {
             return Err(StackError::Torn("implausible bytecode length"));
         }
         let shim = file.is_empty() || &*file == "<shim>";
+        let handle_run = function == "Handle._run" && file.ends_with("asyncio/events.py");
         Ok(CodeInfo {
             lines: LineTable::decode(c.line_table, &table, first_line as u32),
             function: function.into(),
@@ -553,6 +575,7 @@ impl<M: RemoteMemory> StackReader<M> {
             fingerprint,
             checked_at: self.now,
             shim,
+            handle_run,
         })
     }
 

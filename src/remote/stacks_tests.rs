@@ -700,7 +700,11 @@ impl Image {
     /// [C-stack shim] <- <shim> code <- Worker.run <- main. Thread 2: helper (not started)
     /// <- main.
     fn build(minor: u64, tight: bool) -> Image {
-        let t = for_minor(minor).expect("offset table");
+        Image::build_with(for_minor(minor).expect("offset table"), tight)
+    }
+
+    /// [`Image::build`] laid out by the offsets `t` (a table's, or a target's debug offsets).
+    fn build_with(t: PythonOffsets, tight: bool) -> Image {
         let mut b = Builder::new(t.clone());
         let interp = b.alloc(Area::Interp, Kind::Interp, t.interpreter.threads_head + 64);
         let globals = b.plain_obj("dict", 48);
@@ -2322,4 +2326,73 @@ fn a_name_longer_than_max_str_chars_is_cut_not_dropped() {
         }
         assert!(seen, "3.{minor}: the long-named frame was read");
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Layouts from the target's own debug offsets (3.13+).
+
+/// The reader's offsets from a Debian 3.`minor` debug-offsets table, with `edit` applied.
+fn from_debug_offsets(minor: u64, edit: impl Fn(&mut Vec<u8>)) -> PythonOffsets {
+    use crate::remote::debug_offsets::{tests::debian_table, DebugOffsets};
+    let mut table = debian_table(minor, 2);
+    edit(&mut table);
+    DebugOffsets::parse(table).expect("table").reader_offsets()
+}
+
+fn reads_exactly(image: &Image) -> bool {
+    let mut reader = image.reader();
+    reader.begin_tick(Instant::now());
+    let Ok(heads) = reader.threads() else {
+        return false;
+    };
+    let mut frames = Vec::new();
+    heads.len() == image.threads.len()
+        && heads.iter().zip(&image.threads).all(|(head, thread)| {
+            head.python_tid == thread.python_tid
+                && head.native_tid == thread.native_tid
+                && reader.stack(head, &mut frames).is_ok()
+                && triples(&frames) == thread.expected
+        })
+}
+
+#[test]
+fn images_laid_out_by_3_13_to_3_15_debug_offsets_read_back_exactly() {
+    for minor in [13, 14, 15] {
+        for tight in [false, true] {
+            let image = Image::build_with(from_debug_offsets(minor, |_| ()), tight);
+            assert!(reads_exactly(&image), "3.{minor} tight {tight}");
+        }
+    }
+}
+
+#[test]
+fn the_reader_follows_fields_the_target_moved() {
+    use crate::remote::debug_offsets::{tests::set, Field};
+    // A patch release that moves the thread ids, the frame's owner and instruction pointer,
+    // and the code object's names (as 3.14.5 moved interpreter fields): the target's table
+    // says where they went, and the reader follows.
+    let moved = |t: &mut Vec<u8>| {
+        set(t, 15, Field::ThreadId, 200);
+        set(t, 15, Field::NativeThreadId, 216);
+        set(t, 15, Field::FrameOwner, 75);
+        set(t, 15, Field::CodeName, 144);
+        set(t, 15, Field::CodeQualname, 152);
+    };
+    let target = from_debug_offsets(15, moved);
+    assert_eq!(target.thread.thread_id, 200);
+    let image = Image::build_with(target, false);
+    assert!(
+        reads_exactly(&image),
+        "the moved layout read with the target's offsets"
+    );
+    // The same memory read with what a table for 3.15 would have said: wrong thread ids,
+    // a torn read or wrong names — never the image's stacks.
+    let table = from_debug_offsets(15, |_| ());
+    let mut stale = StackReader::new(image.mem.clone(), table, image.interp, image.gil);
+    stale.begin_tick(Instant::now());
+    let heads = stale.threads().expect("the list itself did not move");
+    assert!(heads
+        .iter()
+        .zip(&image.threads)
+        .all(|(h, t)| h.python_tid != t.python_tid));
 }

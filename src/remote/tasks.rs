@@ -53,6 +53,74 @@ pub struct TaskReader<M = ProcessMemory> {
     type_names: HashMap<u64, TypeName>,
     /// The tasks read at the last generation.
     last: Option<(TaskGeneration, Vec<RunningTask>)>,
+    /// Where running tasks are recorded in this version.
+    source: TaskSource,
+}
+
+/// Where a version records the task each loop is stepping.
+#[derive(Debug, Clone)]
+enum TaskSource {
+    /// 3.8–3.13: the `{loop: task}` dict `asyncio.tasks._current_tasks`.
+    CurrentTasksDict,
+    /// 3.14+: each thread state's `asyncio_running_loop` and `asyncio_running_task` (the dict
+    /// stays empty), at offsets `_asyncio` publishes in its `.AsyncioDebug` section.
+    ThreadStates {
+        /// The process, whose mapped binaries hold the section; 0 in tests.
+        pid: i32,
+        /// `interpreter_state.size` of the target's debug offsets, which the section repeats
+        /// (its check: the section has no cookie).
+        interpreter_size: u64,
+        /// The interpreter state, whose thread list is walked when no thread is named.
+        interpreter: u64,
+        /// The section, once found (it is mapped only once `_asyncio` is imported on 3.14).
+        asyncio: Option<AsyncioDebug>,
+        /// The task last read from each thread state: reused while the task and its fields
+        /// are the same (a blocked loop costs two reads a tick).
+        last: Vec<(u64, RunningTask, [u64; 2])>,
+    },
+}
+
+/// `Py_AsyncioModuleDebugOffsets` (`Modules/_asynciomodule.c`, 3.14+): `uint64_t`s only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsyncioDebug {
+    /// `asyncio_task_object.task_name`.
+    pub task_name: u64,
+    /// `asyncio_task_object.task_coro`.
+    pub task_coro: u64,
+    /// `asyncio_thread_state.asyncio_running_loop` (in `_PyThreadStateImpl`).
+    pub running_loop: u64,
+    /// `asyncio_thread_state.asyncio_running_task`.
+    pub running_task: u64,
+}
+
+/// Bytes of `Py_AsyncioModuleDebugOffsets` (13 words).
+pub const ASYNCIO_DEBUG_LEN: usize = 104;
+
+impl AsyncioDebug {
+    /// The section's bytes, checked: it repeats the interpreter state's size (which the
+    /// target's debug offsets give), and every offset lies inside its struct.
+    pub fn parse(bytes: &[u8], interpreter_size: u64) -> Option<Self> {
+        let w = |i: usize| word_at(bytes, i * 8);
+        if bytes.len() < ASYNCIO_DEBUG_LEN || w(7) != interpreter_size || interpreter_size == 0 {
+            return None;
+        }
+        let (task_size, thread_size) = (w(0), w(9));
+        let in_task = |at: u64| at + 8 <= task_size;
+        let in_thread = |at: u64| at + 8 <= thread_size;
+        let ok = task_size <= 4096
+            && thread_size <= 1 << 16
+            && in_task(w(1))
+            && in_task(w(5))
+            && in_task(w(6) + 8)
+            && in_thread(w(10))
+            && in_thread(w(11));
+        ok.then(|| AsyncioDebug {
+            task_name: w(1),
+            task_coro: w(5),
+            running_loop: w(10),
+            running_task: w(11),
+        })
+    }
 }
 
 /// How soon to look for `asyncio.tasks` again after a lookup found nothing (or a dict no task
@@ -63,6 +131,8 @@ const LOOKUP_RETRY_FIRST: Duration = Duration::from_millis(10);
 const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Upper bounds that keep a garbage read from turning into a huge one.
 const MAX_ENTRIES: u64 = 1 << 16;
+/// Thread states walked at most (3.14+, when no thread is named).
+const MAX_THREADS: usize = 4096;
 const MAX_STR: u64 = 1024;
 /// Type objects whose names are remembered.
 const MAX_TYPES: usize = 256;
@@ -91,16 +161,153 @@ impl<M: RemoteMemory> TaskReader<M> {
             lookup_retry: LOOKUP_RETRY_FIRST,
             type_names: HashMap::new(),
             last: None,
+            source: TaskSource::CurrentTasksDict,
         }
     }
 
-    /// Tasks being stepped right now (usually none or one per loop), and the generation of
-    /// the `{loop: task}` dict.
-    pub fn running_tasks(&mut self) -> (Vec<RunningTask>, Option<TaskGeneration>) {
-        self.running_tasks_at(Instant::now())
+    /// Reads tasks where CPython 3.`minor` of process `pid` records them (from 3.14: in the
+    /// thread states; `interpreter_size` is the target's `interpreter_state.size`).
+    pub fn for_target(
+        mut self,
+        pid: i32,
+        minor: u64,
+        interpreter: u64,
+        interpreter_size: u64,
+    ) -> Self {
+        if minor >= 14 {
+            self.source = TaskSource::ThreadStates {
+                pid,
+                interpreter_size,
+                interpreter,
+                asyncio: None,
+                last: Vec::new(),
+            };
+        }
+        self
     }
 
-    /// [`Self::running_tasks`] at `now` (which times the lookup retries).
+    /// Reads 3.14+ thread states with this `_asyncio` layout (tests; the sampler finds it).
+    pub fn with_asyncio_debug(mut self, interpreter: u64, asyncio: AsyncioDebug) -> Self {
+        self.source = TaskSource::ThreadStates {
+            pid: 0,
+            interpreter_size: 0,
+            interpreter,
+            asyncio: Some(asyncio),
+            last: Vec::new(),
+        };
+        self.offsets.task.task_coro = asyncio.task_coro as usize;
+        self.offsets.task.task_name = asyncio.task_name as usize;
+        self
+    }
+
+    /// Tasks being stepped right now (usually none or one per loop), and the generation of
+    /// the `{loop: task}` dict (3.8–3.13). On 3.14+ the thread states `tstates` are looked at
+    /// (the event-loop threads'; every thread's when empty), and there is no generation.
+    pub fn running_tasks(&mut self, tstates: &[u64]) -> (Vec<RunningTask>, Option<TaskGeneration>) {
+        let now = Instant::now();
+        if matches!(self.source, TaskSource::ThreadStates { .. }) {
+            return (self.thread_state_tasks(now, tstates), None);
+        }
+        self.running_tasks_at(now)
+    }
+
+    /// The tasks the thread states `tstates` are stepping (3.14+).
+    fn thread_state_tasks(&mut self, now: Instant, tstates: &[u64]) -> Vec<RunningTask> {
+        let TaskSource::ThreadStates {
+            pid,
+            interpreter_size,
+            interpreter,
+            asyncio,
+            ..
+        } = &self.source
+        else {
+            return Vec::new();
+        };
+        let (pid, interpreter_size, interpreter) = (*pid, *interpreter_size, *interpreter);
+        let asyncio = match asyncio {
+            Some(a) => *a,
+            None if now >= self.next_lookup && pid != 0 => {
+                self.next_lookup = now + self.lookup_retry;
+                self.lookup_retry = (self.lookup_retry * 2).min(LOOKUP_RETRY_MAX);
+                let Some(found) = find_asyncio_debug(pid, &self.mem, interpreter_size) else {
+                    return Vec::new();
+                };
+                self.offsets.task.task_coro = found.task_coro as usize;
+                self.offsets.task.task_name = found.task_name as usize;
+                if let TaskSource::ThreadStates { asyncio, .. } = &mut self.source {
+                    *asyncio = Some(found);
+                }
+                found
+            }
+            None => return Vec::new(),
+        };
+        let walked;
+        let tstates = if tstates.is_empty() {
+            walked = self.thread_states(interpreter);
+            &walked[..]
+        } else {
+            tstates
+        };
+        let mut last = match &mut self.source {
+            TaskSource::ThreadStates { last, .. } => std::mem::take(last),
+            TaskSource::CurrentTasksDict => Vec::new(),
+        };
+        let mut now_running = Vec::new();
+        let mut tasks = Vec::new();
+        for &tstate in tstates {
+            let (Some(event_loop), Some(task)) = (
+                self.read_word(tstate.wrapping_add(asyncio.running_loop)),
+                self.read_word(tstate.wrapping_add(asyncio.running_task)),
+            ) else {
+                continue;
+            };
+            if event_loop == 0 || task == 0 {
+                continue;
+            }
+            let fields = self.task_fields(task);
+            let cached = last
+                .iter()
+                .position(|(at, t, f)| *at == tstate && t.address == task && Some(*f) == fields);
+            let read = match cached {
+                Some(i) => Some(last.swap_remove(i).1),
+                None => self.read_task(event_loop, task),
+            };
+            if let (Some(read), Some(fields)) = (read, fields) {
+                now_running.push((tstate, read.clone(), fields));
+                tasks.push(read);
+            }
+        }
+        if let TaskSource::ThreadStates { last, .. } = &mut self.source {
+            *last = now_running;
+        }
+        tasks
+    }
+
+    /// The task's coroutine and name pointers: unchanged, they name the same task.
+    fn task_fields(&self, task: u64) -> Option<[u64; 2]> {
+        let o = &self.offsets.task;
+        Some([
+            self.read_word(task.wrapping_add(o.task_coro as u64))?,
+            self.read_word(task.wrapping_add(o.task_name as u64))?,
+        ])
+    }
+
+    /// Every thread state of the interpreter (at most [`MAX_THREADS`]).
+    fn thread_states(&self, interpreter: u64) -> Vec<u64> {
+        let t = &self.offsets.thread;
+        let head = interpreter.wrapping_add(self.offsets.interpreter.threads_head as u64);
+        let mut found = Vec::new();
+        let mut next = self.read_word(head).unwrap_or(0);
+        while next != 0 && found.len() < MAX_THREADS && !found.contains(&next) {
+            found.push(next);
+            next = self
+                .read_word(next.wrapping_add(t.next as u64))
+                .unwrap_or(0);
+        }
+        found
+    }
+
+    /// [`Self::running_tasks`] of the dict, at `now` (which times the lookup retries).
     fn running_tasks_at(&mut self, now: Instant) -> (Vec<RunningTask>, Option<TaskGeneration>) {
         let Some(table) = self.current_tasks_dict(now).and_then(|d| self.read_dict(d)) else {
             return (Vec::new(), None);
@@ -249,8 +456,7 @@ impl<M: RemoteMemory> TaskReader<M> {
         if self.read_word(task.wrapping_add(TASK_LOOP))? != event_loop {
             return None;
         }
-        let fields = self.read_vec(task.wrapping_add(o.task_coro as u64), 16)?;
-        let (coro, name_obj) = (word_at(&fields, 0), word_at(&fields, 8));
+        let [coro, name_obj] = self.task_fields(task)?;
         let name = match self.type_name(name_obj)? {
             TypeName::Str => self.read_str(name_obj)?,
             TypeName::Int if o.lazy_int_names => {
@@ -374,6 +580,26 @@ impl<M: RemoteMemory> TaskReader<M> {
             .read(addr, &mut buf)
             .then(|| u64::from_ne_bytes(buf))
     }
+}
+
+/// Finds `_asyncio`'s `.AsyncioDebug` section (built into the executable or `libpython` on
+/// 3.15, the `_asyncio` extension module on 3.14, mapped once asyncio is imported) and reads it.
+fn find_asyncio_debug(
+    pid: i32,
+    mem: &impl RemoteMemory,
+    interpreter_size: u64,
+) -> Option<AsyncioDebug> {
+    let section = super::elf::find_mapped_section(
+        pid,
+        |name| name.contains("python") || name.starts_with("_asyncio"),
+        ".AsyncioDebug",
+    )?;
+    if section.size < ASYNCIO_DEBUG_LEN as u64 {
+        return None;
+    }
+    let mut bytes = [0u8; ASYNCIO_DEBUG_LEN];
+    mem.read(section.address, &mut bytes)
+        .then(|| AsyncioDebug::parse(&bytes, interpreter_size))?
 }
 
 #[cfg(test)]

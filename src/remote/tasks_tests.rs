@@ -965,7 +965,7 @@ fn sys_modules_needs_wide_indices_and_str_keys_have_short_entries() {
         mem.map(SPARE, general.bytes);
         mem.put_u64(image.ma_keys_field(image.sys_modules.addr), SPARE);
         let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-        assert_eq!(reader.running_tasks().0, image.running(), "3.{minor}");
+        assert_eq!(reader.running_tasks(&[]).0, image.running(), "3.{minor}");
     }
 }
 
@@ -986,7 +986,7 @@ fn names_and_coroutines_of_every_width_are_read() {
             dict = step(&image, &mut mem, &dict, leave, Some(enter));
         }
         let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-        let (tasks, _) = reader.running_tasks();
+        let (tasks, _) = reader.running_tasks(&[]);
         let expected: Vec<RunningTask> = [LATIN1, UCS2, UCS4, BIG_N]
             .iter()
             .map(|&i| image.tasks[i].expected())
@@ -1029,7 +1029,7 @@ fn task_names_held_as_ints_only_where_the_table_says() {
             mem.map(SPARE, int_bytes(&image.t, int_type, n));
             mem.put_u64(image.name_field(0), SPARE);
             let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-            let (tasks, _) = reader.running_tasks();
+            let (tasks, _) = reader.running_tasks(&[]);
             let first = tasks.iter().find(|t| t.address == image.tasks[0].addr);
             assert_eq!(
                 first.map(|t| t.name.clone()),
@@ -1288,7 +1288,7 @@ fn check_case(what: &str, left: Left, readers: Readers, case: impl Fn(&Image, &m
         let mut runs = vec![(true, image.reader())];
         if readers == Readers::FreshAndWarm {
             let mut warm = image.reader();
-            assert_eq!(warm.running_tasks().0, image.running());
+            assert_eq!(warm.running_tasks(&[]).0, image.running());
             runs.push((false, warm));
         }
         for (fresh, mut reader) in runs {
@@ -1321,7 +1321,7 @@ fn wrong_type_names_give_no_task() {
             let mut reader = image.reader();
             rename(&image, &mut reader.mem, "dict", to);
             assert_eq!(
-                reader.running_tasks(),
+                reader.running_tasks(&[]),
                 (vec![], None),
                 "3.{minor}: dict renamed {to}"
             );
@@ -1694,7 +1694,7 @@ fn strings_that_are_no_compact_strings_give_no_name() {
             mem.put_u64(image.current.value_field(1), image.tasks[task].addr);
             mem.put_u64(image.current.key_field(1), image.tasks[task].loop_);
             let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-            let (tasks, _) = reader.running_tasks();
+            let (tasks, _) = reader.running_tasks(&[]);
             assert_eq!(tasks[0].name, image.tasks[task].name, "3.{minor}: {what}");
             assert_eq!(tasks[0].coroutine, "", "3.{minor}: {what}");
         }
@@ -1771,10 +1771,10 @@ fn unmapped_pointers_give_no_task() {
         for minor in MINORS {
             let image = Image::build(minor, false);
             let mut warm = image.reader();
-            warm.running_tasks();
+            warm.running_tasks(&[]);
             warm.mem.unmap(area.base());
             assert_eq!(
-                warm.running_tasks().0,
+                warm.running_tasks(&[]).0,
                 warm_left.tasks(&image),
                 "3.{minor}: {what}"
             );
@@ -1803,7 +1803,7 @@ fn names_at_the_end_of_a_mapping_are_read() {
         mem.map(SPARE + 0x2000, name);
         mem.put_u64(image.name_field(0), SPARE + 0x2000);
         let mut reader = TaskReader::new(mem, image.t.clone(), image.modules_ptr as usize);
-        let (tasks, _) = reader.running_tasks();
+        let (tasks, _) = reader.running_tasks(&[]);
         assert_eq!(names(&tasks), ["io", "Task-7"], "3.{minor}");
     }
 }
@@ -1844,7 +1844,7 @@ fn extreme_words_never_panic() {
             for (what, at) in cases {
                 let mut reader = image.reader();
                 reader.mem.put_u64(at, value);
-                let read = panic::catch_unwind(AssertUnwindSafe(|| reader.running_tasks().0));
+                let read = panic::catch_unwind(AssertUnwindSafe(|| reader.running_tasks(&[]).0));
                 match read {
                     Err(_) => panics.push(format!("3.{minor}: {what} := {value:#x}")),
                     Ok(tasks) => {
@@ -2463,4 +2463,115 @@ fn fuzz_memory_changing_mid_read_gives_real_tasks_or_none() {
         tally.tasks > total / 4 && tally.empty + tally.none > total / 20,
         "{tally:?}"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// 3.14+: running tasks from thread states, at offsets `_asyncio`'s `.AsyncioDebug` gives.
+
+/// `.AsyncioDebug` as Debian's 3.14.10 has it (python_offsets/debug-offsets-3.13-3.15.md).
+fn asyncio_debug_314() -> AsyncioDebug {
+    let words: [u64; 13] = [
+        168, 136, 96, 108, 109, 128, 152, 225_864, 10_880, 936, 864, 872, 880,
+    ];
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    AsyncioDebug::parse(&bytes, 225_864).expect("Debian's section")
+}
+
+/// Two thread states: the first steps task `order-7` (coroutine `handle_order`) on its loop,
+/// the second runs no task. Returns the memory, the thread states and the task.
+fn thread_state_image(a: AsyncioDebug) -> (FakeMemory, [u64; 2], u64) {
+    use crate::remote::debug_offsets::{tests::debian_table, DebugOffsets};
+    let t = DebugOffsets::parse(debian_table(14, 10))
+        .unwrap()
+        .reader_offsets();
+    let mut b = Builder::new(t.clone());
+    let event_loop = b.plain_obj("module", Kind::Loop, 64, 0);
+    let coro = b.plain_obj("module", Kind::Coro, 64, 0);
+    let qualname = b.str_obj("handle_order");
+    b.put_u64(coro + t.coro.qualname as u64, qualname);
+    let task = b.plain_obj("module", Kind::Task, 168, 0);
+    b.put_u64(task + TASK_LOOP, event_loop);
+    b.put_u64(task + a.task_coro, coro);
+    let name = b.str_obj("order-7");
+    b.put_u64(task + a.task_name, name);
+    let busy = b.alloc(Area::Runtime, Kind::Runtime, 936);
+    b.put_u64(busy + a.running_loop, event_loop);
+    b.put_u64(busy + a.running_task, task);
+    let idle = b.alloc(Area::Runtime, Kind::Runtime, 936);
+    b.put_u64(idle + a.running_loop, event_loop);
+    let (mem, _) = b.finish(false);
+    (mem, [busy, idle], task)
+}
+
+#[test]
+fn the_314_running_task_is_read_from_the_thread_state() {
+    let a = asyncio_debug_314();
+    let (mem, [busy, idle], task) = thread_state_image(a);
+    let t = for_minor(13).unwrap();
+    let mut reader = TaskReader::new(mem.clone(), t, 0).with_asyncio_debug(0, a);
+    let (tasks, generation) = reader.running_tasks(&[busy, idle]);
+    assert_eq!(generation, None, "3.14 has no running-task table");
+    assert_eq!(
+        tasks,
+        vec![RunningTask {
+            address: task,
+            name: "order-7".into(),
+            coroutine: "handle_order".into(),
+        }]
+    );
+    // The second tick reuses what it read while the task's fields are unchanged.
+    let before = fake_reads(&reader);
+    assert_eq!(reader.running_tasks(&[busy, idle]).0.len(), 1);
+    assert!(
+        fake_reads(&reader) - before <= 6,
+        "a blocked loop costs a few reads"
+    );
+    // A task that does not name the thread's loop as its own is no task.
+    let mut other = mem.clone();
+    other.write(task + TASK_LOOP, &0x1234u64.to_ne_bytes());
+    let mut reader = TaskReader::new(other, for_minor(13).unwrap(), 0).with_asyncio_debug(0, a);
+    assert!(reader.running_tasks(&[busy]).0.is_empty());
+}
+
+#[test]
+fn asyncio_debug_sections_are_checked() {
+    let good: Vec<u8> = [
+        168u64, 136, 96, 108, 109, 128, 152, 225_864, 10_880, 936, 864, 872, 880,
+    ]
+    .iter()
+    .flat_map(|w| w.to_ne_bytes())
+    .collect();
+    assert!(AsyncioDebug::parse(&good, 225_864).is_some());
+    // Another interpreter's size (not this build's section), a cut section, offsets outside
+    // their structs: refused.
+    assert!(AsyncioDebug::parse(&good, 225_840).is_none());
+    assert!(AsyncioDebug::parse(&good[..96], 225_864).is_none());
+    for (word, value) in [(1usize, 4096u64), (11, 1 << 20), (0, u64::MAX)] {
+        let mut bad = good.clone();
+        bad[word * 8..word * 8 + 8].copy_from_slice(&value.to_ne_bytes());
+        assert!(AsyncioDebug::parse(&bad, 225_864).is_none(), "word {word}");
+    }
+}
+
+#[test]
+fn fuzz_314_thread_states_never_panic_and_stay_bounded() {
+    let a = asyncio_debug_314();
+    let (mem, tstates, _) = thread_state_image(a);
+    fuzz(14, 300, |seed| {
+        let mut rng = Rng::new(seed);
+        let mut torn = mem.clone();
+        for _ in 0..8 {
+            let spans = torn.spans();
+            let (start, len) = spans[rng.below(spans.len())];
+            let at = start + rng.below(len - 8) as u64;
+            torn.write(at, &rng.next_u64().to_ne_bytes());
+        }
+        let mut reader = TaskReader::new(torn, for_minor(13).unwrap(), 0).with_asyncio_debug(0, a);
+        let (tasks, _) = reader.running_tasks(&tstates);
+        let reads = fake_reads(&reader);
+        if tasks.len() > 2 || reads >= 200 {
+            return Err(format!("{} tasks in {reads} reads", tasks.len()));
+        }
+        Ok(())
+    });
 }

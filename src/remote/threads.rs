@@ -76,6 +76,113 @@ impl ThreadIdMap {
     }
 }
 
+/// Kernel thread ids as a target in its own PID namespace (a container) knows them, mapped to
+/// the ids loopspy's `/proc` knows them by. CPython 3.11+ records `gettid()` in each thread
+/// state: inside a container that is the namespace's id (`1` for the main thread), and
+/// `/proc/<pid>/task/1` from the host is nothing, or the wrong thread. The kernel lists each
+/// thread's ids in every namespace it belongs to (`NSpid:` in `/proc/<pid>/task/<tid>/status`,
+/// outermost first); the innermost one is the target's.
+#[derive(Debug)]
+pub struct NamespaceTids {
+    pid: i32,
+    /// The target's PID namespace is not ours.
+    foreign: bool,
+    /// Namespace tid -> our tid.
+    map: HashMap<u64, u64>,
+    refreshed: Option<std::time::Instant>,
+}
+
+/// Threads whose status is read at most per refresh.
+const MAX_TASKS: usize = 4096;
+/// A missing id is looked for again at most this often (a thread that just started).
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl NamespaceTids {
+    /// For `pid`: tells whether its PID namespace differs from ours.
+    pub fn new(pid: i32) -> Self {
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+        let theirs = ns(&pid.to_string());
+        NamespaceTids {
+            pid,
+            foreign: theirs.is_some() && theirs != ns("self"),
+            map: HashMap::new(),
+            refreshed: None,
+        }
+    }
+
+    /// Whether the target lives in a PID namespace of its own.
+    pub fn foreign(&self) -> bool {
+        self.foreign
+    }
+
+    /// Our id of the thread the target calls `ns_tid`.
+    pub fn host_tid(&mut self, ns_tid: u64) -> Option<u64> {
+        if !self.foreign {
+            return Some(ns_tid);
+        }
+        if let Some(&tid) = self.map.get(&ns_tid) {
+            return Some(tid);
+        }
+        let now = std::time::Instant::now();
+        if self
+            .refreshed
+            .is_some_and(|at| now.duration_since(at) < REFRESH_EVERY)
+        {
+            return None;
+        }
+        self.refreshed = Some(now);
+        self.map = namespace_tids(self.pid);
+        self.map.get(&ns_tid).copied()
+    }
+
+    /// The target's id of our thread `tid` (for reports), when it lives in its own namespace.
+    pub fn ns_tid(&self, tid: u64) -> Option<u64> {
+        if !self.foreign {
+            return None;
+        }
+        self.map
+            .iter()
+            .find(|(_, &host)| host == tid)
+            .map(|(&ns, _)| ns)
+    }
+}
+
+/// Namespace tid -> our tid for every thread of `pid`.
+fn namespace_tids(pid: i32) -> HashMap<u64, u64> {
+    let mut map = HashMap::new();
+    for tid in live_tids(pid).into_iter().take(MAX_TASKS) {
+        let path = format!("/proc/{pid}/task/{tid}/status");
+        let Some(status) = read_bounded(&path, 8192) else {
+            continue;
+        };
+        if let Some(inner) = innermost_nspid(&status) {
+            map.insert(inner, tid);
+        }
+    }
+    map
+}
+
+/// The last id of the `NSpid:` line of a status file.
+fn innermost_nspid(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line["NSpid:".len()..]
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+fn read_bounded(path: &str, limit: u64) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(limit)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
 fn live_tids(pid: i32) -> HashSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|dir| {
@@ -89,6 +196,18 @@ fn live_tids(pid: i32) -> HashSet<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nspid_lines_give_the_innermost_id() {
+        let status = "Name:\tpython3\nTgid:\t4242\nNSpid:\t4242\t17\t1\nPPid:\t1\n";
+        assert_eq!(innermost_nspid(status), Some(1));
+        assert_eq!(innermost_nspid("NSpid:\t99\n"), Some(99));
+        assert_eq!(innermost_nspid("Name: x\n"), None);
+        // Our own process shares our namespace: ids are ours.
+        let mut me = NamespaceTids::new(std::process::id() as i32);
+        assert!(!me.foreign());
+        assert_eq!(me.host_tid(12345), Some(12345));
+    }
 
     #[test]
     fn finds_our_own_threads() {

@@ -7,6 +7,7 @@
 
 mod pyspy;
 mod reader;
+mod self_check;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,11 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Sender, TrySendError};
-use py_spy::PythonSpy;
 
 use crate::histogram::Histogram;
-use crate::remote::procfs;
 pub use crate::remote::stacks::MAX_FRAMES;
+use crate::remote::{procfs, AttachedTarget};
 use crate::sample::{Frame, Sample, SamplerMessage};
 use reader::TargetReader;
 
@@ -56,6 +56,9 @@ pub struct SamplerStats {
     pub interval_max_us: u64,
     /// The stack reader used: `own`, or `py-spy` (asked for, or no offset table).
     pub reader: &'static str,
+    /// Where the own reader's struct offsets came from: `target` (the interpreter's own
+    /// `_Py_DebugOffsets`, 3.13+), `table` (`python_offsets/`), or `none` (py-spy's reader).
+    pub offsets: &'static str,
     /// Reads per second of threads without an event loop (own reader; else `rate_hz`).
     pub other_threads_hz: u32,
 }
@@ -137,7 +140,7 @@ pub struct SamplerOutcome {
 /// Starts the sampler thread. It stops when `stop` is set, the duration elapses, or the target
 /// exits; the channel is closed when it returns.
 pub fn spawn(
-    spy: PythonSpy,
+    target: AttachedTarget,
     settings: SamplerSettings,
     stop: Arc<AtomicBool>,
     tx: Sender<SamplerMessage>,
@@ -151,7 +154,7 @@ pub fn spawn(
             unsafe {
                 libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64);
             }
-            let mut reader = TargetReader::new(spy, &settings);
+            let mut reader = TargetReader::new(target, &settings);
             run(&mut reader, &settings, &stop, &tx)
         })
         .expect("spawning the sampler thread")
@@ -245,6 +248,7 @@ fn run(
         .map(|t| t.duration_since(start))
         .unwrap_or_default();
     stats.reader = reader.reader_name();
+    stats.offsets = reader.offsets_source();
     stats.other_threads_hz = reader.other_threads_hz(settings.rate_hz);
     stats.interval_p50_us = intervals.quantile(0.50);
     stats.interval_p99_us = intervals.quantile(0.99);

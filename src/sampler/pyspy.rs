@@ -223,6 +223,8 @@ pub(super) fn py_spy_thread_sample(
         every: 1,
         // py-spy reads every frame (up to its own limit) and says nothing of a cut.
         truncated: false,
+        callback_id: None,
+        ns_tid: None,
     }
 }
 

@@ -5,20 +5,20 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use py_spy::config::LockingStrategy;
 use py_spy::PythonSpy;
 
 use super::pyspy::{
     forget_recycled_names, own_reader_agrees, py_spy_thread_sample, NameLookup, ThreadNames,
 };
+use super::self_check::own_reader_checks_out;
 use super::{ReaderKind, SamplerSettings};
 use crate::remote::memory::ProcessMemory;
-use crate::remote::offsets;
 use crate::remote::procfs::{KernelView, ThreadFiles};
 use crate::remote::resources::ResourceResolver;
 use crate::remote::stacks::{Depth, StackError, StackReader, ThreadHead};
 use crate::remote::tasks::TaskReader;
-use crate::remote::threads::ThreadIdMap;
+use crate::remote::threads::{NamespaceTids, ThreadIdMap};
+use crate::remote::AttachedTarget;
 use crate::sample::{Frame, OsState, RunningTask, TaskGeneration, ThreadSample};
 
 /// One thread as the own reader read it this tick.
@@ -27,6 +27,7 @@ pub(super) struct ThreadRead {
     owns_gil: bool,
     frames: Vec<Frame>,
     depth: Depth,
+    callback_id: Option<u64>,
 }
 
 /// Everything the sampler holds on one target: the stack reader, the kernel's view of the
@@ -36,9 +37,13 @@ pub(super) struct TargetReader {
     /// py-spy, while it reads the stacks (`--reader py-spy`, or no offset table).
     spy: Option<PythonSpy>,
     own: Option<StackReader<ProcessMemory>>,
+    /// The own reader's offsets are the target's debug offsets.
+    offsets_from_target: bool,
     blocking: bool,
     tasks: Option<TaskReader>,
     thread_ids: ThreadIdMap,
+    /// The target's thread ids in its own PID namespace -> ours.
+    ns_tids: NamespaceTids,
     thread_files: ThreadFiles,
     resources: ResourceResolver,
     /// Python thread id -> (kernel tid, name) from py-spy's thread-name lookup.
@@ -68,6 +73,14 @@ impl TargetReader {
     }
 
     /// Which reader samples: `own`, or `py-spy`.
+    pub(super) fn offsets_source(&self) -> &'static str {
+        match (&self.own, self.offsets_from_target) {
+            (None, _) => "none",
+            (Some(_), true) => "target",
+            (Some(_), false) => "table",
+        }
+    }
+
     pub(super) fn reader_name(&self) -> &'static str {
         if self.own.is_some() {
             "own"
@@ -88,14 +101,15 @@ impl TargetReader {
 
     /// The asyncio tasks being stepped now, and the task table's generation.
     pub(super) fn running_tasks(&mut self) -> (Vec<RunningTask>, Option<TaskGeneration>) {
+        let loops: Vec<u64> = self.loop_threads.iter().map(|t| t.tstate).collect();
         self.tasks
             .as_mut()
-            .map(TaskReader::running_tasks)
+            .map(|tasks| tasks.running_tasks(&loops))
             .unwrap_or_default()
     }
 
-    pub(super) fn new(spy: PythonSpy, settings: &SamplerSettings) -> Self {
-        let mut reader = Self::with_spy(spy, settings);
+    pub(super) fn new(target: AttachedTarget, settings: &SamplerSettings) -> Self {
+        let mut reader = Self::choose_reader(target, settings);
         if reader.own.is_some() {
             // The own reader needs py-spy only for thread names from now on: the lookup takes
             // it to its own thread (and --blocking pauses through a handle of our own).
@@ -109,47 +123,61 @@ impl TargetReader {
         reader
     }
 
-    fn with_spy(mut spy: PythonSpy, settings: &SamplerSettings) -> Self {
-        let pid = spy.pid;
-        let table = offsets::for_minor(spy.version.minor).filter(|_| spy.version.major == 3);
-        let tasks = table.clone().map(|table| {
+    /// Picks the stack reader. The own reader is used where it has a layout and is shown to
+    /// read this interpreter right: against py-spy's reading when the layout is a table of
+    /// ours (a build or patch release that moved a field would otherwise garble every read),
+    /// by its own checks when the layout is the target's own debug offsets (which py-spy's
+    /// hard-coded structs may read worse than we do).
+    fn choose_reader(target: AttachedTarget, settings: &SamplerSettings) -> Self {
+        let AttachedTarget {
+            mut spy,
+            layout,
+            pid,
+            python_version,
+            blocking,
+            ..
+        } = target;
+        let tasks = layout.as_ref().map(|l| {
             TaskReader::new(
                 ProcessMemory { pid },
-                table,
-                spy.addresses.imports_modules_address,
+                l.offsets.clone(),
+                l.modules_ptr as usize,
             )
+            .for_target(pid, l.minor, l.interpreter, l.interpreter_size)
         });
-        let own = table
-            .filter(|_| settings.reader == ReaderKind::Own)
-            .map(|table| {
-                StackReader::new(
-                    ProcessMemory { pid },
-                    table,
-                    spy.addresses.interpreter_address as u64,
-                    spy.addresses.threadstate_address as u64,
-                )
-            })
-            .and_then(|mut own| {
-                if own_reader_agrees(&mut own, &mut spy) {
-                    return Some(own);
-                }
-                // A program that ended during the check disagreed with nothing.
-                if !crate::remote::procfs::is_alive(pid) {
-                    return None;
-                }
+        let wants_own = settings.reader == ReaderKind::Own || spy.is_none();
+        let offsets_from_target = layout.as_ref().is_some_and(|l| l.from_target);
+        let own = layout.filter(|_| wants_own).and_then(|l| {
+            let from_target = l.from_target;
+            let mut own = StackReader::new(ProcessMemory { pid }, l.offsets, l.interpreter, l.gil);
+            let trusted = match spy.as_mut() {
+                Some(spy) if !from_target => own_reader_agrees(&mut own, spy),
+                _ => own_reader_checks_out(&mut own, pid),
+            };
+            // A program that ended during the check disagreed with nothing.
+            if trusted || !crate::remote::procfs::is_alive(pid) {
+                return Some(own);
+            }
+            if spy.is_none() {
                 eprintln!(
-                    "loopspy: warning: pid {pid} (Python {}): loopspy's own stack reader does not read this interpreter the way py-spy does; sampling with py-spy's reader instead (about 0.7 of a core at 1 kHz: lower --rate if that is too much)",
-                    spy.version
+                    "loopspy: warning: pid {pid} (Python {python_version}): loopspy's own stack reader could not check its reading of this interpreter (threads or code objects did not add up); reading it anyway, as py-spy cannot"
                 );
-                None
-            });
+                return Some(own);
+            }
+            eprintln!(
+                "loopspy: warning: pid {pid} (Python {python_version}): loopspy's own stack reader does not read this interpreter the way py-spy does; sampling with py-spy's reader instead (about 0.7 of a core at 1 kHz: lower --rate if that is too much)"
+            );
+            None
+        });
         TargetReader {
             pid,
-            blocking: spy.config.blocking == LockingStrategy::Lock,
-            spy: Some(spy),
+            blocking,
+            spy,
             own,
+            offsets_from_target,
             tasks,
             thread_ids: ThreadIdMap::default(),
+            ns_tids: NamespaceTids::new(pid),
             thread_files: ThreadFiles::new(pid),
             resources: ResourceResolver::default(),
             names: HashMap::new(),
@@ -255,6 +283,7 @@ impl TargetReader {
                 head,
                 frames,
                 depth,
+                callback_id: reader.callback_id(),
             });
         }
         self.loop_threads = loops;
@@ -272,11 +301,13 @@ impl TargetReader {
             owns_gil,
             frames,
             depth,
+            callback_id,
         } = read;
         let pid = self.pid;
-        let os_tid = head
-            .native_tid
-            .or_else(|| self.thread_ids.resolve(pid, head.python_tid));
+        let os_tid = match head.native_tid {
+            Some(ns_tid) => self.ns_tids.host_tid(ns_tid),
+            None => self.thread_ids.resolve(pid, head.python_tid),
+        };
         let view = os_tid.map(|tid| {
             views
                 .remove(&tid)
@@ -307,6 +338,8 @@ impl TargetReader {
             owns_gil,
             every: if full || is_loop { 1 } else { self.stride },
             truncated: depth == Depth::Truncated,
+            callback_id,
+            ns_tid: head.native_tid.filter(|_| self.ns_tids.foreign()),
         }
     }
 

@@ -222,6 +222,8 @@ mod tests {
                 owns_gil: true,
                 every: 1,
                 truncated: false,
+                callback_id: None,
+                ns_tid: None,
             }],
         }
     }

@@ -40,7 +40,7 @@ fn record_causes(python: &Path, fixture_args: &[&str]) -> (Value, Vec<Value>, St
     (json, truth, report)
 }
 
-fn check_causes(json: &Value, truth: &[Value], report: &str) {
+pub fn check_causes(json: &Value, truth: &[Value], report: &str) {
     let incidents = json["incidents"].as_array().unwrap();
     let listing = incidents
         .iter()
@@ -56,7 +56,13 @@ fn check_causes(json: &Value, truth: &[Value], report: &str) {
             .filter(|i| {
                 let s = i["start_unix"].as_f64().unwrap();
                 let e = i["end_unix"].as_f64().unwrap();
-                s < end + 0.005 && e > start - 0.005 && i["thread_id"] == t["thread_id"]
+                // In a container the target knows its threads by its own namespace's ids.
+                let tid = if i["ns_thread_id"].is_null() {
+                    &i["thread_id"]
+                } else {
+                    &i["ns_thread_id"]
+                };
+                s < end + 0.005 && e > start - 0.005 && *tid == t["thread_id"]
             })
             .collect();
         assert_eq!(found.len(), 1, "{name}: one incident expected\n{listing}");
@@ -134,6 +140,16 @@ fn names_every_cause_on_cpython_3_12() {
 #[test]
 fn names_every_cause_on_cpython_3_13() {
     causes("3.13", false);
+}
+
+#[test]
+fn names_every_cause_on_cpython_3_14() {
+    causes("3.14", false);
+}
+
+#[test]
+fn names_every_cause_on_cpython_3_15() {
+    causes("3.15", false);
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod browser;
 mod causes;
 mod ci_gate;
 mod common;
+mod containers;
 mod dump;
 mod fleet;
 mod formats;

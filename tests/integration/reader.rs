@@ -208,3 +208,64 @@ fn threads_without_a_loop_are_read_less_often_and_weighted_by_time() {
         );
     }
 }
+
+#[test]
+fn own_reader_equals_py_spy_on_3_14() {
+    same_stacks_as_py_spy("3.14", false);
+}
+
+#[test]
+fn own_reader_equals_py_spy_on_3_14_with_uvloop() {
+    same_stacks_as_py_spy("3.14", true);
+}
+
+#[test]
+fn own_reader_equals_py_spy_on_3_15() {
+    same_stacks_as_py_spy("3.15", false);
+}
+
+/// From 3.13 the own reader takes its offsets from the target's `_Py_DebugOffsets`; on 3.13
+/// they must equal the hand-written `python_offsets/3.13.toml` wherever both say something —
+/// on pyenv's shared-library build (3.13.0, `_PyRuntime` in libpython) and on Debian's static,
+/// non-PIE 3.13.18 in its own root.
+#[test]
+fn debug_offsets_of_3_13_builds_agree_with_the_3_13_table() {
+    let pyenv = require_python("3.13").expect("pyenv 3.13");
+    let debian = sid_python("3.13").unwrap_or_else(|| {
+        missing("Debian's CPython 3.13 (tests/setup.sh)");
+        unreachable!()
+    });
+    for python in [pyenv, debian] {
+        let script = fixture("reader_target.py");
+        let target = start_until_ready(&python, &[script.to_str().unwrap()]);
+        let pid = target.pid().to_string();
+        let run = run_loopspy(
+            &["dump", "--pid", &pid, "--json", "--show-offsets"],
+            Duration::from_secs(30),
+        );
+        assert_eq!(run.code(), 0, "{}", run.stderr);
+        let dump: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(dump["offsets"], "target", "{}", python.display());
+        let from_target = &dump["layout"];
+        let table = serde_json::to_value(loopspy::remote::offsets::for_minor(13).unwrap()).unwrap();
+        let mut compared = 0;
+        for (section, fields) in table.as_object().unwrap() {
+            let Some(fields) = fields.as_object() else {
+                continue;
+            };
+            for (key, value) in fields {
+                if value.is_null() || key == "max_owner" {
+                    continue;
+                }
+                compared += 1;
+                assert_eq!(
+                    &from_target[section][key],
+                    value,
+                    "{}: {section}.{key}: debug offsets (left) vs python_offsets/3.13.toml (right)",
+                    python.display()
+                );
+            }
+        }
+        assert!(compared >= 30, "compared only {compared} fields");
+    }
+}

@@ -313,15 +313,16 @@ fn uvloop(minor: &str) {
         return;
     }
     let _serial = timing_lock();
-    let rec = record_blocker(
-        &python,
-        &[
-            "--uvloop",
-            "--scenarios",
-            "sleep,cpu,back_to_back,short,callback,healthy,cooperative",
-        ],
-        &[],
-    );
+    // On 3.14+ nothing readable tells consecutive steps of one task apart under uvloop (its
+    // handles run in C; the running-task dict is gone): a task yielding every millisecond can
+    // read as one callback — a known limit (docs/how-it-works.md), left to uvloop's own loop
+    // state (issue #12), so the cooperative scenario is not run there.
+    let scenarios = if minor == "3.14" || minor == "3.15" {
+        "sleep,cpu,back_to_back,short,callback,healthy"
+    } else {
+        "sleep,cpu,back_to_back,short,callback,healthy,cooperative"
+    };
+    let rec = record_blocker(&python, &["--uvloop", "--scenarios", scenarios], &[]);
     check_against_truth(&rec, false);
     let loops = rec.json["loops"].as_array().unwrap();
     assert_eq!(loops.len(), 1);
@@ -488,4 +489,19 @@ fn launch_mode_finds_the_interpreter_behind_the_pyenv_shim() {
         return;
     }
     launch(&[shim.to_str().unwrap()]);
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_14() {
+    selector_loop("3.14");
+}
+
+#[test]
+fn finds_blocks_on_cpython_3_15() {
+    selector_loop("3.15");
+}
+
+#[test]
+fn finds_blocks_in_uvloop_on_cpython_3_14() {
+    uvloop("3.14");
 }

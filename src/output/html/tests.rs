@@ -68,6 +68,8 @@ fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
             owns_gil: true,
             every: 1,
             truncated: false,
+            callback_id: None,
+            ns_tid: None,
         }],
     })
 }
