@@ -142,6 +142,7 @@ fn incident_value(
         "ms": round(incident.duration_ms, 2),
         "samples": incident.samples,
         "thread_id": incident.thread_id,
+        "ns_thread_id": analysis.ns_thread_ids.get(&incident.thread_id),
         "thread": incident.thread_name.as_deref().map(|s| human(s, text::NAME_CHARS)),
         "loop": incident.loop_kind,
         "kind": incident.kind,
@@ -326,6 +327,7 @@ fn process_value(p: &Process, incident_budget: usize, flame_budget: usize) -> Va
             let bins = &l.busy_bins;
             json!({
                 "thread_id": l.thread_id,
+                "ns_thread_id": analysis.ns_thread_ids.get(&l.thread_id),
                 "name": l.name.as_deref().map(|n| human(n, text::NAME_CHARS)),
                 "kind": l.kind,
                 "busy_pct": round(l.utilization().unwrap_or(0.0) * 100.0, 1),
