@@ -203,7 +203,7 @@ pub struct RawRecordArgs {
     pub fail_on_block: Option<String>,
     /// Profile formats to write, comma-separated: svg (flamegraph.svg, blocking.svg),
     /// speedscope (profile.speedscope.json), collapsed (folded stacks), perfetto (trace.json).
-    /// report.md, incidents.json and incidents.jsonl are always written.
+    /// report.html, report.md, incidents.json and incidents.jsonl are always written.
     #[arg(short, long, value_delimiter = ',', default_value = "svg")]
     pub format: Vec<ProfileFormat>,
     /// Command to launch and record, e.g. `-- python3 app.py --port 8000`.

@@ -10,7 +10,11 @@ use serde::Serialize;
 use super::cause::{Cause, CauseEvidence};
 use super::intern::{FrameId, StackId};
 use super::loop_detect::LoopKind;
+use crate::remote::source::SourceContext;
 use crate::sample::{RunningTask, TaskGeneration};
+
+/// Lines of source kept either side of an incident's culprit line.
+pub const CONTEXT_LINES: u32 = 3;
 
 /// What tells one callback (task step) of a loop from the next, as far as the reader knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +81,9 @@ pub struct Incident {
     pub cause: Cause,
     /// Text of the culprit line, when the source file could be read.
     pub culprit_source: Option<String>,
+    /// The culprit line with [`CONTEXT_LINES`] either side, read with it (report.html shows the
+    /// block it sits in; an output never reads the target itself).
+    pub culprit_context: Option<SourceContext>,
     /// The recording ended (or the thread stopped running its loop) while still busy.
     pub truncated: bool,
     /// Most of its samples had a stack deeper than the reader reads: `stack` holds the

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::busy_bins::BusyBins;
 use super::incident::{self, BusyRun};
 use super::intern::FrameId;
 use super::loop_detect::LoopKind;
@@ -66,6 +67,8 @@ pub struct LoopThread {
     pub(super) last_counters: Option<ThreadCounters>,
     /// End time and duration (ms) of every stall of the last minute, for live views.
     pub(super) recent_stalls: VecDeque<(Instant, f64)>,
+    /// Busy time over the whole recording, binned (timelines).
+    pub busy_bins: BusyBins,
 }
 
 /// The last minute of a loop's stalls, summarised ([`LoopThread::recent_health`]).
@@ -118,6 +121,7 @@ impl LoopThread {
             run: None,
             last_counters: None,
             recent_stalls: VecDeque::new(),
+            busy_bins: BusyBins::default(),
         }
     }
 

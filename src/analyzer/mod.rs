@@ -7,6 +7,7 @@
 //! `remote::source` (bounded, inside the target's root), when the incident closes.
 
 pub mod analysis;
+pub mod busy_bins;
 pub mod cause;
 pub mod culprit;
 mod facts;
@@ -503,6 +504,12 @@ impl Analyzer {
         let Some(loop_thread) = a.loops.get_mut(&tid) else {
             return;
         };
+        if let Some(first) = a.first_at {
+            loop_thread.busy_bins.add(
+                run.start_at.saturating_duration_since(first).as_secs_f64(),
+                end_at.saturating_duration_since(first).as_secs_f64(),
+            );
+        }
         loop_thread.record_stall(end_at, duration_ms);
         if duration < self.settings.threshold || run.samples == 0 {
             return;
@@ -537,6 +544,11 @@ impl Analyzer {
                 culprit_source = source_of(&mut self.sources, culprit);
             }
         }
+        let culprit_context = {
+            let frame = a.symbols.frames.get(culprit);
+            self.sources
+                .context(&frame.file, frame.line, incident::CONTEXT_LINES)
+        };
         let loop_thread = a.loops.get_mut(&tid).expect("closing a known loop");
         loop_thread.incidents += 1;
         let incident = Incident {
@@ -555,6 +567,7 @@ impl Analyzer {
             task: run.top_task(),
             cause,
             culprit_source,
+            culprit_context,
             truncated,
             stack_truncated: 2 * run.cut_samples >= run.samples,
         };

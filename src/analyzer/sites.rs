@@ -183,6 +183,7 @@ mod tests {
             callback: frame,
             stack: symbols.intern_stack(&[]),
             task: None,
+            culprit_context: None,
             cause,
             culprit_source: Some(source.into()),
             truncated: false,

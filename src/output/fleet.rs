@@ -2,7 +2,8 @@
 //! own files in `pid-<pid>/`; the top of the output directory gets `incidents.json` with every
 //! incident (each carrying its `pid`) and a `processes` list, `report.md` with the processes
 //! and the sites ranked across all of them, and combined flame graphs whose root frames are the
-//! processes. `incidents.jsonl` there is streamed during the recording.
+//! processes, and `report.html` with a summary of the fleet and one section per process.
+//! `incidents.jsonl` there is streamed during the recording.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::json::{incident_json, stop_reason_str};
-use super::{flamegraph, ProfileFormat, RecordingInfo, WrittenFiles};
+use super::{flamegraph, html, ProfileFormat, RecordingInfo, WrittenFiles};
 use crate::analyzer::cause::suggestion;
 use crate::analyzer::{short_path, Analysis, Profile};
 use crate::text;
@@ -232,6 +233,16 @@ pub fn write_all(
     files.push(dir.join("incidents.json"));
     std::fs::write(dir.join("report.md"), report(members))?;
     files.push(dir.join("report.md"));
+    let pages: Vec<html::Process> = members
+        .iter()
+        .map(|m| html::Process {
+            analysis: m.analysis,
+            info: &m.info,
+            link: Some(format!("{}/report.html", dir_name(&m.dir))),
+        })
+        .collect();
+    std::fs::write(dir.join("report.html"), html::render(&pages, true))?;
+    files.push(dir.join("report.html"));
     let busy = combined_lines(members, |a| &a.busy_profile);
     let blocking = combined_lines(members, |a| &a.blocking_profile);
     if formats.contains(&ProfileFormat::Svg) {

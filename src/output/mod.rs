@@ -5,6 +5,7 @@
 pub mod flamegraph;
 pub mod fleet;
 pub mod gate;
+pub mod html;
 pub mod incident_text;
 pub mod json;
 pub mod perfetto;
@@ -143,6 +144,10 @@ pub fn write_all(
     attempt(
         "report.md",
         report::write(&dir.join("report.md"), analysis, info),
+    );
+    attempt(
+        "report.html",
+        html::write(&dir.join("report.html"), analysis, info),
     );
     match first_error {
         Some(err) => Err(err),

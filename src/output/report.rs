@@ -238,7 +238,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
     }
     let _ = writeln!(
         md,
-        "## Files\n\n- `flamegraph.svg`: every busy sample of the loop thread(s), weighted by time\n- `blocking.svg`: only the samples inside incidents\n- `incidents.json`: the same data for machines (schema {})",
+        "## Files\n\n- `report.html`: this report as one interactive page (timeline, incidents, flame graphs)\n- `flamegraph.svg`: every busy sample of the loop thread(s), weighted by time\n- `blocking.svg`: only the samples inside incidents\n- `incidents.json`: the same data for machines (schema {})",
         super::json::SCHEMA
     );
     md

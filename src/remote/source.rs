@@ -28,6 +28,15 @@ pub const MAX_LINE_CHARS: usize = 400;
 /// Longest file name looked up.
 const MAX_PATH_BYTES: usize = 4096;
 
+/// A few lines of a source file around one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceContext {
+    /// Number (1-based) of the first line in `lines`.
+    pub first_line: u32,
+    /// The lines, trailing space removed, each at most [`MAX_LINE_CHARS`] characters.
+    pub lines: Vec<String>,
+}
+
 /// Per-process cache of source files.
 #[derive(Debug)]
 pub struct SourceCache {
@@ -51,6 +60,31 @@ impl SourceCache {
 
     /// The trimmed text of `line` (1-based) of `file`, when readable.
     pub fn line(&mut self, file: &str, line: u32) -> Option<String> {
+        let lines = self.lines_of(file, line)?;
+        lines.get(line as usize - 1).map(|l| shorten(l.trim()))
+    }
+
+    /// `line` of `file` with up to `around` lines either side, indentation kept (people read
+    /// a line in its block), each cut to [`MAX_LINE_CHARS`]. None when `line` is unknown.
+    pub fn context(&mut self, file: &str, line: u32, around: u32) -> Option<SourceContext> {
+        let lines = self.lines_of(file, line)?;
+        let at = line as usize - 1;
+        if at >= lines.len() {
+            return None;
+        }
+        let first = at.saturating_sub(around as usize);
+        let last = (at + around as usize).min(lines.len() - 1);
+        Some(SourceContext {
+            first_line: first as u32 + 1,
+            lines: lines[first..=last]
+                .iter()
+                .map(|l| shorten(l.trim_end()))
+                .collect(),
+        })
+    }
+
+    /// The lines of `file`, read on first use, when `line` can name one of them.
+    fn lines_of(&mut self, file: &str, line: u32) -> Option<Arc<Vec<String>>> {
         if line == 0 || !file.starts_with('/') || file.len() > MAX_PATH_BYTES {
             return None;
         }
@@ -65,8 +99,7 @@ impl SourceCache {
                 .map_or(0, |l| l.iter().map(String::len).sum::<usize>());
             self.files.insert(file.to_string(), lines);
         }
-        let lines = self.files.get(file)?.as_ref()?;
-        lines.get(line as usize - 1).map(|l| shorten(l.trim()))
+        self.files.get(file)?.clone()
     }
 
     fn read_file(&mut self, file: &str) -> Option<Vec<String>> {
@@ -161,6 +194,23 @@ mod tests {
         );
         assert_eq!(cache.line(file, 0), None);
         assert_eq!(cache.line("<frozen x>", 3), None);
+    }
+
+    #[test]
+    fn context_keeps_indentation_and_stops_at_the_file_edges() {
+        let mut cache = me();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ctx.py");
+        std::fs::write(&file, "def f():\n    a = 1\n    b = 2   \n    return a\n").unwrap();
+        let path = file.to_str().unwrap();
+        let ctx = cache.context(path, 1, 2).unwrap();
+        assert_eq!(ctx.first_line, 1);
+        assert_eq!(ctx.lines, ["def f():", "    a = 1", "    b = 2"]);
+        let ctx = cache.context(path, 4, 1).unwrap();
+        assert_eq!(ctx.first_line, 3);
+        assert_eq!(ctx.lines, ["    b = 2", "    return a"]);
+        assert_eq!(cache.context(path, 9, 2), None);
+        assert_eq!(cache.context("/dev/zero", 1, 2), None);
     }
 
     #[test]

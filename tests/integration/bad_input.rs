@@ -217,6 +217,7 @@ fn target_without_event_loop_still_gets_a_flame_graph() {
     assert_eq!(json["incidents"].as_array().unwrap().len(), 0);
     assert_eq!(json["recording"]["stop_reason"], "duration_elapsed");
     assert!(json["loops"].as_array().unwrap().is_empty());
+    crate::html::check_no_loop_page(&out, "churn_without_loop");
 }
 
 #[test]

@@ -280,4 +280,5 @@ fn several_pids_are_recorded_together() {
     for p in [a.pid(), b.pid()] {
         assert!(out.join(format!("pid-{p}")).join("report.md").exists());
     }
+    crate::html::check_fleet_page(&out, &[a.pid(), b.pid()]);
 }

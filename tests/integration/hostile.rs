@@ -16,10 +16,13 @@ const DURATION_S: f64 = 6.0;
 /// loopspy's peak resident memory must stay under this on every hostile target.
 const RSS_LIMIT_MIB: f64 = 128.0;
 
-struct Hostile {
+/// A finished recording of a hostile target (also what the report.html tests load).
+pub(crate) struct Hostile {
     _dir: tempfile::TempDir,
-    out: std::path::PathBuf,
-    json: Value,
+    /// loopspy's output directory.
+    pub(crate) out: std::path::PathBuf,
+    /// Its incidents.json.
+    pub(crate) json: Value,
     truth: Vec<Value>,
     run: Run,
 }
@@ -31,7 +34,9 @@ fn vm_hwm_kib(pid: i32) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn record_hostile(minor: &str, mode: &str) -> Option<Hostile> {
+/// Records `hostile.py --mode MODE` on CPython `minor`, checks the run ended on time, stayed
+/// small and wrote every output.
+pub(crate) fn record_hostile(minor: &str, mode: &str) -> Option<Hostile> {
     let python = require_python(minor)?;
     let _serial = timing_lock();
     let dir = tempfile::tempdir().unwrap();
@@ -114,6 +119,7 @@ fn record_hostile(minor: &str, mode: &str) -> Option<Hostile> {
         "blocking.svg",
         "incidents.json",
         "report.md",
+        "report.html",
         "incidents.jsonl",
     ] {
         let len = std::fs::metadata(out.join(file))

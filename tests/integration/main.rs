@@ -2,6 +2,7 @@
 //! the real `loopspy` binary, and checks what it reports against what the target did.
 
 mod bad_input;
+mod browser;
 mod causes;
 mod ci_gate;
 mod common;
@@ -10,6 +11,7 @@ mod dump;
 mod fleet;
 mod formats;
 mod hostile;
+mod html;
 mod reader;
 mod record;
 mod top;

@@ -229,6 +229,7 @@ fn check_files(rec: &Recorded) {
         "flamegraph.svg",
         "blocking.svg",
         "report.md",
+        "report.html",
         "incidents.json",
     ] {
         assert!(rec.out.join(name).exists(), "{name} missing");
