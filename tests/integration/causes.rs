@@ -90,7 +90,7 @@ pub fn check_causes(json: &Value, truth: &[Value], report: &str) {
         }
         if t["cause"] == "file" {
             // Both writes (fsync'd, and into the page cache) are told by the kernel's counts
-            // over the incident: the bytes written (the fixture writes 48 and 64 MB).
+            // over the incident: the bytes written (the fixture writes 48 and 256 MB).
             let written = inc["cause"]["kernel"]["written_bytes"]
                 .as_u64()
                 .unwrap_or(0);
