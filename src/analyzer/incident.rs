@@ -244,20 +244,14 @@ impl BusyRun {
     pub fn same_step(&self, key: &CallbackKey, generation: StepMark) -> Option<bool> {
         let known = self.task_generation?;
         let same = match (known, generation) {
-            // The same root in the same task (or in no task read): a new handle is its next
-            // step. Another root or task is another callback, which `split_point` weighs.
-            (StepMark::Handle(_), StepMark::Handle(_)) => self.same_callback(key),
+            // The same root in the same known task: a new handle is its next step. Another
+            // root or task is another callback, which `split_point` weighs; with no task read
+            // (the sample fell between two steps of a saturated loop's many tasks) a new
+            // handle says nothing of which callback it is.
+            (StepMark::Handle(_), StepMark::Handle(_)) => self.same_task(key),
             _ => self.same_task(key),
         };
         same.then_some(known == generation)
-    }
-
-    /// Whether `key` is the callback of the latest sample: the same root in the same task, or
-    /// in no task known.
-    pub fn same_callback(&self, key: &CallbackKey) -> bool {
-        self.segment
-            .as_ref()
-            .is_some_and(|s| s.key.task == key.task && s.key.root == key.root)
     }
 
     /// Whether `key` is the same known task (and root) as the callback of the latest sample.
