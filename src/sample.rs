@@ -60,7 +60,7 @@ pub struct ThreadSample {
     /// running — the next step's handle is made while this one still lives, so two steps in a
     /// row never share it). Tells a task's consecutive steps apart on 3.14+, where asyncio's
     /// running-task table no longer changes with each step.
-    pub callback_id: Option<u64>,
+    pub callback_id: Option<CallbackId>,
     /// The thread's id inside the target's own PID namespace (a container), when that is not
     /// ours; `os_tid` is always our (the host's) id.
     pub ns_tid: Option<u64>,
@@ -89,6 +89,19 @@ pub struct ThreadCounters {
     /// when this reading looked (only when the thread moved bytes): a file written or read on
     /// CPU leaves no syscall to read its descriptor from.
     pub busiest_file: Option<String>,
+}
+
+/// Which callback a loop thread is running, as one stack read saw it (3.13+, own reader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallbackId {
+    /// The `Handle` object `Handle._run` runs: a new one for every callback (the next step's is
+    /// made while this one lives, so two steps in a row never share it).
+    pub handle: u64,
+    /// The address of the callback's root frame (for a task, its coroutine's frame, which
+    /// lives in the coroutine object): the same task's steps share it, other tasks' do not.
+    /// Read in the same walk as `handle`, so the two always agree — unlike the running task,
+    /// which is read after the stack, by when the loop may be in the next task.
+    pub root_frame: u64,
 }
 
 /// Every Python thread of the target at one instant.

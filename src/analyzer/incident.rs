@@ -11,7 +11,7 @@ use super::cause::{Cause, CauseEvidence};
 use super::intern::{FrameId, StackId};
 use super::loop_detect::LoopKind;
 use crate::remote::source::SourceContext;
-use crate::sample::{RunningTask, TaskGeneration};
+use crate::sample::{CallbackId, RunningTask, TaskGeneration};
 
 /// Lines of source kept either side of an incident's culprit line.
 pub const CONTEXT_LINES: u32 = 3;
@@ -22,10 +22,11 @@ pub enum StepMark {
     /// The process's running-task table (3.8–3.13): it changes with every step of any task
     /// of any loop, so it speaks of one task's steps only.
     Table(TaskGeneration),
-    /// The handle this thread's `Handle._run` runs (3.13+ with the own reader): a different
-    /// handle is a different callback, whatever task it steps. The same handle is most likely
-    /// the same callback — handles are reused, two steps apart, by the allocator.
-    Handle(u64),
+    /// The handle this thread's `Handle._run` runs and the callback's root frame, read in one
+    /// walk (3.13+ with the own reader): under the same root frame (the same task's coroutine),
+    /// a different handle is its next step. The same handle is most likely the same step —
+    /// handles are reused, two steps apart, by the allocator.
+    Handle(CallbackId),
 }
 
 /// Blocking (one callback held the loop) or saturation (many callbacks in one iteration).
@@ -243,15 +244,13 @@ impl BusyRun {
     /// went round), `None` when it is not the same known task or the run has no generation.
     pub fn same_step(&self, key: &CallbackKey, generation: StepMark) -> Option<bool> {
         let known = self.task_generation?;
-        let same = match (known, generation) {
-            // The same root in the same known task: a new handle is its next step. Another
-            // root or task is another callback, which `split_point` weighs; with no task read
-            // (the sample fell between two steps of a saturated loop's many tasks) a new
-            // handle says nothing of which callback it is.
-            (StepMark::Handle(_), StepMark::Handle(_)) => self.same_task(key),
-            _ => self.same_task(key),
-        };
-        same.then_some(known == generation)
+        match (known, generation) {
+            // Another root frame is another callback, which `split_point` weighs.
+            (StepMark::Handle(a), StepMark::Handle(b)) => {
+                (a.root_frame == b.root_frame).then_some(a.handle == b.handle)
+            }
+            _ => self.same_task(key).then_some(known == generation),
+        }
     }
 
     /// Whether `key` is the same known task (and root) as the callback of the latest sample.

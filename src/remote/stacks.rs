@@ -31,7 +31,7 @@ use super::linetable::LineTable;
 use super::memory::{word_at as word, RemoteMemory};
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
 use super::pystr::{self, StrHeader};
-use crate::sample::Frame;
+use crate::sample::{CallbackId, Frame};
 
 /// Longest thread list accepted; past it the list is taken to be torn.
 pub const MAX_DEPTH: usize = 4096;
@@ -148,7 +148,7 @@ pub struct StackReader<M> {
     stats: ReaderStats,
     pages: TickPages,
     /// The innermost `Handle._run`'s handle of the last [`StackReader::stack`].
-    callback_id: Option<u64>,
+    callback_id: Option<CallbackId>,
 }
 
 /// The target's pages read during the current tick (buffers reused across ticks).
@@ -391,6 +391,8 @@ impl<M: RemoteMemory> StackReader<M> {
     ) -> Result<Depth, StackError> {
         out.clear();
         self.callback_id = None;
+        // The outermost frame seen so far above the innermost `Handle._run`: the callback's root.
+        let mut root_frame = 0u64;
         let mut addr = thread.frame;
         let mut buf = [0u8; 256];
         let len = self.frame_len.min(256);
@@ -448,6 +450,9 @@ impl<M: RemoteMemory> StackReader<M> {
             let want_self = self.callback_id.is_none();
             let info = self.code(code, position, globals)?;
             let read_self = info.handle_run && want_self;
+            if !info.shim && !info.handle_run {
+                root_frame = addr;
+            }
             if !info.shim {
                 out.push(Frame {
                     function: info.function.clone(),
@@ -461,7 +466,7 @@ impl<M: RemoteMemory> StackReader<M> {
                 let mut handle = [0u8; 8];
                 self.read_hot(addr.wrapping_add(locals as u64), &mut handle)?;
                 let handle = u64::from_ne_bytes(handle) & !self.offsets.frame.code_tag_bits;
-                self.callback_id = (handle != 0).then_some(handle);
+                self.callback_id = (handle != 0).then_some(CallbackId { handle, root_frame });
             }
             addr = back;
         }
@@ -470,7 +475,7 @@ impl<M: RemoteMemory> StackReader<M> {
 
     /// Which callback the last [`Self::stack`] found its loop running: the address of the
     /// handle its innermost `Handle._run` runs (3.13+; None before, or outside a callback).
-    pub fn callback_id(&self) -> Option<u64> {
+    pub fn callback_id(&self) -> Option<CallbackId> {
         self.callback_id
     }
 

@@ -42,7 +42,7 @@ pub(super) struct ThreadRead {
     owns_gil: bool,
     frames: Vec<Frame>,
     depth: Depth,
-    callback_id: Option<u64>,
+    callback_id: Option<crate::sample::CallbackId>,
 }
 
 /// A loop thread's latest kernel counter reading.
