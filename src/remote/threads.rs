@@ -183,7 +183,8 @@ fn read_bounded(path: &str, limit: u64) -> Option<String> {
     Some(text)
 }
 
-fn live_tids(pid: i32) -> HashSet<u64> {
+/// The kernel tids of `pid`'s threads, as `/proc/<pid>/task` lists them.
+pub fn live_tids(pid: i32) -> HashSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|dir| {
             dir.flatten()

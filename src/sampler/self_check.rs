@@ -5,13 +5,12 @@
 //! every Python thread is a live thread of the process, and the code objects on the stacks
 //! name files that exist in the target's root with the lines they point at.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::remote::memory::RemoteMemory;
 use crate::remote::source::SourceCache;
 use crate::remote::stacks::StackReader;
-use crate::remote::threads::NamespaceTids;
+use crate::remote::threads::{live_tids, NamespaceTids};
 use crate::sample::Frame;
 
 /// Attempts before the reader is not trusted (the target runs on between reads).
@@ -68,15 +67,6 @@ fn files_check_out(frames: &[Frame], sources: &mut SourceCache) -> bool {
         !f.function.is_empty()
             && (!f.file.starts_with('/') || sources.line(&f.file, f.line.max(1)).is_some())
     })
-}
-
-fn live_tids(pid: i32) -> HashSet<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
