@@ -340,20 +340,22 @@ impl TargetReader {
             callback_id,
         } = read;
         let pid = self.pid;
-        let os_tid = match head.native_tid {
-            Some(ns_tid) => self.ns_tids.host_tid(ns_tid),
-            None => self.thread_ids.resolve(pid, head.python_tid),
-        };
+        // The thread's id as the target knows it (its own PID namespace's), then ours.
+        let target_tid = head
+            .native_tid
+            .or_else(|| self.thread_ids.resolve(head.python_tid, &mut self.ns_tids));
+        let os_tid = target_tid.and_then(|tid| self.ns_tids.host_tid(tid));
         let view = os_tid.map(|tid| {
             views
                 .remove(&tid)
                 .unwrap_or_else(|| self.thread_files.kernel_view(tid))
         });
-        let os_state = match view {
-            None => OsState::Running,
-            Some(Some(KernelView::Running)) if !waits_by_frames(&frames) => OsState::Running,
+        // No kernel thread, or its syscall file unreadable: say so, never "off CPU".
+        let os_state = match view.flatten() {
+            None => OsState::Unknown,
+            Some(KernelView::Running) if !waits_by_frames(&frames) => OsState::Running,
             Some(view) => {
-                let syscall = view.and_then(KernelView::syscall);
+                let syscall = view.syscall();
                 let resource = syscall.and_then(|s| self.resources.resolve(pid, &s));
                 OsState::Waiting { syscall, resource }
             }
@@ -381,7 +383,7 @@ impl TargetReader {
             every: if full || is_loop { 1 } else { self.stride },
             truncated: depth == Depth::Truncated,
             callback_id,
-            ns_tid: head.native_tid.filter(|_| self.ns_tids.foreign()),
+            ns_tid: target_tid.filter(|_| self.ns_tids.foreign()),
             counters,
         }
     }
@@ -501,6 +503,7 @@ impl TargetReader {
                     self.pid,
                     trace,
                     &mut self.thread_ids,
+                    &mut self.ns_tids,
                     &mut self.thread_files,
                     &mut self.resources,
                 )
