@@ -390,3 +390,92 @@ fn names_every_cause_in_a_pid_namespace_on_cpython_3_8() {
 fn names_every_cause_in_a_pid_namespace_on_cpython_3_10() {
     causes_in_a_pid_namespace("3.10");
 }
+
+/// loopspy as root in a container that lacks `CAP_SYS_PTRACE` (Docker's and Kubernetes'
+/// default): the permission error names the capability and where each platform grants it.
+#[test]
+fn ptrace_denied_inside_a_container_names_the_capability() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    // The container's shell starts the target, then execs loopspy with CAP_SYS_PTRACE dropped
+    // from every set it could come back from.
+    let script = r#""$0" -c "import time; time.sleep(30)" &
+sleep 0.5
+exec setpriv --bounding-set=-sys_ptrace --inh-caps=-sys_ptrace -- "$1" record --pid $! -o "$2""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .args(["/bin/sh", "-c", script])
+        .arg(&python)
+        .arg(loopspy_path())
+        .arg(out.path().join("out"));
+    let run = Running::start(cmd).finish(Duration::from_secs(30));
+    assert_eq!(run.code(), 6, "{}", run.stderr);
+    let line = error_line(&run);
+    for needle in [
+        "permission denied reading process 2",
+        "container without CAP_SYS_PTRACE",
+        "--cap-add SYS_PTRACE",
+        "capabilities.add: [SYS_PTRACE]",
+        "kubectl debug",
+        "--profile=general",
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing from: {line}");
+    }
+}
+
+/// A PID loopspy cannot see from inside a container (the host's, another container's): not
+/// "no such process" alone, but where the right PID comes from.
+#[test]
+fn a_pid_outside_the_container_is_said_to_be_invisible_from_it() {
+    let out = tempfile::tempdir().unwrap();
+    // The test's own pid exists on the host, and not in a fresh PID namespace (its pids start
+    // at 1).
+    let host_pid = std::process::id().to_string();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(loopspy_path())
+        .args(["record", "--pid", &host_pid, "-o"])
+        .arg(out.path().join("out"));
+    let run = Running::start(cmd).finish(Duration::from_secs(30));
+    assert_eq!(run.code(), 3, "{}", run.stderr);
+    let line = error_line(&run);
+    let visible = format!("no process with PID {host_pid} is visible here");
+    for needle in [&*visible, "PID namespace of its own", "docker inspect"] {
+        assert!(line.contains(needle), "{needle:?} missing from: {line}");
+    }
+}
+
+/// The PID `ps` shows inside a container, given on the host, is some other process, or none:
+/// the error names the host PID of the Python meant.
+#[test]
+fn a_container_pid_given_on_the_host_names_the_host_pid() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    let container = start_container(
+        Image::Host { python: &python },
+        &["-c", "import time; time.sleep(30)"],
+        true,
+    );
+    let inside = ns_pid(container.python_pid).to_string();
+    let run = run_loopspy(&["record", "--pid", &inside], Duration::from_secs(30));
+    // The same number on the host is another process (not Python), or none.
+    assert!([3, 4].contains(&run.code()), "{}", run.stderr);
+    let line = error_line(&run);
+    assert!(
+        line.contains("inside a container") && line.contains(&container.python_pid.to_string()),
+        "{line}"
+    );
+}
+
+fn error_line(run: &Run) -> String {
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("loopspy: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{}", run.stderr);
+    errors[0].to_string()
+}
