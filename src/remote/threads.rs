@@ -129,13 +129,6 @@ impl ThreadIdMap {
             return tids.iter().next().copied();
         }
         let found: Vec<(usize, u64)> = u32_matches(&window, |v| tids.contains(&v)).collect();
-        // A large tid found alone (or beside the pid field old glibc kept next to it, which is
-        // the same number on the main thread) is no chance match.
-        if let Some(&(_, tid)) = found.first() {
-            if tid >= DISTINCT_TID && found.iter().all(|&(_, v)| v == tid) {
-                return Some(tid);
-            }
-        }
         // Our libc's layout, when the target's struct is fingerprinted like ours.
         if let Some(own) = own_layout() {
             let same_layout = own
@@ -147,6 +140,13 @@ impl ThreadIdMap {
                     self.learned(offset);
                     return Some(tid);
                 }
+            }
+        }
+        // A large tid found alone (or beside the pid field old glibc kept next to it, which is
+        // the same number on the main thread) is no chance match.
+        if let Some(&(_, tid)) = found.first() {
+            if tid >= DISTINCT_TID && found.iter().all(|&(_, v)| v == tid) {
+                return Some(tid);
             }
         }
         if self.candidates.len() >= MAX_CANDIDATE_THREADS {

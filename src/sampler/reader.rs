@@ -364,8 +364,11 @@ impl TargetReader {
             .loop_threads
             .iter()
             .any(|t| t.python_tid == head.python_tid);
-        // A loop waiting in its selector does nothing worth counting.
-        let in_selector = matches!(&os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr));
+        // A loop waiting in its selector does nothing worth counting. Its frames say so before
+        // the kernel does (the first tick back may find it on CPU, on its way into epoll), and
+        // that first tick is the one whose reading closes the busy run's counts.
+        let in_selector = selects_by_frames(&frames)
+            || matches!(&os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr));
         let counters = match os_tid {
             Some(tid) if is_loop => self.counters(tid, now, in_selector),
             _ => None,
@@ -517,9 +520,17 @@ impl TargetReader {
 /// py-spy's idle rule for a thread the kernel shows running: a leaf in `threading`'s `wait` or
 /// `selectors`' `select` is about to block (the kernel lags the frames by a moment).
 fn waits_by_frames(frames: &[Frame]) -> bool {
+    selects_by_frames(frames)
+        || frames.first().is_some_and(|leaf| {
+            let name = leaf.function.rsplit('.').next().unwrap_or(&leaf.function);
+            name == "wait" && leaf.file.ends_with("threading.py")
+        })
+}
+
+/// A selector loop's leaf frame is its selector's `select`: idle, or about to be.
+fn selects_by_frames(frames: &[Frame]) -> bool {
     frames.first().is_some_and(|leaf| {
         let name = leaf.function.rsplit('.').next().unwrap_or(&leaf.function);
-        (name == "wait" && leaf.file.ends_with("threading.py"))
-            || (name == "select" && leaf.file.ends_with("selectors.py"))
+        name == "select" && leaf.file.ends_with("selectors.py")
     })
 }
