@@ -160,7 +160,12 @@ fn thread_json(view: &ThreadView) -> Value {
     json!({
         "thread_id": t.os_tid,
         "name": t.name,
-        "running": t.os_state == OsState::Running,
+        // null: the kernel's view of the thread could not be read.
+        "running": match t.os_state {
+            OsState::Running => Some(true),
+            OsState::Waiting { .. } => Some(false),
+            OsState::Unknown => None,
+        },
         "owns_gil": t.owns_gil,
         "event_loop": event_loop,
         "stack": t.frames.iter().map(|f| json!({"function": f.function, "file": f.file, "line": f.line})).collect::<Vec<_>>(),
@@ -174,10 +179,10 @@ fn render_text(pid: i32, version: &str, command: &str, views: &[ThreadView]) -> 
     for view in views {
         let t = &view.sample;
         let mut flags = Vec::new();
-        flags.push(if t.os_state == OsState::Running {
-            "running"
-        } else {
-            "waiting"
+        flags.push(match t.os_state {
+            OsState::Running => "running",
+            OsState::Waiting { .. } => "waiting",
+            OsState::Unknown => "kernel view unreadable",
         });
         if t.owns_gil {
             flags.push("holds the GIL");

@@ -10,6 +10,16 @@ pub enum LoopspyError {
     #[error("no process with PID {0} exists (check the PID with `ps`; it may have exited)")]
     NoSuchProcess(i32),
 
+    /// No process with this PID is visible from loopspy's PID namespace (a container's), or it
+    /// exists only inside a container, under another PID here.
+    #[error("no process with PID {pid} is visible here: {hint}")]
+    NotVisible {
+        /// The PID asked for.
+        pid: i32,
+        /// Where to find the right PID.
+        hint: String,
+    },
+
     /// The process exists but does not look like a CPython interpreter.
     #[error("process {pid} ({command}) is not a Python process: no CPython interpreter was found in it ({detail})")]
     NotPython {
@@ -42,10 +52,12 @@ pub enum LoopspyError {
     },
 
     /// The kernel refused to let us read the target's memory.
-    #[error("permission denied reading process {pid}: run loopspy as the same user as the target or as root; in a container add CAP_SYS_PTRACE (docker run --cap-add SYS_PTRACE); if kernel.yama.ptrace_scope is 1 or more, run as root or `sysctl kernel.yama.ptrace_scope=0`")]
+    #[error("permission denied reading process {pid}: {hint}")]
     PermissionDenied {
         /// Target process id.
         pid: i32,
+        /// What to do, worded for where loopspy runs (`remote::confinement::permission_hint`).
+        hint: String,
     },
 
     /// The output directory cannot be created or written.
@@ -112,7 +124,7 @@ impl LoopspyError {
     pub fn exit_code(&self) -> i32 {
         use exit_code::*;
         match self {
-            LoopspyError::NoSuchProcess(_) => NO_SUCH_PROCESS,
+            LoopspyError::NoSuchProcess(_) | LoopspyError::NotVisible { .. } => NO_SUCH_PROCESS,
             LoopspyError::NotPython { .. } => NOT_PYTHON,
             LoopspyError::UnsupportedPython { .. } | LoopspyError::FreeThreaded { .. } => {
                 UNSUPPORTED_PYTHON

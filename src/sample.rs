@@ -32,6 +32,11 @@ pub enum OsState {
         /// What the waited-on descriptor is.
         resource: Option<Resource>,
     },
+    /// The kernel's view could not be read: which kernel thread this Python thread is was not
+    /// found (CPython 3.8–3.10, whose thread states record only the `pthread_t`, in a PID
+    /// namespace of its own, when its libc's layout could not be told for sure). Neither on
+    /// nor off CPU: every consumer says "unreadable".
+    Unknown,
 }
 
 /// One thread in one sample.

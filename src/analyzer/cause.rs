@@ -117,6 +117,8 @@ struct WaitKey {
 pub struct CauseEvidence {
     samples: u32,
     running: u32,
+    /// Samples whose kernel view could not be read (neither on nor off CPU).
+    unreadable: u32,
     gil_waits: u32,
     gil_holders: HashMap<String, u32>,
     waits: HashMap<WaitKey, u32>,
@@ -190,6 +192,7 @@ impl CauseEvidence {
         self.samples += 1;
         match &thread.os_state {
             OsState::Running => self.running += 1,
+            OsState::Unknown => self.unreadable += 1,
             OsState::Waiting { syscall, resource } => {
                 let futex = syscall.is_some_and(|s| s.nr == 202);
                 match gil_holder {
@@ -311,9 +314,35 @@ impl CauseEvidence {
             return cause;
         }
 
+        // Without the kernel's view of most samples, on or off CPU is not known: say that,
+        // and let the stack (libraries, the culprit line) decide what it can.
+        let known = total.saturating_sub(self.unreadable);
+        if self.unreadable * 2 >= total {
+            let mut cause = Cause::new(
+                "unknown",
+                format!(
+                    "kernel view unreadable in {}% of samples (its kernel thread is not known){via}",
+                    pct(self.unreadable)
+                ),
+            );
+            cause.library = library;
+            if let Some(category) = lib_category {
+                cause.category = category;
+            } else if let Some(call) = db_call {
+                cause.category = "database";
+                cause.detail = format!("database call `{call}()`: {}", cause.detail);
+            }
+            return cause;
+        }
+        let unreadable = if self.unreadable > 0 {
+            format!(", kernel view unreadable in {}%", pct(self.unreadable))
+        } else {
+            String::new()
+        };
+
         // What the dominant wait (if any) says, to be combined below.
         let (wait_category, mut cause) = match top_wait {
-            Some((wait, count)) if self.running * 2 < total => {
+            Some((wait, count)) if self.running * 2 < known => {
                 let (category, cause) = self.wait_cause(wait, *count, pct(*count), &via);
                 (Some(category), cause)
             }
@@ -327,7 +356,7 @@ impl CauseEvidence {
                     Cause::new(
                         "cpu",
                         format!(
-                            "thread on CPU in {}% of samples{in_kernel}{via}",
+                            "thread on CPU in {}% of samples{in_kernel}{unreadable}{via}",
                             pct(self.running)
                         ),
                     ),
@@ -583,6 +612,44 @@ mod tests {
         let cause = e.decide(None);
         assert_eq!(cause.category, "cpu");
         assert!(cause.detail.contains("67%"), "{}", cause.detail);
+    }
+
+    #[test]
+    fn an_unreadable_kernel_view_is_never_on_or_off_cpu() {
+        let mut unknown = waiting(0, 0, None);
+        unknown.os_state = OsState::Unknown;
+        let mut e = CauseEvidence::default();
+        for _ in 0..3 {
+            e.add(&unknown, None, None);
+        }
+        e.add(&waiting(230, 0, None), None, None);
+        let cause = e.decide(None);
+        assert_eq!(cause.category, "unknown");
+        assert!(
+            cause.detail.contains("kernel view unreadable in 75%") && !cause.detail.contains("CPU"),
+            "{}",
+            cause.detail
+        );
+        // The stack still decides what it can.
+        let mut e = CauseEvidence::default();
+        for _ in 0..3 {
+            e.add(&unknown, Some("logging"), None);
+        }
+        assert_eq!(e.decide(None).category, "logging");
+        // A minority of unreadable samples is said, not counted as either.
+        let mut e = CauseEvidence::default();
+        let mut running = waiting(0, 0, None);
+        running.os_state = OsState::Running;
+        e.add(&running, None, None);
+        e.add(&running, None, None);
+        e.add(&unknown, None, None);
+        let cause = e.decide(None);
+        assert_eq!(cause.category, "cpu");
+        assert!(
+            cause.detail.contains("unreadable in 33%"),
+            "{}",
+            cause.detail
+        );
     }
 
     #[test]

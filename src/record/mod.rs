@@ -532,7 +532,7 @@ impl Recording<'_> {
                 continue;
             }
             *attempts += 1;
-            match remote::attach(pid, self.settings.blocking) {
+            match remote::attach::attach_found(pid, self.settings.blocking) {
                 Ok(mut target) => {
                     // A just-started interpreter may not have its thread state yet.
                     if !target.has_threads() {

@@ -11,7 +11,7 @@ use py_spy::{Config, PythonSpy};
 use super::debug_offsets::{self, DebugOffsetsError};
 use super::memory::{self, ProcessMemory, RemoteMemory};
 use super::offsets::{self, PythonOffsets};
-use super::procfs;
+use super::{confinement, procfs};
 use crate::error::LoopspyError;
 
 /// Oldest and newest CPython minor versions loopspy supports.
@@ -78,6 +78,49 @@ impl AttachedTarget {
 /// attached too where it can be (for thread names and `--reader py-spy`), but not needed.
 /// Before 3.13 py-spy finds the interpreter and `python_offsets/` gives the layout.
 pub fn attach(pid: i32, blocking: bool) -> Result<AttachedTarget, LoopspyError> {
+    attach_found(pid, blocking).map_err(with_container_hint)
+}
+
+/// A PID taken from `ps` inside a container names another process on the host, or none: a
+/// "not Python" or "no such process" error says which host PIDs are Pythons known inside
+/// containers by that PID. Only for a PID the user named: the look reads every process's
+/// `status`, too much for each child `--subprocesses` finds.
+fn with_container_hint(err: LoopspyError) -> LoopspyError {
+    let pid = match &err {
+        LoopspyError::NotPython { pid, .. } | LoopspyError::NoSuchProcess(pid) => *pid,
+        _ => return err,
+    };
+    let hint = match &confinement::python_known_inside_containers_as(pid)[..] {
+        [] => return err,
+        [host] => format!(
+            "a Python is PID {pid} inside a container: its host PID is {host}, give `--pid {host}`"
+        ),
+        hosts => format!(
+            "Pythons are PID {pid} inside containers: their host PIDs are {}",
+            hosts
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    match err {
+        LoopspyError::NotPython {
+            pid,
+            command,
+            detail,
+        } => LoopspyError::NotPython {
+            pid,
+            command,
+            detail: format!("{detail}; {hint}"),
+        },
+        _ => LoopspyError::NotVisible { pid, hint },
+    }
+}
+
+/// [`attach`] for a process loopspy found itself (a launched command's interpreter, a child
+/// `--subprocesses` follows): no hints about PIDs the user may have mistaken.
+pub fn attach_found(pid: i32, blocking: bool) -> Result<AttachedTarget, LoopspyError> {
     precheck(pid)?;
     let command = procfs::command_line(pid);
     let config = spy_config(blocking);
@@ -166,18 +209,24 @@ pub fn spy_config(blocking: bool) -> Config {
 /// messages: a wrong PID, a permission problem, a process with no Python in it.
 fn precheck(pid: i32) -> Result<(), LoopspyError> {
     if pid <= 0 || !procfs::is_alive(pid) {
-        return Err(LoopspyError::NoSuchProcess(pid));
+        return Err(match confinement::not_visible_hint() {
+            Some(hint) if pid > 0 => LoopspyError::NotVisible {
+                pid,
+                hint: hint.to_string(),
+            },
+            _ => LoopspyError::NoSuchProcess(pid),
+        });
     }
     let maps = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
         Ok(maps) => maps,
-        Err(err) if is_permission(&err) => return Err(LoopspyError::PermissionDenied { pid }),
+        Err(err) if is_permission(&err) => return Err(permission_denied(pid)),
         Err(_) => return Err(LoopspyError::NoSuchProcess(pid)),
     };
     // Reading /proc/<pid>/maps can be allowed where reading memory is not (yama scope 1+).
     if let Some(addr) = first_readable_address(&maps) {
         if let Err(err) = memory::read_exact(pid, addr, &mut [0u8; 1]) {
             if is_permission(&err) {
-                return Err(LoopspyError::PermissionDenied { pid });
+                return Err(permission_denied(pid));
             }
         }
     }
@@ -205,12 +254,20 @@ fn classify_spy_error(pid: i32, command: &str, err: anyhow::Error) -> LoopspyErr
     }
     let chain = format!("{err:#}");
     if chain.contains("Permission denied") || chain.contains("Operation not permitted") {
-        return LoopspyError::PermissionDenied { pid };
+        return permission_denied(pid);
     }
     LoopspyError::NotPython {
         pid,
         command: command.to_string(),
         detail: chain,
+    }
+}
+
+/// The permission error, with the hint for where loopspy runs.
+fn permission_denied(pid: i32) -> LoopspyError {
+    LoopspyError::PermissionDenied {
+        pid,
+        hint: confinement::permission_hint(),
     }
 }
 

@@ -6,7 +6,7 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::attach::{attach, AttachedTarget};
+use super::attach::{attach_found, AttachedTarget};
 use super::procfs;
 use crate::error::LoopspyError;
 
@@ -46,7 +46,7 @@ pub fn launch(argv: &[String], blocking: bool) -> Result<LaunchedProcess, Loopsp
             });
         }
         for pid in procfs::process_tree(root) {
-            match attach(pid, blocking) {
+            match attach_found(pid, blocking) {
                 Ok(mut target) => {
                     // A just-started interpreter may not have its thread state yet.
                     if target.has_threads() {

@@ -4,6 +4,7 @@
 //! non-blocking mode) unless the user asked for `--blocking`.
 
 pub mod attach;
+pub mod confinement;
 pub mod cost;
 pub mod debug_offsets;
 pub mod elf;

@@ -1,37 +1,109 @@
 //! Kernel thread ids for Python threads on CPython < 3.11, whose thread state records only the
-//! `pthread_t` (3.11+ also stores the native id, which py-spy reads).
+//! `pthread_t` (3.11+ also stores the native id, which py-spy reads), and the mapping of the
+//! ids a target in its own PID namespace (a container) knows its threads by to ours.
 //!
 //! On glibc and musl a `pthread_t` is the address of the thread's `struct pthread`, which holds
-//! the kernel tid a few hundred bytes in (0x2d0 on x86_64 glibc 2.3x). Rather than hard-code a
-//! libc's layout, we read the first 2 KiB of the struct once per thread and look for the one
-//! 4-byte-aligned value that equals a live tid of the target; the offset found is then reused.
-//! No ptrace, no register reads: it works in py-spy's non-blocking mode.
+//! the kernel tid a few hundred bytes in (0x2d0 on x86_64 glibc 2.3x). That tid is the one the
+//! target's own PID namespace gives it: `1` for a container's main thread, a value that also
+//! sits in a dozen other fields of the struct (flags, counts). So the offset is never taken
+//! from one match: it is learned once, by one of
+//! - loopspy's own `struct pthread`: where our own tid sits (an unmistakable number in ours),
+//!   used when the target's struct has its self-pointers where ours does (the same libc layout);
+//! - agreement of the target's threads: the one offset at which every thread read holds a live
+//!   tid, a different one for each thread.
+//!
+//! A process with a single thread needs none of that. When none of it decides, the thread's
+//! kernel id is unknown, and its kernel view is reported unreadable, never guessed. No ptrace,
+//! no register reads: it works in py-spy's non-blocking mode.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 use super::memory;
 
 /// How far into `struct pthread` to look for the tid.
 const WINDOW: usize = 2048;
+/// Tids from here on are too large to sit in a field of `struct pthread` by chance (counts
+/// and flags are small); a container's tids start at 1.
+const DISTINCT_TID: u64 = 4096;
+/// Threads whose candidate offsets are kept while the offset is not yet known.
+const MAX_CANDIDATE_THREADS: usize = 64;
 
-/// Cached `pthread_t` -> kernel tid mapping of one process.
+/// Cached `pthread_t` -> kernel tid mapping of one process. Tids are the target's: those of
+/// its own PID namespace (see [`NamespaceTids`] for ours).
 #[derive(Debug, Default)]
 pub struct ThreadIdMap {
     known: HashMap<u64, u64>,
     offset: Option<usize>,
+    /// While `offset` is unknown: per `pthread_t`, the offsets in its struct holding a live tid
+    /// of the target, with the tid.
+    candidates: HashMap<u64, Vec<(usize, u64)>>,
+}
+
+/// Where loopspy's own libc keeps the tid in `struct pthread`, and which words of it point at
+/// the struct itself (the TCB's self-pointers: a fingerprint of the layout).
+#[derive(Debug, Clone)]
+struct Layout {
+    tid_offset: usize,
+    self_pointers: Vec<usize>,
+}
+
+/// [`Layout`] of the thread calling it, read from our own memory; None if our tid is not in
+/// the window exactly once.
+fn own_layout() -> Option<Layout> {
+    static OWN: OnceLock<Option<Layout>> = OnceLock::new();
+    OWN.get_or_init(|| {
+        // SAFETY: both calls only return ids of the calling thread.
+        let (pthread, tid) = unsafe { (libc::pthread_self() as u64, libc::gettid() as u64) };
+        let mut window = vec![0u8; WINDOW];
+        memory::read_exact(std::process::id() as i32, pthread as usize, &mut window).ok()?;
+        let at: Vec<usize> = u32_matches(&window, |v| v == tid).map(|(o, _)| o).collect();
+        let &[tid_offset] = &at[..] else {
+            return None;
+        };
+        let self_pointers = self_pointers(&window, pthread, tid_offset);
+        (!self_pointers.is_empty()).then_some(Layout {
+            tid_offset,
+            self_pointers,
+        })
+    })
+    .clone()
+}
+
+/// 8-byte-aligned offsets below `limit` whose word is `address`.
+fn self_pointers(window: &[u8], address: u64, limit: usize) -> Vec<usize> {
+    (0..limit.min(window.len()) / 8)
+        .map(|i| i * 8)
+        .filter(|&o| memory::word_at(window, o) == address)
+        .collect()
+}
+
+/// 4-byte-aligned offsets whose value passes `keep`, with the value.
+fn u32_matches<'a>(
+    window: &'a [u8],
+    keep: impl Fn(u64) -> bool + 'a,
+) -> impl Iterator<Item = (usize, u64)> + 'a {
+    window
+        .chunks_exact(4)
+        .enumerate()
+        .filter_map(move |(i, chunk)| {
+            let value = u32::from_ne_bytes(chunk.try_into().ok()?) as u64;
+            keep(value).then_some((i * 4, value))
+        })
 }
 
 impl ThreadIdMap {
-    /// The kernel tid of the thread whose `pthread_t` is `pthread`, if it can be found.
-    pub fn resolve(&mut self, pid: i32, pthread: u64) -> Option<u64> {
+    /// The kernel tid, as the target knows it (its PID namespace's), of the thread whose
+    /// `pthread_t` is `pthread`, if it can be told for sure; `ns` maps it to ours.
+    pub fn resolve(&mut self, pthread: u64, ns: &mut NamespaceTids) -> Option<u64> {
         if let Some(&tid) = self.known.get(&pthread) {
-            if std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+            if ns.is_live(tid) {
                 return Some(tid);
             }
             self.known.remove(&pthread);
         }
-        let tids = live_tids(pid);
-        let tid = self.find(pid, pthread, &tids)?;
+        let tids = ns.target_tids();
+        let tid = self.find(ns.pid, pthread, &tids)?;
         if self.known.len() >= 4096 {
             // Thread churn: keep the map bounded; live threads are found again on demand.
             self.known.clear();
@@ -46,33 +118,82 @@ impl ThreadIdMap {
         }
         if let Some(offset) = self.offset {
             let mut word = [0u8; 4];
-            if memory::read_exact(pid, pthread as usize + offset, &mut word).is_ok() {
-                let value = u32::from_ne_bytes(word) as u64;
-                if tids.contains(&value) {
-                    return Some(value);
+            memory::read_exact(pid, pthread as usize + offset, &mut word).ok()?;
+            let value = u32::from_ne_bytes(word) as u64;
+            return tids.contains(&value).then_some(value);
+        }
+        let mut window = vec![0u8; WINDOW];
+        memory::read_exact(pid, pthread as usize, &mut window).ok()?;
+        // One thread in the process: it is this one.
+        if tids.len() == 1 {
+            return tids.iter().next().copied();
+        }
+        let found: Vec<(usize, u64)> = u32_matches(&window, |v| tids.contains(&v)).collect();
+        // Our libc's layout, when the target's struct is fingerprinted like ours.
+        if let Some(own) = own_layout() {
+            let same_layout = own
+                .self_pointers
+                .iter()
+                .all(|&o| memory::word_at(&window, o) == pthread);
+            if same_layout {
+                if let Some(&(offset, tid)) = found.iter().find(|(o, _)| *o == own.tid_offset) {
+                    self.learned(offset);
+                    return Some(tid);
                 }
             }
         }
-        let mut window = vec![0u8; WINDOW];
-        if memory::read_exact(pid, pthread as usize, &mut window).is_err() {
-            return None;
+        // A large tid found alone (or beside the pid field old glibc kept next to it, which is
+        // the same number on the main thread) is no chance match.
+        if let Some(&(_, tid)) = found.first() {
+            if tid >= DISTINCT_TID && found.iter().all(|&(_, v)| v == tid) {
+                return Some(tid);
+            }
         }
-        let matches: Vec<(usize, u64)> = window
-            .chunks_exact(4)
-            .enumerate()
-            .filter_map(|(i, chunk)| {
-                let value = u32::from_ne_bytes(chunk.try_into().ok()?) as u64;
-                tids.contains(&value).then_some((i * 4, value))
+        if self.candidates.len() >= MAX_CANDIDATE_THREADS {
+            self.candidates.clear();
+        }
+        self.candidates.insert(pthread, found);
+        let offset = agreed_offset(&self.candidates)?;
+        self.learned(offset);
+        self.candidates
+            .get(&pthread)?
+            .iter()
+            .find(|(o, _)| *o == offset)
+            .map(|&(_, tid)| tid)
+    }
+
+    fn learned(&mut self, offset: usize) {
+        self.offset = Some(offset);
+        self.candidates.clear();
+    }
+}
+
+/// The one offset at which every thread holds a live tid, a different one for each: with two
+/// threads or more, the flags and counts that happen to equal a small tid agree across threads,
+/// or differ from thread to thread, but do not do both at one offset.
+fn agreed_offset(candidates: &HashMap<u64, Vec<(usize, u64)>>) -> Option<usize> {
+    if candidates.len() < 2 {
+        return None;
+    }
+    let mut threads = candidates.values();
+    let first = threads.next()?;
+    let mut agreed: Vec<usize> = first
+        .iter()
+        .map(|&(offset, _)| offset)
+        .filter(|&offset| {
+            let mut seen = HashSet::new();
+            candidates.values().all(|found| {
+                found
+                    .iter()
+                    .find(|(o, _)| *o == offset)
+                    .is_some_and(|&(_, tid)| seen.insert(tid))
             })
-            .collect();
-        // The tid and the cached pid sit next to each other in glibc; for the main thread they
-        // are equal, so take the first match.
-        let &(offset, tid) = matches.first()?;
-        if matches.iter().all(|&(_, v)| v == tid) || self.offset.is_none() {
-            self.offset.get_or_insert(offset);
-            return Some(tid);
-        }
-        None
+        })
+        .collect();
+    agreed.dedup();
+    match agreed[..] {
+        [offset] => Some(offset),
+        _ => None,
     }
 }
 
@@ -133,6 +254,31 @@ impl NamespaceTids {
         self.refreshed = Some(now);
         self.map = namespace_tids(self.pid);
         self.map.get(&ns_tid).copied()
+    }
+
+    /// The target's live thread ids, as its own PID namespace numbers them.
+    pub fn target_tids(&mut self) -> HashSet<u64> {
+        let live = live_tids(self.pid);
+        if !self.foreign {
+            return live;
+        }
+        let mapped: HashSet<u64> = self.map.values().copied().collect();
+        if !live.is_subset(&mapped) {
+            self.map = namespace_tids(self.pid);
+            self.refreshed = Some(std::time::Instant::now());
+        }
+        self.map
+            .iter()
+            .filter(|(_, host)| live.contains(host))
+            .map(|(&ns, _)| ns)
+            .collect()
+    }
+
+    /// Whether the target's thread `ns_tid` (its namespace's id) is alive.
+    pub fn is_live(&mut self, ns_tid: u64) -> bool {
+        self.host_tid(ns_tid).is_some_and(|tid| {
+            std::path::Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists()
+        })
     }
 
     /// The target's id of our thread `tid` (for reports), when it lives in its own namespace.
@@ -222,10 +368,35 @@ mod tests {
         });
         let (pthread, tid) = rx.recv().unwrap();
         let mut map = ThreadIdMap::default();
-        assert_eq!(map.resolve(pid, pthread), Some(tid));
+        let mut ns = NamespaceTids::new(pid);
+        assert_eq!(map.resolve(pthread, &mut ns), Some(tid));
         let me = unsafe { libc::pthread_self() } as u64;
         let my_tid = unsafe { libc::gettid() } as u64;
-        assert_eq!(map.resolve(pid, me), Some(my_tid));
+        assert_eq!(map.resolve(me, &mut ns), Some(my_tid));
         handle.join().unwrap();
+        // Our own layout is what the target's is compared with: it must be found.
+        let own = own_layout().expect("our own struct pthread holds our tid once");
+        assert!(own.self_pointers.contains(&0), "{own:?}");
+    }
+
+    #[test]
+    fn small_tids_are_told_by_agreement_of_threads() {
+        // A container's two threads, tids 1 and 2: flags equal to 1 or 2 sit at other offsets,
+        // the same in both structs or at offsets only one struct has.
+        let main = vec![(0x18, 1), (0x2d0, 1), (0x310, 1), (0x308, 2)];
+        let worker = vec![(0x18, 1), (0x2d0, 2), (0x308, 2), (0x310, 1), (0x610, 1)];
+        let mut candidates = HashMap::new();
+        candidates.insert(0x1000, main.clone());
+        assert_eq!(
+            agreed_offset(&candidates),
+            None,
+            "one thread decides nothing"
+        );
+        candidates.insert(0x2000, worker);
+        assert_eq!(agreed_offset(&candidates), Some(0x2d0));
+        // Two offsets that both tell the threads apart: undecided.
+        candidates.insert(0x1000, vec![(0x2d0, 1), (0x400, 1), (0x18, 1)]);
+        candidates.insert(0x2000, vec![(0x2d0, 2), (0x400, 2), (0x18, 1)]);
+        assert_eq!(agreed_offset(&candidates), None);
     }
 }

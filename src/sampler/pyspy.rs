@@ -13,7 +13,7 @@ use crate::remote::memory::ProcessMemory;
 use crate::remote::procfs::{KernelView, ThreadFiles};
 use crate::remote::resources::ResourceResolver;
 use crate::remote::stacks::StackReader;
-use crate::remote::threads::ThreadIdMap;
+use crate::remote::threads::{NamespaceTids, ThreadIdMap};
 use crate::sample::{Frame, OsState, ThreadSample};
 
 /// How often thread names are looked up again while a thread that matters has none.
@@ -180,29 +180,29 @@ pub(super) fn py_spy_thread_sample(
     pid: i32,
     trace: py_spy::StackTrace,
     thread_ids: &mut ThreadIdMap,
+    ns: &mut NamespaceTids,
     thread_files: &mut ThreadFiles,
     resources: &mut ResourceResolver,
 ) -> ThreadSample {
     // CPython 3.11+ records the kernel tid (py-spy reads it, with the running state); before
-    // that we map the pthread_t ourselves and ask the kernel whether the thread runs.
-    let (os_tid, view) = match trace.os_thread_id {
-        Some(tid) => (tid, None),
-        None => match thread_ids.resolve(pid, trace.thread_id) {
-            Some(tid) => (tid, Some(thread_files.kernel_view(tid))),
-            None => (trace.thread_id, None),
-        },
+    // that we map the pthread_t ourselves and ask the kernel whether the thread runs. Either
+    // id is the target's: in a PID namespace of its own it is mapped to ours, and py-spy's
+    // running state (read by the target's id from our /proc) is not used.
+    let target_tid = trace
+        .os_thread_id
+        .or_else(|| thread_ids.resolve(trace.thread_id, ns));
+    let host_tid = target_tid.and_then(|tid| ns.host_tid(tid));
+    let trust_spy = trace.os_thread_id.is_some() && !ns.foreign();
+    let view = match host_tid {
+        Some(tid) if !trust_spy => Some(thread_files.kernel_view(tid)),
+        _ => None,
     };
-    let running = match view {
-        Some(view) => view == Some(KernelView::Running),
-        None => trace.active,
-    };
-    let os_state = if running {
-        OsState::Running
-    } else {
-        let view = view.unwrap_or_else(|| thread_files.kernel_view(os_tid));
-        let syscall = view.and_then(KernelView::syscall);
-        let resource = syscall.and_then(|s| resources.resolve(pid, &s));
-        OsState::Waiting { syscall, resource }
+    let os_state = match (trust_spy, host_tid, view) {
+        (true, _, _) if trace.active => OsState::Running,
+        (false, Some(_), Some(Some(KernelView::Running))) => OsState::Running,
+        (true, Some(tid), _) => waiting(thread_files.kernel_view(tid), pid, resources),
+        (false, Some(_), Some(view)) => waiting(view, pid, resources),
+        _ => OsState::Unknown,
     };
     let frames = trace
         .frames
@@ -214,7 +214,7 @@ pub(super) fn py_spy_thread_sample(
         })
         .collect();
     ThreadSample {
-        os_tid,
+        os_tid: host_tid.unwrap_or(trace.thread_id),
         python_tid: trace.thread_id,
         name: trace.thread_name.map(Arc::from),
         frames,
@@ -224,9 +224,21 @@ pub(super) fn py_spy_thread_sample(
         // py-spy reads every frame (up to its own limit) and says nothing of a cut.
         truncated: false,
         callback_id: None,
-        ns_tid: None,
+        ns_tid: target_tid.filter(|_| ns.foreign()),
         // py-spy's reader reads no kernel counters.
         counters: None,
+    }
+}
+
+/// Off CPU as the kernel's view `view` has it, or unreadable.
+fn waiting(view: Option<KernelView>, pid: i32, resources: &mut ResourceResolver) -> OsState {
+    match view {
+        Some(view) => {
+            let syscall = view.syscall();
+            let resource = syscall.and_then(|s| resources.resolve(pid, &s));
+            OsState::Waiting { syscall, resource }
+        }
+        None => OsState::Unknown,
     }
 }
 

@@ -469,10 +469,11 @@ impl TargetReader {
             every,
         } = read;
         let pid = self.pid;
-        let os_tid = match head.native_tid {
-            Some(ns_tid) => self.ns_tids.host_tid(ns_tid),
-            None => self.thread_ids.resolve(pid, head.python_tid),
-        };
+        // The thread's id as the target knows it (its own PID namespace's), then ours.
+        let target_tid = head
+            .native_tid
+            .or_else(|| self.thread_ids.resolve(head.python_tid, &mut self.ns_tids));
+        let os_tid = target_tid.and_then(|tid| self.ns_tids.host_tid(tid));
         let is_loop = self
             .loop_threads
             .iter()
@@ -482,17 +483,21 @@ impl TargetReader {
             None if is_loop || owns_gil => self.thread_files.kernel_view(tid),
             None => self.other_thread_view(tid, &head, &frames),
         });
-        let os_state = match view {
-            None => OsState::Running,
-            Some(Some(KernelView::Running)) if !waits_by_frames(&frames) => OsState::Running,
+        // No kernel thread, or its syscall file unreadable: say so, never "off CPU".
+        let os_state = match view.flatten() {
+            None => OsState::Unknown,
+            Some(KernelView::Running) if !waits_by_frames(&frames) => OsState::Running,
             Some(view) => {
-                let syscall = view.and_then(KernelView::syscall);
+                let syscall = view.syscall();
                 let resource = syscall.and_then(|s| self.resources.resolve(pid, &s));
                 OsState::Waiting { syscall, resource }
             }
         };
-        // A loop waiting in its selector does nothing worth counting.
-        let in_selector = matches!(&os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr));
+        // A loop waiting in its selector does nothing worth counting. Its frames say so before
+        // the kernel does (the first tick back may find it on CPU, on its way into epoll), and
+        // that first tick is the one whose reading closes the busy run's counts.
+        let in_selector = selects_by_frames(&frames)
+            || matches!(&os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr));
         let counters = match os_tid {
             Some(tid) if is_loop => self.counters(tid, now, in_selector),
             _ => None,
@@ -510,7 +515,7 @@ impl TargetReader {
             every,
             truncated: depth == Depth::Truncated,
             callback_id,
-            ns_tid: head.native_tid.filter(|_| self.ns_tids.foreign()),
+            ns_tid: target_tid.filter(|_| self.ns_tids.foreign()),
             counters,
         }
     }
@@ -665,6 +670,7 @@ impl TargetReader {
                     self.pid,
                     trace,
                     &mut self.thread_ids,
+                    &mut self.ns_tids,
                     &mut self.thread_files,
                     &mut self.resources,
                 )
@@ -678,9 +684,17 @@ impl TargetReader {
 /// py-spy's idle rule for a thread the kernel shows running: a leaf in `threading`'s `wait` or
 /// `selectors`' `select` is about to block (the kernel lags the frames by a moment).
 fn waits_by_frames(frames: &[Frame]) -> bool {
+    selects_by_frames(frames)
+        || frames.first().is_some_and(|leaf| {
+            let name = leaf.function.rsplit('.').next().unwrap_or(&leaf.function);
+            name == "wait" && leaf.file.ends_with("threading.py")
+        })
+}
+
+/// A selector loop's leaf frame is its selector's `select`: idle, or about to be.
+fn selects_by_frames(frames: &[Frame]) -> bool {
     frames.first().is_some_and(|leaf| {
         let name = leaf.function.rsplit('.').next().unwrap_or(&leaf.function);
-        (name == "wait" && leaf.file.ends_with("threading.py"))
-            || (name == "select" && leaf.file.ends_with("selectors.py"))
+        name == "select" && leaf.file.ends_with("selectors.py")
     })
 }

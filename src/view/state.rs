@@ -41,7 +41,8 @@ impl FunctionTable {
             let us = interval.as_micros() as u64 * u64::from(thread.every.max(1));
             let idle = match loop_detect::classify(&thread.frames) {
                 LoopPosition::Idle(_) => true,
-                LoopPosition::NoLoop => thread.os_state != OsState::Running,
+                // Unreadable is not idle: only a thread known off CPU is.
+                LoopPosition::NoLoop => matches!(thread.os_state, OsState::Waiting { .. }),
                 _ => false,
             };
             if idle && !include_idle {
