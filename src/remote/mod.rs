@@ -5,7 +5,6 @@
 
 pub mod attach;
 pub mod confinement;
-pub mod cost;
 pub mod debug_offsets;
 pub mod elf;
 pub mod launch;
