@@ -135,6 +135,10 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
             "reader": s.reader,
             "offsets": s.offsets,
             "other_threads_hz": s.other_threads_hz,
+            "syscalls_per_tick": {
+                "process_vm_readv": round(s.cost.memory_reads as f64 / s.ticks.max(1) as f64, 2),
+                "proc_reads": round(s.cost.proc_reads as f64 / s.ticks.max(1) as f64, 2),
+            },
             "interval_us": { "p50": s.interval_p50_us, "p99": s.interval_p99_us, "max": s.interval_max_us },
             "missed_ticks": s.missed_ticks,
             "dropped_samples": s.dropped_analyzer_lag,

@@ -165,6 +165,20 @@ impl RemoteMemory for FakeMemory {
         );
         !(self.no_pages && buf.len() == PAGE_BYTES) && self.peek(addr, buf)
     }
+
+    /// One read however many ranges, as one `process_vm_readv` is one system call.
+    fn read_many(&self, ranges: &mut [(u64, &mut [u8])], filled: &mut Vec<bool>) {
+        let reads = self.reads.get() + 1;
+        self.reads.set(reads);
+        assert!(
+            reads <= READ_BUDGET,
+            "the reader does not stop reading ({reads} reads)"
+        );
+        filled.clear();
+        filled.extend(ranges.iter_mut().map(|(addr, buf)| {
+            !(self.no_pages && buf.len() == PAGE_BYTES) && self.peek(*addr, buf)
+        }));
+    }
 }
 
 /// One step of memory changing under the reader.

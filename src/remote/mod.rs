@@ -5,6 +5,7 @@
 
 pub mod attach;
 pub mod confinement;
+pub mod cost;
 pub mod debug_offsets;
 pub mod elf;
 pub mod launch;

@@ -100,6 +100,7 @@ impl ThreadFiles {
             .entry(tid)
             .or_insert_with(|| fs::File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok());
         let mut buf = [0u8; 256];
+        super::cost::proc_read();
         let read = file.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok());
         let Some(n) = read.filter(|&n| n > 0) else {
             self.open.remove(&tid);
@@ -184,6 +185,7 @@ impl CounterFiles {
         let mut buf = [0u8; 1024];
         let mut counters = ThreadCounters::default();
         let read = |file: &fs::File, buf: &mut [u8]| -> Option<usize> {
+            super::cost::proc_read();
             file.read_at(buf, 0)
                 .ok()
                 .filter(|&n| n > 0 && n < buf.len())

@@ -23,12 +23,13 @@
 //! than [`MAX_FRAMES`] keeps its innermost frames (where the culprit is) and says it was cut
 //! ([`Depth::Truncated`]); a name longer than [`MAX_STR_CHARS`] keeps its start and ends in `…`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 use super::linetable::LineTable;
-use super::memory::{word_at as word, RemoteMemory};
+use super::memory::{blocks_of, word_at as word, BlockStats, RemoteMemory, TickBlocks};
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
 use super::pystr::{self, StrHeader};
 use crate::sample::{CallbackId, Frame};
@@ -50,13 +51,16 @@ pub const MAX_STR_CHARS: usize = 4096;
 const MAX_PLAUSIBLE_CHARS: usize = 1 << 30;
 /// Longest line table read, in bytes.
 const MAX_LINE_TABLE: usize = 1 << 20;
-/// Thread states and frames are read a whole page at a time and kept for the tick: a
-/// coroutine chain's frames sit in coroutine objects allocated side by side, and 3.11+ keeps
-/// plain frames contiguous on the thread's data stack, so a 30-frame stack costs a few reads.
-const PAGE: u64 = 4096;
-/// Pages kept per tick (1 MiB); reads past them go straight to the target. Enough for
-/// [`MAX_FRAMES`] frames of any version.
-const MAX_PAGES: usize = 256;
+/// Thread states and frames are read through a tick cache ([`TickBlocks`]): a miss reads a
+/// whole page (a coroutine chain's frames sit in coroutine objects allocated side by side, and
+/// 3.11+ keeps plain frames contiguous on the thread's data stack), and the blocks a thread's
+/// last walk touched are read ahead together when it is next due. Blocks kept per tick (4 MiB);
+/// reads past them go straight to the target. Enough for [`MAX_FRAMES`] frames of any
+/// version, or the thread states of a few hundred threads.
+const MAX_BLOCKS: usize = 8192;
+/// Blocks remembered per thread, to be read ahead on its next read: a steady stack (a loop in
+/// its selector, a thread in a wait) is then one read with the others due that tick.
+const MAX_LEARNED_BLOCKS: usize = 2048;
 
 /// Whether [`StackReader::stack`] read the whole chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +93,16 @@ pub struct ThreadHead {
     pub native_tid: Option<u64>,
     /// Its innermost frame (0: no Python code running).
     frame: u64,
+    /// The `_PyCFrame` its current frame was read through (3.11–3.12; 0 otherwise).
+    cframe: u64,
+}
+
+impl ThreadHead {
+    /// Address of its innermost frame (0: none): the same address on two reads with the same
+    /// innermost function and line is, for a thread that was waiting, most likely the same wait.
+    pub fn innermost_frame(&self) -> u64 {
+        self.frame
+    }
 }
 
 /// What the reader knows of one code object.
@@ -122,10 +136,8 @@ impl CodeInfo {
 pub struct ReaderStats {
     /// Code objects decoded (cache misses, including re-decodes).
     pub codes_decoded: u64,
-    /// Pages read from the target for thread states and frames.
-    pub pages_read: u64,
-    /// Thread-state and frame reads served from a page already read that tick.
-    pub page_hits: u64,
+    /// Thread-state and frame reads of the tick cache: misses, read-aheads, hits.
+    pub blocks: BlockStats,
     /// Times the code cache was emptied for being full.
     pub cache_resets: u64,
 }
@@ -151,13 +163,23 @@ pub struct StackReader<M> {
     callback_id: Option<CallbackId>,
 }
 
-/// The target's pages read during the current tick (buffers reused across ticks).
-#[derive(Default)]
+/// The target's blocks read during the current tick, and what each thread's walk touched.
 struct TickPages {
-    pages: Vec<(u64, Box<[u8]>)>,
-    used: usize,
-    /// The page hit last (a frame chain walks a few pages in order).
-    last: usize,
+    blocks: TickBlocks,
+    /// Blocks the current [`StackReader::stack`] walked, in order (learned for the next read).
+    touched: Vec<u64>,
+    /// Each thread state's blocks of its last two reads: read ahead the next time it is due.
+    learned: HashMap<u64, (Vec<u64>, Vec<u64>)>,
+}
+
+impl Default for TickPages {
+    fn default() -> Self {
+        TickPages {
+            blocks: TickBlocks::new(MAX_BLOCKS),
+            touched: Vec::new(),
+            learned: HashMap::default(),
+        }
+    }
 }
 
 fn int32(buf: &[u8], at: usize) -> i32 {
@@ -210,9 +232,9 @@ impl<M: RemoteMemory> StackReader<M> {
             offsets,
             interpreter,
             gil,
-            codes: HashMap::new(),
+            codes: HashMap::default(),
             cache_bytes: 0,
-            code_types: HashMap::new(),
+            code_types: HashMap::default(),
             frame_len,
             tstate_len,
             code_len,
@@ -225,7 +247,10 @@ impl<M: RemoteMemory> StackReader<M> {
 
     /// The reader's counters.
     pub fn stats(&self) -> ReaderStats {
-        self.stats
+        ReaderStats {
+            blocks: self.pages.blocks.stats,
+            ..self.stats
+        }
     }
 
     /// Code objects in the cache.
@@ -244,57 +269,49 @@ impl<M: RemoteMemory> StackReader<M> {
     /// Starts a tick: pages read before are stale now, and `now` dates this tick's cache checks.
     pub fn begin_tick(&mut self, now: Instant) {
         self.now = now;
-        self.pages.used = 0;
+        self.pages.blocks.clear();
     }
 
-    /// Reads through the tick's page cache (for thread states and frames).
+    /// Reads ahead, in one system call, the pages this tick's reads of the thread states
+    /// `tstates` are expected to need: the GIL holder's word, each thread state, and the pages
+    /// its last stack walk touched; and of the threads `walked` (a walk of the thread list)
+    /// the states alone, with the C-stack frame (3.11–3.12) their current frame is read from. A block that changed or was unmapped since is only a wasted
+    /// copy or a failed range: whatever a read finds missing it reads itself.
+    pub fn prefetch(&mut self, tstates: impl IntoIterator<Item = u64>, walked: &[ThreadHead]) {
+        let mut wanted: Vec<u64> = Vec::new();
+        if self.gil != 0 {
+            wanted.extend(blocks_of(self.gil, 32));
+        }
+        for tstate in tstates {
+            wanted.extend(blocks_of(tstate, self.tstate_len));
+            if let Some((last, before)) = self.pages.learned.get(&tstate) {
+                wanted.extend_from_slice(last);
+                wanted.extend_from_slice(before);
+            }
+        }
+        for head in walked {
+            wanted.extend(blocks_of(head.tstate, self.tstate_len));
+            if head.cframe != 0 {
+                wanted.extend(blocks_of(head.cframe, 64));
+            }
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let blocks = &mut self.pages.blocks;
+        wanted.retain(|&b| b != 0 && !blocks.holds(b));
+        blocks.read_ahead(&self.mem, &wanted);
+    }
+
+    /// Reads through the tick's block cache (for thread states and frames).
     fn read_hot(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), StackError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = addr.wrapping_add(done as u64);
-            let page = at & !(PAGE - 1);
-            let in_page = (at - page) as usize;
-            let take = (PAGE as usize - in_page).min(buf.len() - done);
-            let Some(data) = self.page(page) else {
-                return self.read(addr, buf);
-            };
-            buf[done..done + take].copy_from_slice(&data[in_page..in_page + take]);
-            done += take;
-        }
-        Ok(())
-    }
-
-    fn page(&mut self, page: u64) -> Option<&[u8]> {
         let pages = &mut self.pages;
-        let hit = if pages.last < pages.used && pages.pages[pages.last].0 == page {
-            Some(pages.last)
-        } else {
-            pages.pages[..pages.used]
-                .iter()
-                .position(|(at, _)| *at == page)
-        };
-        if let Some(i) = hit {
-            self.stats.page_hits += 1;
-            pages.last = i;
-            return Some(&pages.pages[i].1);
+        if pages
+            .blocks
+            .read(&self.mem, addr, buf, &mut pages.touched, MAX_LEARNED_BLOCKS)
+        {
+            return Ok(());
         }
-        if pages.used == MAX_PAGES || page == 0 {
-            return None;
-        }
-        if pages.used == pages.pages.len() {
-            pages
-                .pages
-                .push((0, vec![0u8; PAGE as usize].into_boxed_slice()));
-        }
-        let slot = &mut pages.pages[pages.used];
-        if !self.mem.read(page, &mut slot.1) {
-            return None;
-        }
-        slot.0 = page;
-        pages.last = pages.used;
-        pages.used += 1;
-        self.stats.pages_read += 1;
-        Some(&pages.pages[pages.used - 1].1)
+        self.read(addr, buf)
     }
 
     fn read_word(&self, addr: u64) -> Result<u64, StackError> {
@@ -341,38 +358,43 @@ impl<M: RemoteMemory> StackReader<M> {
             t.native_thread_id.map(|at| word(buf, at)),
             word(buf, t.next),
         );
-        let frame = match (t.frame, t.cframe, t.cframe_current_frame) {
-            (Some(at), _, _) => word(buf, at),
+        let (frame, cframe) = match (t.frame, t.cframe, t.cframe_current_frame) {
+            (Some(at), _, _) => (word(buf, at), 0),
             (None, Some(cframe), Some(current)) => match word(buf, cframe) {
-                0 => 0,
+                0 => (0, 0),
                 cframe => {
                     let mut ptr = [0u8; 8];
                     self.read_hot(cframe.wrapping_add(current as u64), &mut ptr)?;
-                    u64::from_ne_bytes(ptr)
+                    (u64::from_ne_bytes(ptr), cframe)
                 }
             },
-            _ => 0,
+            _ => (0, 0),
         };
         let head = ThreadHead {
             tstate,
             python_tid: thread_id,
             native_tid: native,
             frame,
+            cframe,
         };
         Ok((head, next))
     }
 
     /// The thread state holding the GIL, if any thread holds it.
-    pub fn gil_holder(&self) -> Option<u64> {
+    pub fn gil_holder(&mut self) -> Option<u64> {
         if self.gil == 0 {
             return None;
         }
-        let g = &self.offsets.gil;
+        let g = self.offsets.gil.clone();
         let holder = match g.layout {
-            GilLayout::TstateCurrent => self.read_word(self.gil).ok()?,
+            GilLayout::TstateCurrent => {
+                let mut buf = [0u8; 8];
+                self.read_hot(self.gil, &mut buf).ok()?;
+                u64::from_ne_bytes(buf)
+            }
             GilLayout::RuntimeState => {
                 let mut buf = [0u8; 32];
-                self.read(self.gil, &mut buf).ok()?;
+                self.read_hot(self.gil, &mut buf).ok()?;
                 if int32(&buf, g.locked?) == 0 {
                     return None;
                 }
@@ -391,6 +413,35 @@ impl<M: RemoteMemory> StackReader<M> {
     ) -> Result<Depth, StackError> {
         out.clear();
         self.callback_id = None;
+        // What this walk reads is read ahead the next time this thread is due.
+        let pages = &mut self.pages;
+        pages.touched.clear();
+        pages
+            .touched
+            .extend(blocks_of(thread.tstate, self.tstate_len));
+        if thread.cframe != 0 {
+            pages.touched.extend(blocks_of(thread.cframe, 64));
+        }
+        let depth = self.walk_frames(thread, out)?;
+        let pages = &mut self.pages;
+        if pages.learned.len() >= MAX_DEPTH && !pages.learned.contains_key(&thread.tstate) {
+            pages.learned.clear();
+        }
+        // The last two walks' blocks: a loop thread's stack alternates between a few shapes
+        // (in the selector, in a callback), and each is read ahead the tick after.
+        let (last, before) = pages.learned.entry(thread.tstate).or_default();
+        std::mem::swap(last, before);
+        last.clear();
+        last.extend(pages.touched.iter().filter(|&&p| p != 0));
+        Ok(depth)
+    }
+
+    /// [`Self::stack`]'s walk down the frame chain.
+    fn walk_frames(
+        &mut self,
+        thread: &ThreadHead,
+        out: &mut Vec<Frame>,
+    ) -> Result<Depth, StackError> {
         // The outermost frame seen so far above the innermost `Handle._run`: the callback's root.
         let mut root_frame = 0u64;
         let mut addr = thread.frame;

@@ -45,6 +45,7 @@ use crate::remote::memory::fake::{
     fuzz, FakeMemory, Rng, ShiftingMemory, PAGE_BYTES, STATE_ASCII, STATE_BIT7, STATE_COMPACT,
     STATE_INTERNED,
 };
+use crate::remote::memory::PAGE;
 use crate::remote::offsets::for_minor;
 
 /// Every CPython minor version with an offset table.
@@ -907,6 +908,7 @@ fn head_at(frame: u64) -> ThreadHead {
         python_tid: 0,
         native_tid: None,
         frame,
+        cframe: 0,
     }
 }
 
@@ -967,7 +969,7 @@ fn well_formed_images_read_back_exactly() {
             let stats = reader.stats();
             if !tight {
                 assert!(
-                    stats.pages_read > 0 && stats.page_hits > 0,
+                    stats.blocks.page_reads > 0 && stats.blocks.hits > 0,
                     "3.{minor}: {stats:?}"
                 );
             }
@@ -995,34 +997,39 @@ fn names_come_from_the_right_field_and_width() {
 
 #[test]
 fn gil_holder_follows_each_layout() {
+    // Each look is a tick of its own: within a tick the holder's page is read once.
+    fn holder<M: RemoteMemory>(reader: &mut StackReader<M>) -> Option<u64> {
+        reader.begin_tick(Instant::now());
+        reader.gil_holder()
+    }
     for minor in MINORS {
         let image = Image::build(minor, false);
         let (first, second) = (image.threads[0].tstate, image.threads[1].tstate);
         let mut reader = image.reader();
-        assert_eq!(reader.gil_holder(), Some(first), "3.{minor}");
+        assert_eq!(holder(&mut reader), Some(first), "3.{minor}");
         match image.t.gil.layout {
             GilLayout::TstateCurrent => {
                 reader.mem.put_u64(image.gil, second);
-                assert_eq!(reader.gil_holder(), Some(second), "3.{minor}");
+                assert_eq!(holder(&mut reader), Some(second), "3.{minor}");
                 reader.mem.put_u64(image.gil, 0);
-                assert_eq!(reader.gil_holder(), None, "3.{minor}: nobody holds it");
+                assert_eq!(holder(&mut reader), None, "3.{minor}: nobody holds it");
             }
             GilLayout::RuntimeState => {
                 let last_holder = image.gil + image.t.gil.last_holder.unwrap() as u64;
                 let locked = image.gil + image.t.gil.locked.unwrap() as u64;
                 reader.mem.put_u64(last_holder, second);
-                assert_eq!(reader.gil_holder(), Some(second), "3.{minor}");
+                assert_eq!(holder(&mut reader), Some(second), "3.{minor}");
                 reader.mem.put_i32(locked, 0);
-                assert_eq!(reader.gil_holder(), None, "3.{minor}: released");
+                assert_eq!(holder(&mut reader), None, "3.{minor}: released");
                 reader.mem.put_i32(locked, 1);
                 reader.mem.put_u64(last_holder, 0);
-                assert_eq!(reader.gil_holder(), None, "3.{minor}: no holder yet");
+                assert_eq!(holder(&mut reader), None, "3.{minor}: no holder yet");
             }
         }
         reader.mem.unmap(image.gil);
-        assert_eq!(reader.gil_holder(), None, "3.{minor}: unreadable");
-        let unknown = StackReader::new(image.mem.clone(), image.t.clone(), image.interp, 0);
-        assert_eq!(unknown.gil_holder(), None, "3.{minor}: address unknown");
+        assert_eq!(holder(&mut reader), None, "3.{minor}: unreadable");
+        let mut unknown = StackReader::new(image.mem.clone(), image.t.clone(), image.interp, 0);
+        assert_eq!(holder(&mut unknown), None, "3.{minor}: address unknown");
     }
 }
 
@@ -1083,7 +1090,7 @@ fn each_code_object_is_decoded_once() {
         // snake, naïve, <shim>, run, main, helper: main, on both threads, once.
         assert_eq!(reader.stats().codes_decoded, 6, "3.{minor}");
         assert_eq!(reader.cached_codes(), 6, "3.{minor}");
-        let pages = reader.stats().pages_read;
+        let pages = reader.stats().blocks.page_reads;
 
         assert_eq!(
             read_all(&mut reader, now + Duration::from_millis(500)),
@@ -1091,7 +1098,7 @@ fn each_code_object_is_decoded_once() {
         );
         assert_eq!(reader.stats().codes_decoded, 6, "3.{minor}: cache hits");
         assert_eq!(
-            reader.stats().pages_read,
+            reader.stats().blocks.page_reads,
             2 * pages,
             "3.{minor}: pages per tick"
         );
@@ -1641,7 +1648,7 @@ fn the_code_cache_stays_bounded() {
         );
         assert!(reader.cache_bytes <= MAX_CACHE_BYTES);
         assert!(reader.code_types.len() <= 1024);
-        assert!(reader.pages.pages.len() <= MAX_PAGES);
+        assert!(reader.pages.blocks.slots() <= MAX_BLOCKS);
     }
 }
 
@@ -1756,7 +1763,7 @@ fn exercise<M: RemoteMemory>(
     if reader.cached_codes() > MAX_CODES
         || reader.cache_bytes > MAX_CACHE_BYTES + MAX_LINE_TABLE * 16
         || reader.code_types.len() > 1024
-        || reader.pages.pages.len() > MAX_PAGES
+        || reader.pages.blocks.slots() > MAX_BLOCKS
     {
         return Err("caches past their bounds".into());
     }

@@ -16,10 +16,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::memory::{word_at, ProcessMemory, RemoteMemory};
+use super::memory::{word_at, PageCache, ProcessMemory, RemoteMemory};
 use super::offsets::PythonOffsets;
 use super::pystr::{self, StrHeader};
 use crate::sample::{RunningTask, TaskGeneration};
+
+/// Blocks of the target a tick's task reads may keep (256 KiB).
+const TICK_BLOCKS: usize = 512;
 
 /// A dict's header and its keys table's header.
 struct DictTable {
@@ -41,7 +44,9 @@ enum TypeName {
 /// Reads running tasks of one process through `M`: the live process by default (so the
 /// sampler's `Option<TaskReader>` names no memory), fake memory in the tests.
 pub struct TaskReader<M = ProcessMemory> {
-    mem: M,
+    /// The target, through a page cache: a tick's dict, keys, entries and task objects sit on
+    /// a few pages, read ahead together at the start of the next tick.
+    mem: PageCache<M>,
     offsets: PythonOffsets,
     /// Address of the interpreter's `modules` pointer (sys.modules).
     modules_ptr: u64,
@@ -152,7 +157,7 @@ impl<M: RemoteMemory> TaskReader<M> {
     /// A reader of the process behind `mem`, whose `sys.modules` pointer lives at `modules_ptr`.
     pub fn new(mem: M, offsets: PythonOffsets, modules_ptr: usize) -> Self {
         TaskReader {
-            mem,
+            mem: PageCache::new(mem, TICK_BLOCKS),
             offsets,
             modules_ptr: modules_ptr as u64,
             current_tasks: None,
@@ -213,6 +218,7 @@ impl<M: RemoteMemory> TaskReader<M> {
 
     /// The tasks the thread states `tstates` are stepping (3.14+).
     fn thread_state_tasks(&mut self, now: Instant, tstates: &[u64]) -> Vec<RunningTask> {
+        self.mem.begin_tick();
         let TaskSource::ThreadStates {
             pid,
             interpreter_size,
@@ -309,6 +315,7 @@ impl<M: RemoteMemory> TaskReader<M> {
 
     /// [`Self::running_tasks`] of the dict, at `now` (which times the lookup retries).
     fn running_tasks_at(&mut self, now: Instant) -> (Vec<RunningTask>, Option<TaskGeneration>) {
+        self.mem.begin_tick();
         let Some(table) = self.current_tasks_dict(now).and_then(|d| self.read_dict(d)) else {
             return (Vec::new(), None);
         };

@@ -936,7 +936,8 @@ fn well_formed_images_read_back_exactly() {
             // Nothing changed: the dict's header, keys header and entries, nothing more.
             let (again, generation_again, reads) = call(&mut reader, now, fake_reads);
             assert_eq!((again, generation_again), (tasks, generation), "3.{minor}");
-            assert_eq!(reads, 3, "3.{minor}: an unchanged dict is not read again");
+            // One read: the pages of the dict's header, keys header and entries, read ahead.
+            assert_eq!(reads, 1, "3.{minor}: an unchanged dict is not read again");
         }
     }
 }
@@ -1126,16 +1127,16 @@ fn the_same_generation_with_other_tasks_is_read_again() {
         reader
             .mem
             .put_u64(image.current.value_field(1), image.tasks[UCS4].addr);
-        let (tasks, generation, reads) = call(&mut reader, now, fake_reads);
+        // (The names show it: the page holding the new task was read ahead with the dict.)
+        let (tasks, generation, _) = call(&mut reader, now, fake_reads);
         assert_eq!(names(&tasks), ["snake_🐍", "Task-7"], "3.{minor}");
         assert_eq!(generation, Some(image.generation()));
-        assert!(reads > 3, "3.{minor}");
         // Once they are read, a change inside a task is not seen while the dict holds the same
         // tasks (the dict holds them alive, and a task's name or coroutine seldom changes).
         reader.mem.put_u64(image.name_field(1), 0);
         let (tasks, _, reads) = call(&mut reader, now, fake_reads);
         assert_eq!(names(&tasks), ["snake_🐍", "Task-7"], "3.{minor}");
-        assert_eq!(reads, 3, "3.{minor}");
+        assert_eq!(reads, 1, "3.{minor}");
         // A task that could not be read when its generation began: the others are reported,
         // and every call tries again.
         reader
@@ -1148,8 +1149,9 @@ fn the_same_generation_with_other_tasks_is_read_again() {
         assert_eq!(names(&tasks), ["загрузка"], "3.{minor}");
         let (tasks, _, reads) = call(&mut reader, now, fake_reads);
         assert_eq!(names(&tasks), ["загрузка"], "3.{minor}");
+        // The steady state is one read (the pages read ahead): more is the unread task tried.
         assert!(
-            reads > 3,
+            reads > 1,
             "3.{minor}: a short read is not cached as complete"
         );
     }
@@ -1167,7 +1169,7 @@ fn the_lookup_is_retried_from_10ms_doubling_to_1s() {
         let at = |ms: u64| start + Duration::from_millis(ms);
         let (tasks, generation, reads) = call(&mut reader, at(0), fake_reads);
         assert!(tasks.is_empty() && generation.is_none(), "3.{minor}");
-        assert!(reads > 100, "3.{minor}: sys.modules walked ({reads} reads)");
+        assert!(reads > 1, "3.{minor}: sys.modules walked ({reads} reads)");
         // Looked up again after 10, 20, 40 ... 640 ms, then every second; not in between.
         let lookups = [10, 30, 70, 150, 310, 630, 1270, 2270, 3270];
         let mut looked_up = Vec::new();
@@ -1223,7 +1225,7 @@ fn a_placeholder_dict_gives_way_to_the_live_one() {
         for ms in [30, 70, 5000] {
             let (tasks, _, reads) = call(&mut reader, at(ms), fake_reads);
             assert_eq!(tasks, image.running(), "3.{minor}");
-            assert_eq!(reads, 3, "3.{minor}: no lookup at {ms} ms");
+            assert_eq!(reads, 1, "3.{minor}: no lookup at {ms} ms");
         }
     }
 }
@@ -2257,7 +2259,7 @@ fn fuzz_torn_images_give_real_tasks_or_none() {
             let tears: Vec<String> = (0..1 + rng.below(4))
                 .map(|_| tear(&mut image, &mut rng))
                 .collect();
-            reader.mem = image.mem.clone();
+            *reader.mem = image.mem.clone();
             exercise(
                 &mut reader,
                 start,
@@ -2301,7 +2303,7 @@ fn fuzz_images_with_random_bytes_anywhere_stay_bounded() {
             if rng.chance(20) {
                 reader = pristine.reader();
             }
-            reader.mem = image.mem;
+            *reader.mem = image.mem;
             tick += 1;
             exercise(
                 &mut reader,

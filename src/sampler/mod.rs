@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::histogram::Histogram;
+use crate::remote::cost::{self, ReadCost};
 pub use crate::remote::stacks::MAX_FRAMES;
 use crate::remote::{procfs, AttachedTarget};
 use crate::sample::{Frame, Sample, SamplerMessage};
@@ -61,6 +62,8 @@ pub struct SamplerStats {
     pub offsets: &'static str,
     /// Reads per second of threads without an event loop (own reader; else `rate_hz`).
     pub other_threads_hz: u32,
+    /// System calls the sampler made to read the target (py-spy's reader's not counted).
+    pub cost: ReadCost,
 }
 
 impl SamplerStats {
@@ -179,6 +182,7 @@ fn run(
     let mut next_tick = start;
     let mut last_read: Option<Instant> = None;
     let mut consecutive_errors = 0u32;
+    let cost_before = cost::so_far();
 
     let reason = loop {
         if stop.load(Ordering::Relaxed) {
@@ -247,6 +251,11 @@ fn run(
     stats.elapsed = last_read
         .map(|t| t.duration_since(start))
         .unwrap_or_default();
+    let cost_after = cost::so_far();
+    stats.cost = ReadCost {
+        memory_reads: cost_after.memory_reads - cost_before.memory_reads,
+        proc_reads: cost_after.proc_reads - cost_before.proc_reads,
+    };
     stats.reader = reader.reader_name();
     stats.offsets = reader.offsets_source();
     stats.other_threads_hz = reader.other_threads_hz(settings.rate_hz);

@@ -2,7 +2,9 @@
 //! GIL holder, the others at `--other-threads-rate`), with which reader (loopspy's own, or
 //! py-spy's), and the kernel's view of each thread.
 
-use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 use py_spy::PythonSpy;
@@ -36,6 +38,22 @@ const FILE_LOOK_STALE: Duration = Duration::from_millis(250);
 /// Least an offset must have moved between two looks to name its file.
 const FILE_LOOK_MIN_MOVE: u64 = 64 << 10;
 
+/// Thread states remembered with the tick of their last read (their samples' weight); past
+/// it the memory starts over (a target that churns threads cannot grow it).
+const MAX_READ_TICKS: usize = 8192;
+
+/// Reads of a waiting other thread that may reuse its kernel view while its stack stays put
+/// (every 10th read looks again): 200 idle pool threads cost 2 `/proc` reads a tick, not 20.
+const VIEW_REUSES: u32 = 9;
+
+/// A thread's last kernel view and the stack it was taken with.
+struct ViewMemo {
+    frame: u64,
+    leaf: Option<(Arc<str>, u32)>,
+    view: Option<KernelView>,
+    reused: u32,
+}
+
 /// One thread as the own reader read it this tick.
 pub(super) struct ThreadRead {
     head: ThreadHead,
@@ -43,6 +61,9 @@ pub(super) struct ThreadRead {
     frames: Vec<Frame>,
     depth: Depth,
     callback_id: Option<crate::sample::CallbackId>,
+    /// Ticks this read stands for: 1 for a loop thread, the ticks since the thread's last
+    /// read for the others.
+    every: u32,
 }
 
 /// A loop thread's latest kernel counter reading.
@@ -73,6 +94,8 @@ pub(super) struct TargetReader {
     /// Each loop thread's latest counter reading, and when: the rate limit, and the base that
     /// says whether the thread moved bytes since.
     counter_reads: HashMap<u64, CounterRead>,
+    /// Other threads' last kernel views (see [`VIEW_REUSES`]).
+    views_of_others: HashMap<u64, ViewMemo>,
     /// The process's open regular files at the last look, and when.
     file_look: Option<(Instant, Vec<procfs::OpenFile>)>,
     resources: ResourceResolver,
@@ -88,8 +111,15 @@ pub(super) struct TargetReader {
     walk_next: bool,
     /// Every thread as of the last full walk.
     all_threads: Vec<ThreadHead>,
-    /// Kernel tids of the threads read last tick.
-    last_tids: Vec<u64>,
+    /// Where the next tick's share of the other threads starts in `all_threads`.
+    others_cursor: usize,
+    /// Reads of other threads owed, times `stride` (see [`Self::others_due`]).
+    others_credit: usize,
+    /// Thread state -> the tick it was last read on.
+    read_ticks: HashMap<u64, u64>,
+    /// Kernel tids of the threads read since the last walk: whose `/proc` files stay open, and
+    /// (`--blocking`) whose kernel view is taken before the pause.
+    recent_tids: Vec<u64>,
     stride: u32,
     tick: u64,
     /// [`SamplerSettings::runs_loop`].
@@ -210,16 +240,20 @@ impl TargetReader {
             ns_tids: NamespaceTids::new(pid),
             thread_files: ThreadFiles::new(pid),
             counter_files: CounterFiles::new(pid),
-            counter_reads: HashMap::new(),
+            counter_reads: HashMap::default(),
             file_look: None,
+            views_of_others: HashMap::default(),
             resources: ResourceResolver::default(),
-            names: HashMap::new(),
+            names: Default::default(),
             name_lookup: None,
             process: None,
             loop_threads: Vec::new(),
             walk_next: false,
             all_threads: Vec::new(),
-            last_tids: Vec::new(),
+            others_cursor: 0,
+            others_credit: 0,
+            read_ticks: HashMap::default(),
+            recent_tids: Vec::new(),
             stride: settings.other_stride(),
             tick: 0,
             runs_loop: settings.runs_loop,
@@ -232,14 +266,14 @@ impl TargetReader {
         if self.own.is_none() {
             return self.read_with_py_spy();
         }
-        let full = self.stride == 1
+        let walk = self.stride == 1
             || self.tick % self.stride as u64 == 1
             || std::mem::take(&mut self.walk_next);
         // --blocking: the kernel's view of the threads is taken before the target is paused
         // (a stopped thread is not waiting in its syscall, and one just resumed shows running).
-        let mut views = HashMap::new();
+        let mut views = HashMap::default();
         if self.blocking {
-            for &tid in &self.last_tids {
+            for &tid in &self.recent_tids {
                 views.insert(tid, self.thread_files.kernel_view(tid));
             }
         }
@@ -252,83 +286,177 @@ impl TargetReader {
             // A torn read is a race with the target that is usually over a few microseconds
             // later (on 3.11-3.12 most are a C-stack `_PyCFrame` popped between reading the
             // thread state and reading it): try once more before dropping the tick.
-            self.read_own(now, full)
-                .or_else(|_| self.read_own(now, full))
+            let (cursor, credit) = (self.others_cursor, self.others_credit);
+            self.read_own(now, walk).or_else(|_| {
+                (self.others_cursor, self.others_credit) = (cursor, credit);
+                self.read_own(now, walk)
+            })
         };
         let reads = read.ok()?;
         self.refresh_names(&reads, now);
         let samples: Vec<ThreadSample> = reads
             .into_iter()
-            .map(|read| self.thread_sample(read, full, now, &mut views))
+            .map(|read| self.thread_sample(read, now, &mut views))
             .collect();
-        if full {
-            let live = |tid| samples.iter().any(|t| t.os_tid == tid);
+        if walk {
+            // Files of threads not read since the last walk are closed (the thread is gone,
+            // or will reopen them on its next read).
+            let recent = std::mem::take(&mut self.recent_tids);
+            let live = |tid| recent.contains(&tid) || samples.iter().any(|t| t.os_tid == tid);
             self.thread_files.retain(live);
             self.counter_files.retain(live);
             self.counter_reads.retain(|tid, _| live(*tid));
+            self.views_of_others.retain(|tid, _| live(*tid));
         }
-        self.last_tids.clear();
-        self.last_tids.extend(samples.iter().map(|t| t.os_tid));
+        for sample in &samples {
+            if !self.recent_tids.contains(&sample.os_tid) && self.recent_tids.len() < MAX_READ_TICKS
+            {
+                self.recent_tids.push(sample.os_tid);
+            }
+        }
         Some(samples)
     }
 
-    /// The threads due this tick and their frames: on a full tick every thread on the list;
-    /// in between, only the event-loop threads, whose thread states are read again directly.
-    fn read_own(&mut self, now: Instant, full: bool) -> Result<Vec<ThreadRead>, StackError> {
+    /// The other threads (no event loop) due this tick: the next `1/stride` of them, round
+    /// robin, so that no tick reads them all (a target with hundreds of idle threads would
+    /// make that tick overrun) and each is read about every `stride` ticks.
+    fn others_due(&mut self) -> Vec<ThreadHead> {
+        let others: Vec<&ThreadHead> = self
+            .all_threads
+            .iter()
+            .filter(|t| !self.loop_threads.iter().any(|l| l.tstate == t.tstate))
+            .collect();
+        if others.is_empty() {
+            return Vec::new();
+        }
+        // `others.len()` reads are owed every `stride` ticks: a tick takes its whole part
+        // and carries the rest (3 threads at stride 10: three ticks of ten read one each).
+        let stride = self.stride.max(1) as usize;
+        self.others_credit += others.len();
+        let share = self.others_credit / stride;
+        self.others_credit %= stride;
+        let start = self.others_cursor % others.len();
+        self.others_cursor = start + share;
+        (0..share.min(others.len()))
+            .map(|i| *others[(start + i) % others.len()])
+            .collect()
+    }
+
+    /// The threads due this tick and their frames: the event-loop threads first (read the
+    /// same way every tick, never delayed by the others), the GIL holder, and this tick's
+    /// share of the other threads. On a walk tick the interpreter's thread list is walked
+    /// too (after the loop threads), which finds new threads and lost ones.
+    fn read_own(&mut self, now: Instant, walk: bool) -> Result<Vec<ThreadRead>, StackError> {
+        let due_others = self.others_due();
         let reader = self.own.as_mut().expect("own reader");
         reader.begin_tick(now);
+        let known = self
+            .loop_threads
+            .iter()
+            .chain(&due_others)
+            .map(|t| t.tstate);
+        let walked = if walk { &self.all_threads[..] } else { &[] };
+        reader.prefetch(known, walked);
         let holder = reader.gil_holder();
-        let heads = if full {
-            let heads = reader.threads()?;
-            self.all_threads.clone_from(&heads);
-            heads
+        let mut heads = Vec::with_capacity(self.loop_threads.len() + due_others.len() + 1);
+        for known in &self.loop_threads {
+            match reader.refresh(known) {
+                Ok(Some(head)) => heads.push(head),
+                // The thread exited: walk the list again (now, or on the next tick).
+                Ok(None) | Err(StackError::Memory(_)) => self.walk_next = true,
+                Err(err) => return Err(err),
+            }
+        }
+        let walked = if walk || std::mem::take(&mut self.walk_next) {
+            let all = reader.threads()?;
+            self.all_threads.clone_from(&all);
+            Some(all)
         } else {
-            // The loop threads, and whichever thread holds the GIL: a loop that cannot take
-            // the GIL is stalled by that thread, whose stack names the culprit.
-            let holder = holder.and_then(|h| self.all_threads.iter().find(|t| t.tstate == h));
-            let wanted = self
-                .loop_threads
-                .iter()
-                .chain(holder.filter(|h| !self.loop_threads.iter().any(|t| t.tstate == h.tstate)));
-            let mut heads = Vec::with_capacity(self.loop_threads.len() + 1);
-            for known in wanted {
+            None
+        };
+        let others: Vec<ThreadHead> = match &walked {
+            // Before any loop is known every thread is a candidate: read them all on the walk.
+            Some(all) if self.loop_threads.is_empty() => all.clone(),
+            Some(all) => {
+                // This tick's share, as the walk just read them; and any thread new since the
+                // last walk, so a loop starting in a new thread is seen at once.
+                let is_new = |t: &ThreadHead| !self.read_ticks.contains_key(&t.tstate);
+                all.iter()
+                    .filter(|t| due_others.iter().any(|d| d.tstate == t.tstate) || is_new(t))
+                    .filter(|t| !heads.iter().any(|h| h.tstate == t.tstate))
+                    .copied()
+                    .collect()
+            }
+            None => {
+                let mut fresh = Vec::with_capacity(due_others.len());
+                for known in &due_others {
+                    match reader.refresh(known) {
+                        Ok(Some(head)) => fresh.push(head),
+                        Ok(None) | Err(StackError::Memory(_)) => self.walk_next = true,
+                        Err(err) => return Err(err),
+                    }
+                }
+                fresh
+            }
+        };
+        heads.extend(others);
+        // The GIL holder, whatever its turn: a loop that cannot take the GIL is stalled by
+        // that thread, whose stack names the culprit.
+        if let Some(h) = holder.filter(|h| !heads.iter().any(|t| t.tstate == *h)) {
+            if let Some(known) = self.all_threads.iter().find(|t| t.tstate == h) {
                 match reader.refresh(known) {
                     Ok(Some(head)) => heads.push(head),
-                    // The thread exited: the next tick walks the list again.
                     Ok(None) | Err(StackError::Memory(_)) => self.walk_next = true,
                     Err(err) => return Err(err),
                 }
             }
-            heads
-        };
+        }
         let mut reads = Vec::with_capacity(heads.len());
         let mut loops = Vec::new();
         for head in heads {
             let mut frames = Vec::new();
             let depth = reader.stack(&head, &mut frames)?;
-            // Which threads run a loop is decided anew on every full read, and a loop thread
-            // whose loop has ended drops back to the lower rate at once. A loop thread deep in
-            // a recursion (its loop frames cut off) still runs its loop.
-            let was_loop = || self.loop_threads.iter().any(|t| t.tstate == head.tstate);
-            if (self.runs_loop)(&frames) || (depth == Depth::Truncated && was_loop()) {
+            // Whether a thread runs a loop is decided anew on each of its reads, and a loop
+            // thread whose loop has ended drops back to the lower rate at once. A loop thread
+            // deep in a recursion (its loop frames cut off) still runs its loop.
+            let was_loop = self.loop_threads.iter().any(|t| t.tstate == head.tstate);
+            let is_loop = (self.runs_loop)(&frames) || (depth == Depth::Truncated && was_loop);
+            if is_loop {
                 loops.push(head);
             }
+            let every = match self.read_ticks.get(&head.tstate) {
+                _ if is_loop => 1,
+                Some(&last) => (self.tick.saturating_sub(last)).clamp(1, u32::MAX as u64) as u32,
+                None => self.stride,
+            };
             reads.push(ThreadRead {
                 owns_gil: holder == Some(head.tstate),
                 head,
                 frames,
                 depth,
                 callback_id: reader.callback_id(),
+                every,
             });
         }
-        self.loop_threads = loops;
+        // Loop threads not read this tick (none: they are read first) keep their place; the
+        // others read this tick leave it or join it by what their stacks showed.
+        let read_now = |t: &ThreadHead| reads.iter().any(|r| r.head.tstate == t.tstate);
+        self.loop_threads.retain(|t| !read_now(t));
+        for head in loops {
+            self.loop_threads.push(head);
+        }
+        if self.read_ticks.len() >= MAX_READ_TICKS {
+            self.read_ticks.clear();
+        }
+        for read in &reads {
+            self.read_ticks.insert(read.head.tstate, self.tick);
+        }
         Ok(reads)
     }
 
     fn thread_sample(
         &mut self,
         read: ThreadRead,
-        full: bool,
         now: Instant,
         views: &mut HashMap<u64, Option<KernelView>>,
     ) -> ThreadSample {
@@ -338,6 +466,7 @@ impl TargetReader {
             frames,
             depth,
             callback_id,
+            every,
         } = read;
         let pid = self.pid;
         // The thread's id as the target knows it (its own PID namespace's), then ours.
@@ -345,10 +474,14 @@ impl TargetReader {
             .native_tid
             .or_else(|| self.thread_ids.resolve(head.python_tid, &mut self.ns_tids));
         let os_tid = target_tid.and_then(|tid| self.ns_tids.host_tid(tid));
-        let view = os_tid.map(|tid| {
-            views
-                .remove(&tid)
-                .unwrap_or_else(|| self.thread_files.kernel_view(tid))
+        let is_loop = self
+            .loop_threads
+            .iter()
+            .any(|t| t.python_tid == head.python_tid);
+        let view = os_tid.map(|tid| match views.remove(&tid) {
+            Some(view) => view,
+            None if is_loop || owns_gil => self.thread_files.kernel_view(tid),
+            None => self.other_thread_view(tid, &head, &frames),
         });
         // No kernel thread, or its syscall file unreadable: say so, never "off CPU".
         let os_state = match view.flatten() {
@@ -360,10 +493,6 @@ impl TargetReader {
                 OsState::Waiting { syscall, resource }
             }
         };
-        let is_loop = self
-            .loop_threads
-            .iter()
-            .any(|t| t.python_tid == head.python_tid);
         // A loop waiting in its selector does nothing worth counting. Its frames say so before
         // the kernel does (the first tick back may find it on CPU, on its way into epoll), and
         // that first tick is the one whose reading closes the busy run's counts.
@@ -383,12 +512,47 @@ impl TargetReader {
             frames,
             os_state,
             owns_gil,
-            every: if full || is_loop { 1 } else { self.stride },
+            every,
             truncated: depth == Depth::Truncated,
             callback_id,
             ns_tid: target_tid.filter(|_| self.ns_tids.foreign()),
             counters,
         }
+    }
+
+    /// The kernel view of `tid`, a thread that runs no loop and holds no GIL: its last one
+    /// while it was waiting and its stack has not moved (the same innermost frame, function and
+    /// line), up to [`VIEW_REUSES`] times in a row; else read anew. A thread that woke and
+    /// went back to the same wait in between reads the same either way.
+    fn other_thread_view(
+        &mut self,
+        tid: u64,
+        head: &ThreadHead,
+        frames: &[Frame],
+    ) -> Option<KernelView> {
+        let leaf = frames.first().map(|f| (f.function.clone(), f.line));
+        let frame = head.innermost_frame();
+        if let Some(memo) = self.views_of_others.get_mut(&tid) {
+            let waiting = matches!(memo.view, Some(KernelView::Waiting(_)));
+            if waiting && memo.frame == frame && memo.leaf == leaf && memo.reused < VIEW_REUSES {
+                memo.reused += 1;
+                return memo.view;
+            }
+        }
+        let view = self.thread_files.kernel_view(tid);
+        if self.views_of_others.len() >= MAX_READ_TICKS {
+            self.views_of_others.clear();
+        }
+        self.views_of_others.insert(
+            tid,
+            ViewMemo {
+                frame,
+                leaf,
+                view,
+                reused: 0,
+            },
+        );
+        view
     }
 
     /// The kernel counters of loop thread `tid`: while its loop is busy (out of its selector)
