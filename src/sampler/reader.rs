@@ -375,8 +375,6 @@ impl TargetReader {
             None
         };
         let others: Vec<ThreadHead> = match &walked {
-            // Before any loop is known every thread is a candidate: read them all on the walk.
-            Some(all) if self.loop_threads.is_empty() => all.clone(),
             Some(all) => {
                 // This tick's share, as the walk just read them; and any thread new since the
                 // last walk, so a loop starting in a new thread is seen at once.

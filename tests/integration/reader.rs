@@ -209,6 +209,86 @@ fn threads_without_a_loop_are_read_less_often_and_weighted_by_time() {
     }
 }
 
+/// The other threads' reads are spread over ticks and a waiting thread's kernel view is
+/// reused while its stack stays put: a thread that goes from waiting to running `spin()` must
+/// count as running from its first read in `spin`. Its weight in the running-threads flame
+/// graph is held against the time the fixture logged in `spin` during the recording; a view
+/// kept stale for even a few reads per switch (twenty switches) would miss by far more than the
+/// tolerance.
+#[test]
+fn a_waiting_thread_that_starts_running_is_seen_running_at_once() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    let _serial = timing_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("spins.jsonl");
+    let _target = start_python(
+        &python,
+        &[
+            fixture("wake_then_spin.py").to_str().unwrap(),
+            log.to_str().unwrap(),
+            "12",
+        ],
+    );
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "fixture did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = _target.pid().to_string();
+    let out = dir.path().join("out");
+    let run = run_loopspy(
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "--duration",
+            "4s",
+            "--rate",
+            "1000",
+            "--format",
+            "collapsed",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    let collapsed = std::fs::read_to_string(out.join("flamegraph.collapsed"))
+        .unwrap_or_else(|e| panic!("{e}: {}", run.stderr));
+    let recording = &read_json(&out.join("incidents.json"))["recording"];
+    assert_eq!(recording["other_threads_hz"].as_u64(), Some(100));
+    let from = recording["start_unix"].as_f64().unwrap();
+    let to = from + recording["duration_s"].as_f64().unwrap();
+    // Wait for the spin that is running at the end to be logged.
+    std::thread::sleep(Duration::from_millis(600));
+    let spun_ms: f64 = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| Some((v["start"].as_f64()?, v["end"].as_f64()?)))
+        .map(|(start, end)| (end.min(to) - start.max(from)).max(0.0) * 1000.0)
+        .sum();
+    let seen_ms = weight_of(&collapsed, "spin") as f64 / 1000.0;
+    assert!(
+        spun_ms > 1500.0,
+        "the fixture spun only {spun_ms:.0} ms of the recording"
+    );
+    assert!(
+        (seen_ms - spun_ms).abs() <= 25.0 + 0.01 * spun_ms,
+        "spin() ran {spun_ms:.0} ms of the recording, the running-threads flame graph shows {seen_ms:.0} ms\n{collapsed}"
+    );
+    // Waking from a wait runs a little Python (`Condition.__exit__`): a read or two of 10 ms.
+    let waking_ms = weight_of(&collapsed, "Event.wait") as f64 / 1000.0;
+    assert!(
+        waking_ms <= 60.0,
+        "a waiting thread is not running: {waking_ms:.0} ms in Event.wait\n{collapsed}"
+    );
+}
+
 #[test]
 fn own_reader_equals_py_spy_on_3_14() {
     same_stacks_as_py_spy("3.14", false);
