@@ -395,7 +395,7 @@ mod tests {
     fn reads_own_threads_counters_and_file_offsets() {
         use std::io::Write;
         let me = std::process::id() as i32;
-        let tid = unsafe { libc::gettid() } as u64;
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
         let mut counters = CounterFiles::new(me);
         let before = counters.read(tid).expect("own thread's stat and io");
         let dir = tempfile::tempdir().unwrap();

@@ -54,7 +54,12 @@ fn own_layout() -> Option<Layout> {
     static OWN: OnceLock<Option<Layout>> = OnceLock::new();
     OWN.get_or_init(|| {
         // SAFETY: both calls only return ids of the calling thread.
-        let (pthread, tid) = unsafe { (libc::pthread_self() as u64, libc::gettid() as u64) };
+        let (pthread, tid) = unsafe {
+            (
+                libc::pthread_self() as u64,
+                libc::syscall(libc::SYS_gettid) as u64,
+            )
+        };
         let mut window = vec![0u8; WINDOW];
         memory::read_exact(std::process::id() as i32, pthread as usize, &mut window).ok()?;
         let at: Vec<usize> = u32_matches(&window, |v| v == tid).map(|(o, _)| o).collect();
@@ -362,7 +367,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
             let pthread = unsafe { libc::pthread_self() } as u64;
-            let tid = unsafe { libc::gettid() } as u64;
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
             tx.send((pthread, tid)).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(200));
         });
@@ -371,7 +376,7 @@ mod tests {
         let mut ns = NamespaceTids::new(pid);
         assert_eq!(map.resolve(pthread, &mut ns), Some(tid));
         let me = unsafe { libc::pthread_self() } as u64;
-        let my_tid = unsafe { libc::gettid() } as u64;
+        let my_tid = unsafe { libc::syscall(libc::SYS_gettid) } as u64;
         assert_eq!(map.resolve(me, &mut ns), Some(my_tid));
         handle.join().unwrap();
         // Our own layout is what the target's is compared with: it must be found.
