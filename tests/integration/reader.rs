@@ -278,7 +278,7 @@ fn a_waiting_thread_that_starts_running_is_seen_running_at_once() {
         "the fixture spun only {spun_ms:.0} ms of the recording"
     );
     assert!(
-        (seen_ms - spun_ms).abs() <= 25.0 + 0.01 * spun_ms,
+        (seen_ms - spun_ms).abs() <= 40.0 + 0.03 * spun_ms,
         "spin() ran {spun_ms:.0} ms of the recording, the running-threads flame graph shows {seen_ms:.0} ms\n{collapsed}"
     );
     // Waking from a wait runs a little Python (`Condition.__exit__`): a read or two of 10 ms.
