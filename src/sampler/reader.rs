@@ -360,12 +360,7 @@ impl TargetReader {
         let holder = reader.gil_holder();
         let mut heads = Vec::with_capacity(self.loop_threads.len() + due_others.len() + 1);
         for known in &self.loop_threads {
-            match reader.refresh(known) {
-                Ok(Some(head)) => heads.push(head),
-                // The thread exited: walk the list again (now, or on the next tick).
-                Ok(None) | Err(StackError::Memory(_)) => self.walk_next = true,
-                Err(err) => return Err(err),
-            }
+            refresh_into(reader, known, &mut heads, &mut self.walk_next)?;
         }
         let walked = if walk || std::mem::take(&mut self.walk_next) {
             let all = reader.threads()?;
@@ -388,11 +383,7 @@ impl TargetReader {
             None => {
                 let mut fresh = Vec::with_capacity(due_others.len());
                 for known in &due_others {
-                    match reader.refresh(known) {
-                        Ok(Some(head)) => fresh.push(head),
-                        Ok(None) | Err(StackError::Memory(_)) => self.walk_next = true,
-                        Err(err) => return Err(err),
-                    }
+                    refresh_into(reader, known, &mut fresh, &mut self.walk_next)?;
                 }
                 fresh
             }
@@ -402,11 +393,7 @@ impl TargetReader {
         // that thread, whose stack names the culprit.
         if let Some(h) = holder.filter(|h| !heads.iter().any(|t| t.tstate == *h)) {
             if let Some(known) = self.all_threads.iter().find(|t| t.tstate == h) {
-                match reader.refresh(known) {
-                    Ok(Some(head)) => heads.push(head),
-                    Ok(None) | Err(StackError::Memory(_)) => self.walk_next = true,
-                    Err(err) => return Err(err),
-                }
+                refresh_into(reader, known, &mut heads, &mut self.walk_next)?;
             }
         }
         let mut reads = Vec::with_capacity(heads.len());
@@ -677,6 +664,22 @@ impl TargetReader {
         forget_recycled_names(spy, &mut self.names, &threads);
         Some(threads)
     }
+}
+
+/// Reads `known`'s thread state again into `heads`; a thread that exited (its state gone or
+/// someone else's) asks for a walk of the thread list (now, or on the next tick).
+fn refresh_into(
+    reader: &mut StackReader<ProcessMemory>,
+    known: &ThreadHead,
+    heads: &mut Vec<ThreadHead>,
+    walk_next: &mut bool,
+) -> Result<(), StackError> {
+    match reader.refresh(known) {
+        Ok(Some(head)) => heads.push(head),
+        Ok(None) | Err(StackError::Memory(_)) => *walk_next = true,
+        Err(err) => return Err(err),
+    }
+    Ok(())
 }
 
 /// py-spy's idle rule for a thread the kernel shows running: a leaf in `threading`'s `wait` or
