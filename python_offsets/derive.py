@@ -2,6 +2,7 @@
 rules it assumes. Prints one JSON object.
 
     python3 python_offsets/derive.py
+    python3 python_offsets/derive.py --context-ver   # only thread_context_ver (3.13+ too)
 
 The tables in this folder (3.X.toml) are written from the CPython headers; the integration
 tests run this script under every supported interpreter and fail if a table disagrees with
@@ -633,7 +634,37 @@ def measure_interpreter(found):
     return workers
 
 
+def measure_context_ver(found):
+    """thread context_ver: the word after the thread state's `context` pointer, which holds the
+    entered Context (found as the one offset holding id(ctx) in two contexts run in turn); it
+    must grow by one on entering a context and by one on leaving it."""
+    import contextvars
+    main_ts = API.PyThreadState_Get()
+    seen = []
+
+    def inside(ctx):
+        blob = read(main_ts, TSTATE_SCAN)
+        seen.append((set(word_offsets(blob, id(ctx))), blob))
+
+    contexts = [contextvars.copy_context(), contextvars.copy_context()]
+    for ctx in contexts:
+        ctx.run(inside, ctx)
+    context = unique(common(seen[0][0], seen[1][0]), "thread context")
+    ver = context + PTR
+    first, second = word_at(seen[0][1], ver), word_at(seen[1][1], ver)
+    after = word_at(read(main_ts, TSTATE_SCAN), ver)
+    check(second == first + 2 and after == second + 1,
+          "thread context_ver at %d: %d, %d, then %d (expected +2, +1)" % (ver, first, second, after))
+    found["thread_context_ver"] = ver
+
+
 def main():
+    if sys.argv[1:] == ["--context-ver"]:
+        # The one field the debug offsets of 3.13+ do not carry (remote/debug_offsets.rs).
+        found = {"version": "%d.%d" % sys.version_info[:2]}
+        measure_context_ver(found)
+        print(json.dumps(found, sort_keys=True))
+        return
     found = asyncio.run(probe())
     measure_objects(found)
     ns = probe_namespace()
@@ -644,6 +675,7 @@ def main():
         measure_threads(found, workers)
         measure_frames(found, ns, workers)
         measure_gil(found)
+        measure_context_ver(found)
     finally:
         for w in workers:
             w.stop()

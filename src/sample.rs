@@ -66,6 +66,12 @@ pub struct ThreadSample {
     /// row never share it). Tells a task's consecutive steps apart on 3.14+, where asyncio's
     /// running-task table no longer changes with each step.
     pub callback_id: Option<CallbackId>,
+    /// The thread's callback clock (`PyThreadState.context_ver`, own reader): +1 each time the
+    /// thread enters or leaves a `contextvars.Context`. asyncio's and uvloop's handles run every
+    /// callback inside its context, so two reads with the same value saw the same callback, and
+    /// a changed value proves a boundary in between — however short the callbacks, whatever
+    /// the allocator does with handle addresses, on every loop of the process separately.
+    pub context_ver: Option<u64>,
     /// The thread's id inside the target's own PID namespace (a container), when that is not
     /// ours; `os_tid` is always our (the host's) id.
     pub ns_tid: Option<u64>,

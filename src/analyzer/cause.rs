@@ -578,6 +578,7 @@ mod tests {
             every: 1,
             truncated: false,
             callback_id: None,
+            context_ver: None,
             ns_tid: None,
             counters: None,
         }

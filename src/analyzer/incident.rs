@@ -27,6 +27,11 @@ pub enum StepMark {
     /// a different handle is its next step. The same handle is most likely the same step —
     /// handles are reused, two steps apart, by the allocator.
     Handle(CallbackId),
+    /// The thread's callback clock (`context_ver`, [`crate::sample::ThreadSample::context_ver`]):
+    /// the same value is the same callback, another value a later one. The strongest mark:
+    /// per thread, never reused, on every version and on uvloop. For the same known task (and
+    /// root), a changed value is that task's next step.
+    Context(u64),
 }
 
 /// Blocking (one callback held the loop) or saturation (many callbacks in one iteration).
@@ -249,6 +254,9 @@ impl BusyRun {
             (StepMark::Handle(a), StepMark::Handle(b)) => {
                 (a.root_frame == b.root_frame).then_some(a.handle == b.handle)
             }
+            // The same callback clock is the same callback, whatever the task read said (it is
+            // read after the stack and may already name the next task).
+            (StepMark::Context(a), StepMark::Context(b)) if a == b => Some(true),
             _ => self.same_task(key).then_some(known == generation),
         }
     }

@@ -377,14 +377,18 @@ impl Analyzer {
         }
     }
 
-    /// What tells this thread's callbacks apart: the handle its loop is running when the
-    /// reader saw it (3.13+; one per thread), else asyncio's running-task table — shared by
-    /// every loop of the process, so only when there is one loop.
+    /// What tells this thread's callbacks apart: its callback clock (`context_ver`, own reader,
+    /// every version), else the handle its loop is running when the reader saw it (3.13+; one
+    /// per thread), else asyncio's running-task table — shared by every loop of the process,
+    /// so only when there is one loop.
     fn step_generation(
         &self,
         thread: &ThreadSample,
         table: Option<TaskGeneration>,
     ) -> Option<StepMark> {
+        if let Some(clock) = thread.context_ver {
+            return Some(StepMark::Context(clock));
+        }
         match thread.callback_id {
             Some(handle) => Some(StepMark::Handle(handle)),
             None => table

@@ -45,6 +45,7 @@ fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
             every: 1,
             truncated: false,
             callback_id: None,
+            context_ver: None,
             ns_tid: None,
             counters: None,
         }],
@@ -159,4 +160,69 @@ fn a_sampling_gap_is_bridged_only_when_the_same_task_step_went_on() {
     // incident made of the gap.
     assert!(across_a_gap(Some(0xabc), 3).is_empty());
     assert!(across_a_gap(None, 2).is_empty());
+}
+
+/// `sample` read with the thread's callback clock at `clock`, stepping the task at `task`.
+fn with_clock(message: SamplerMessage, task: Option<u64>, clock: u64) -> SamplerMessage {
+    let SamplerMessage::Sample(mut s) = with_task(message, task, 1) else {
+        unreachable!()
+    };
+    s.threads[0].context_ver = Some(clock);
+    SamplerMessage::Sample(s)
+}
+
+/// A task stepping every `step_ms` (its callback clock +2 a step) with no sample ever seen
+/// idle between steps, as a loaded sampler sees a cooperative task: the incidents it makes.
+fn cooperative_steps(step_ms: u64) -> Vec<f64> {
+    let mut analyzer = Analyzer::new(gap_settings());
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    analyzer.feed(with_clock(sample(ms(0), None), None, 1));
+    for n in 1..=300 {
+        // Sampled every 2 ms while steps take `step_ms`: an aliasing sampler can see every
+        // other step only, which handle addresses (reused two steps apart) cannot tell apart.
+        let clock = 2 * (n / step_ms);
+        if n % 2 == 0 {
+            analyzer.feed(with_clock(sample(ms(n), Some("handler")), Some(0xabc), clock));
+        }
+    }
+    analyzer.feed(with_clock(sample(ms(301), None), None, 1_000));
+    let analysis = analyzer.finish();
+    analysis.incidents.iter().map(|i| i.duration_ms).collect()
+}
+
+#[test]
+fn a_task_stepping_every_millisecond_is_no_incident_when_its_callback_clock_moves() {
+    assert!(cooperative_steps(1).is_empty());
+    // The same clock throughout (one step held the loop) is one incident of the whole span.
+    let one = cooperative_steps(1_000);
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert!((one[0] - 300.0).abs() <= 2.0, "{one:?}");
+}
+
+#[test]
+fn the_callback_clock_bridges_a_sampling_gap_only_when_unchanged() {
+    let run = |after: u64| {
+        let mut analyzer = Analyzer::new(gap_settings());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        analyzer.feed(with_clock(sample(ms(0), None), None, 1));
+        for n in 1..=30 {
+            analyzer.feed(with_clock(sample(ms(n), Some("handler")), Some(0xabc), 2));
+        }
+        for n in 70..=100 {
+            analyzer.feed(with_clock(sample(ms(n), Some("handler")), Some(0xabc), after));
+        }
+        analyzer.feed(with_clock(sample(ms(101), None), None, after + 1));
+        let analysis = analyzer.finish();
+        analysis
+            .incidents
+            .iter()
+            .map(|i| i.duration_ms)
+            .collect::<Vec<_>>()
+    };
+    let bridged = run(2);
+    assert_eq!(bridged.len(), 1, "{bridged:?}");
+    assert!((bridged[0] - 100.0).abs() <= 2.0, "{bridged:?}");
+    assert!(run(4).is_empty(), "another step ran in the gap");
 }

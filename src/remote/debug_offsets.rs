@@ -447,6 +447,8 @@ impl DebugOffsets {
                 cframe_current_frame: None,
                 thread_id: get(ThreadId),
                 native_thread_id: Some(get(NativeThreadId)),
+                context_ver: Some(context_ver_offset(minor))
+                    .filter(|at| at + 8 <= get(ThreadSize)),
             },
             frame: FrameOffsets {
                 layout: FrameLayout::Interpreter,
@@ -591,6 +593,19 @@ pub fn layout_at(
         gil,
         binary,
     })
+}
+
+/// `context_ver` in the thread state of CPython 3.`minor` (3.13+), the one field the reader
+/// uses that the debug offsets do not carry: it follows `context` in the public `struct _ts`
+/// (Include/cpython/pystate.h), at 216 in 3.13 and 3.14 and 240 in 3.15, which added fields
+/// before it. Measured in Debian's 3.13.18, 3.14.10 and 3.15.2 by `python_offsets/derive.py
+/// --context-ver` (the integration tests re-measure it in each).
+pub fn context_ver_offset(minor: u64) -> usize {
+    if minor >= 15 {
+        240
+    } else {
+        216
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,11 @@ pub struct ThreadOffsets {
     /// `native_thread_id` (the kernel tid), 3.11+.
     #[serde(default)]
     pub native_thread_id: Option<usize>,
+    /// `context_ver`: counts every entry into and exit from a `contextvars.Context` on this
+    /// thread. asyncio and uvloop run each callback inside its context, so the count is the
+    /// thread's callback clock: unchanged between two reads means the same callback ran.
+    #[serde(default)]
+    pub context_ver: Option<usize>,
 }
 
 /// Which frame struct a version keeps on its frame chain.

@@ -95,6 +95,9 @@ pub struct ThreadHead {
     frame: u64,
     /// The `_PyCFrame` its current frame was read through (3.11–3.12; 0 otherwise).
     cframe: u64,
+    /// `context_ver`, the thread's callback clock ([`crate::sample::ThreadSample::context_ver`]),
+    /// read with the frame pointer.
+    pub context_ver: Option<u64>,
 }
 
 impl ThreadHead {
@@ -225,6 +228,7 @@ impl<M: RemoteMemory> StackReader<M> {
             t.cframe,
             Some(t.thread_id),
             t.native_thread_id,
+            t.context_ver,
         ]);
         let code_len = code_header_len(c);
         StackReader {
@@ -353,10 +357,11 @@ impl<M: RemoteMemory> StackReader<M> {
         self.read_hot(tstate, &mut buf[..len])?;
         let buf = &buf[..len];
         let t = &self.offsets.thread;
-        let (thread_id, native, next) = (
+        let (thread_id, native, next, context_ver) = (
             word(buf, t.thread_id),
             t.native_thread_id.map(|at| word(buf, at)),
             word(buf, t.next),
+            t.context_ver.map(|at| word(buf, at)),
         );
         let (frame, cframe) = match (t.frame, t.cframe, t.cframe_current_frame) {
             (Some(at), _, _) => (word(buf, at), 0),
@@ -376,6 +381,7 @@ impl<M: RemoteMemory> StackReader<M> {
             native_tid: native,
             frame,
             cframe,
+            context_ver,
         };
         Ok((head, next))
     }

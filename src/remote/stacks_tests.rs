@@ -605,6 +605,7 @@ impl Builder {
             t.cframe,
             Some(t.thread_id),
             t.native_thread_id,
+            t.context_ver,
         ]
         .into_iter()
         .flatten()
@@ -617,6 +618,10 @@ impl Builder {
         self.put_u64(addr + t.thread_id as u64, ids.0);
         if let Some(at) = t.native_thread_id {
             self.put_u64(addr + at as u64, ids.1);
+        }
+        if let Some(at) = t.context_ver {
+            // The callback clock: any value the thread's history gave it.
+            self.put_u64(addr + at as u64, ids.0 * 2 + 1);
         }
         let slot = match (t.frame, t.cframe, t.cframe_current_frame) {
             (Some(at), _, _) => addr + at as u64,
@@ -909,6 +914,7 @@ fn head_at(frame: u64) -> ThreadHead {
         native_tid: None,
         frame,
         cframe: 0,
+        context_ver: None,
     }
 }
 
@@ -946,6 +952,11 @@ fn well_formed_images_read_back_exactly() {
                 assert_eq!(head.tstate, thread.tstate, "3.{minor}");
                 assert_eq!(head.python_tid, thread.python_tid, "3.{minor}");
                 assert_eq!(head.native_tid, thread.native_tid, "3.{minor}");
+                assert_eq!(
+                    head.context_ver,
+                    Some(thread.python_tid * 2 + 1),
+                    "3.{minor}"
+                );
                 assert_eq!(head.frame, thread.frames[0].addr, "3.{minor}");
                 reader.stack(head, &mut frames).expect("stack");
                 assert_eq!(triples(&frames), thread.expected, "3.{minor} tight {tight}");

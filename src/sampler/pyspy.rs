@@ -224,6 +224,7 @@ pub(super) fn py_spy_thread_sample(
         // py-spy reads every frame (up to its own limit) and says nothing of a cut.
         truncated: false,
         callback_id: None,
+        context_ver: None,
         ns_tid: target_tid.filter(|_| ns.foreign()),
         // py-spy's reader reads no kernel counters.
         counters: None,

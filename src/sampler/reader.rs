@@ -500,6 +500,7 @@ impl TargetReader {
             every,
             truncated: depth == Depth::Truncated,
             callback_id,
+            context_ver: head.context_ver,
             ns_tid: target_tid.filter(|_| self.ns_tids.foreign()),
             counters,
         }

@@ -273,6 +273,7 @@ fn offset_tables_match_every_interpreter() {
             ("cframe_current_frame", thread.cframe_current_frame),
             ("thread_thread_id", Some(thread.thread_id)),
             ("thread_native_thread_id", thread.native_thread_id),
+            ("thread_context_ver", thread.context_ver),
             ("frame_back", Some(frame.back)),
             ("frame_code", Some(frame.code)),
             ("frame_globals", frame.globals),

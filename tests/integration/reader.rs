@@ -349,3 +349,38 @@ fn debug_offsets_of_3_13_builds_agree_with_the_3_13_table() {
         assert!(compared >= 30, "compared only {compared} fields");
     }
 }
+
+/// The one thread-state field the reader takes from 3.13+ that the target's debug offsets do
+/// not carry (`context_ver`, the callback clock) is where loopspy puts it, in each of Debian's
+/// 3.13, 3.14 and 3.15: measured inside the interpreter by `python_offsets/derive.py
+/// --context-ver` (it finds the entered Context's pointer and checks the word after it counts
+/// enters and exits).
+#[test]
+fn context_ver_offset_of_3_13_to_3_15_is_measured_in_each() {
+    for minor in 13..=15u64 {
+        let version = format!("3.{minor}");
+        let python = sid_python(&version).unwrap_or_else(|| {
+            missing(&format!("Debian's CPython {version} (tests/setup.sh)"));
+            unreachable!()
+        });
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python_offsets/derive.py");
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg("--context-ver")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "derive.py --context-ver on {version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let measured: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(measured["version"].as_str(), Some(version.as_str()));
+        assert_eq!(
+            measured["thread_context_ver"].as_u64(),
+            Some(loopspy::remote::debug_offsets::context_ver_offset(minor) as u64),
+            "{version}"
+        );
+    }
+}

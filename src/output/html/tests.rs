@@ -69,6 +69,7 @@ fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
             every: 1,
             truncated: false,
             callback_id: None,
+            context_ver: None,
             ns_tid: None,
             counters: None,
         }],
