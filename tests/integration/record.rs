@@ -313,15 +313,10 @@ fn uvloop(minor: &str) {
         return;
     }
     let _serial = timing_lock();
-    // On 3.14+ nothing readable tells consecutive steps of one task apart under uvloop (its
-    // handles run in C; the running-task dict is gone): a task yielding every millisecond can
-    // read as one callback — a known limit (docs/how-it-works.md), left to uvloop's own loop
-    // state (issue #12), so the cooperative scenario is not run there.
-    let scenarios = if minor == "3.14" || minor == "3.15" {
-        "sleep,cpu,back_to_back,short,callback,healthy"
-    } else {
-        "sleep,cpu,back_to_back,short,callback,healthy,cooperative"
-    };
+    // The cooperative scenario (a task yielding every millisecond) is told apart from one
+    // long callback by the thread's callback clock, which uvloop's handles move as asyncio's
+    // do; on 3.14+ it is the only mark there is (no running-task dict, handles run in C).
+    let scenarios = "sleep,cpu,back_to_back,short,callback,healthy,cooperative";
     let rec = record_blocker(&python, &["--uvloop", "--scenarios", scenarios], &[]);
     check_against_truth(&rec, false);
     let loops = rec.json["loops"].as_array().unwrap();
