@@ -183,7 +183,11 @@ fn cooperative_steps(step_ms: u64) -> Vec<f64> {
         // other step only, which handle addresses (reused two steps apart) cannot tell apart.
         let clock = 2 * (n / step_ms);
         if n % 2 == 0 {
-            analyzer.feed(with_clock(sample(ms(n), Some("handler")), Some(0xabc), clock));
+            analyzer.feed(with_clock(
+                sample(ms(n), Some("handler")),
+                Some(0xabc),
+                clock,
+            ));
         }
     }
     analyzer.feed(with_clock(sample(ms(301), None), None, 1_000));
@@ -211,7 +215,11 @@ fn the_callback_clock_bridges_a_sampling_gap_only_when_unchanged() {
             analyzer.feed(with_clock(sample(ms(n), Some("handler")), Some(0xabc), 2));
         }
         for n in 70..=100 {
-            analyzer.feed(with_clock(sample(ms(n), Some("handler")), Some(0xabc), after));
+            analyzer.feed(with_clock(
+                sample(ms(n), Some("handler")),
+                Some(0xabc),
+                after,
+            ));
         }
         analyzer.feed(with_clock(sample(ms(101), None), None, after + 1));
         let analysis = analyzer.finish();

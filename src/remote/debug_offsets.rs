@@ -447,8 +447,7 @@ impl DebugOffsets {
                 cframe_current_frame: None,
                 thread_id: get(ThreadId),
                 native_thread_id: Some(get(NativeThreadId)),
-                context_ver: Some(context_ver_offset(minor))
-                    .filter(|at| at + 8 <= get(ThreadSize)),
+                context_ver: Some(context_ver_offset(minor)).filter(|at| at + 8 <= get(ThreadSize)),
             },
             frame: FrameOffsets {
                 layout: FrameLayout::Interpreter,
