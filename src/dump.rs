@@ -116,6 +116,7 @@ pub fn run(settings: DumpSettings) -> Result<i32, LoopspyError> {
     if settings.json {
         let mut doc = json!({
             "pid": pid,
+            "ns_pid": crate::remote::threads::ns_pid(pid),
             "python_version": python_version,
             "command": command,
             "sampled_ms": WINDOW.as_millis() as u64,

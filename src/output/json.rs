@@ -124,6 +124,7 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
         "schema": SCHEMA,
         "target": {
             "pid": info.pid,
+            "ns_pid": info.ns_pid,
             "python_version": info.python_version,
             "command": info.command,
         },

@@ -24,6 +24,8 @@ use crate::sampler::{SamplerStats, StopReason};
 pub struct RecordingInfo {
     /// Target interpreter pid.
     pub pid: i32,
+    /// The same process's pid inside its own PID namespace (a container), when not ours.
+    pub ns_pid: Option<u64>,
     /// Its Python version.
     pub python_version: String,
     /// Its command line.

@@ -391,6 +391,7 @@ impl Recording<'_> {
             pid,
             Recorded {
                 pid,
+                ns_pid: crate::remote::threads::ns_pid(pid),
                 python_version: session.python_version,
                 command: session.command,
                 start_unix: session.start_unix,

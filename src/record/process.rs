@@ -16,6 +16,8 @@ use crate::sampler::{SamplerOutcome, StopReason};
 /// One recorded process.
 pub(super) struct Recorded {
     pub(super) pid: i32,
+    /// Its pid inside its own PID namespace, read at attach (a container's `1`).
+    pub(super) ns_pid: Option<u64>,
     pub(super) python_version: String,
     pub(super) command: String,
     pub(super) start_unix: f64,
@@ -121,6 +123,7 @@ pub(super) fn info_for(
 ) -> RecordingInfo {
     RecordingInfo {
         pid: p.pid,
+        ns_pid: p.ns_pid,
         python_version: p.python_version.clone(),
         command: p.command.clone(),
         rate_hz: settings.sampling.rate_hz,

@@ -313,6 +313,15 @@ fn namespace_tids(pid: i32) -> HashMap<u64, u64> {
     map
 }
 
+/// `pid` as the target's own PID namespace numbers it (a container's `1`), when that namespace
+/// is not ours; None for a process in loopspy's own namespace or one that is gone.
+pub fn ns_pid(pid: i32) -> Option<u64> {
+    if !NamespaceTids::new(pid).foreign() {
+        return None;
+    }
+    innermost_nspid(&read_bounded(&format!("/proc/{pid}/status"), 8192)?)
+}
+
 /// The last id of the `NSpid:` line of a status file.
 fn innermost_nspid(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;

@@ -200,6 +200,11 @@ fn check_causes_from_the_host(container: Container, io: &Path) {
         loops[0]["ns_thread_id"], 1,
         "the loop thread by its container id"
     );
+    assert_eq!(json["target"]["pid"], pid, "the process by its host pid");
+    assert_eq!(
+        json["target"]["ns_pid"], 1,
+        "the process by its container pid"
+    );
     check_causes(&json, &truth, &report);
     assert!(
         !report.contains("unreadable"),

@@ -9,6 +9,7 @@ use crate::sampler::{SamplerStats, StopReason};
 
 fn info() -> RecordingInfo {
     RecordingInfo {
+        ns_pid: None,
         pid: 4242,
         python_version: "3.12.1".into(),
         command: "python3 app.py <b>bold</b>".into(),
