@@ -227,6 +227,25 @@ impl Analyzer {
         let after_gap =
             previous.is_some_and(|p| at.saturating_duration_since(p) > self.settings.gap());
 
+        if position == LoopPosition::Internal(LoopKind::Uvloop) && !gil_stall {
+            if let Some(clock) = thread.context_ver {
+                // uvloop's C code runs between callbacks, within an iteration and across
+                // iterations alike, and polls with a zero timeout no sample catches: frames
+                // cannot tell a saturated loop's iterations apart. The callback clock can:
+                // here, outside any callback, the loop is busy but no callback holds it, and a
+                // callback run ends — unless the clock is still the run's (a read that caught
+                // a callback between its frames).
+                loop_thread.busy += weight;
+                let same_callback = loop_thread
+                    .run
+                    .as_ref()
+                    .is_some_and(|run| run.task_generation == Some(StepMark::Context(clock)));
+                if !same_callback {
+                    self.close_run(tid, at, false);
+                }
+                return;
+            }
+        }
         if !position.is_busy() {
             // The reading taken as the loop got back to its selector closes the run's counts
             // (a long write() adds its bytes only when it returns).
@@ -294,6 +313,7 @@ impl Analyzer {
             };
             let mut run = BusyRun::new(start_at, at);
             run.loop_context = context;
+            run.task_generation = generation;
             run.evidence
                 .counters_start(thread.counters.as_ref().or(counters_before.as_ref()));
             run
@@ -443,8 +463,17 @@ impl Analyzer {
             loop_thread.handle_run_lines.add(line);
         }
         let handle_run = loop_thread.handle_run_lines.most_frequent();
+        let kind = loop_thread.kind;
         let run = loop_thread.run.as_mut()?;
         let midway = incident::midway(run.last_busy_at, at);
+        // uvloop: no iteration boundary is ever seen (see `add_thread`), so a run is one
+        // callback, and a new callback clock — whatever the task — is the next callback.
+        if let (LoopKind::Uvloop, Some(StepMark::Context(now))) = (kind, generation) {
+            let before = run.task_generation.replace(StepMark::Context(now));
+            if before.is_some_and(|b| b != StepMark::Context(now)) {
+                return Some(midway);
+            }
+        }
         if let (Some(line), Some(handle_run)) = (run_once_line, handle_run) {
             if loop_detect::new_iteration(run.last_run_once_line, line, handle_run) {
                 return Some(midway);

@@ -14,5 +14,6 @@ mod hostile;
 mod html;
 mod reader;
 mod record;
+mod saturated;
 mod top;
 mod wheel;
