@@ -72,6 +72,12 @@ pub struct ThreadSample {
     /// a changed value proves a boundary in between — however short the callbacks, whatever
     /// the allocator does with handle addresses, on every loop of the process separately.
     pub context_ver: Option<u64>,
+    /// Where a selector loop is in its handle loop: `_run_once`'s `i`, the index of the handle
+    /// it runs this iteration (own reader; None outside the handle loop and on uvloop). Read
+    /// with the callback clock it tells a loop's iterations apart: within one iteration the
+    /// clock moves by exactly two per handle run (one Context entered and left), so a clock
+    /// that moved further than the index did means the loop went round in between.
+    pub handle_index: Option<u64>,
     /// The thread's id inside the target's own PID namespace (a container), when that is not
     /// ours; `os_tid` is always our (the host's) id.
     pub ns_tid: Option<u64>,

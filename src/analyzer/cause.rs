@@ -579,6 +579,7 @@ mod tests {
             truncated: false,
             callback_id: None,
             context_ver: None,
+            handle_index: None,
             ns_tid: None,
             counters: None,
         }

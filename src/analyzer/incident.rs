@@ -174,6 +174,9 @@ pub struct BusyRun {
     pub last_run_once_line: Option<u32>,
     /// Generation of the running-task table at the latest sample.
     pub task_generation: Option<StepMark>,
+    /// The callback clock and `_run_once`'s handle index at the latest sample, when both
+    /// were read (selector loops, own reader).
+    pub last_handle_pos: Option<(u64, u64)>,
     /// Busy samples so far.
     pub samples: u32,
     /// Of them, samples whose stack the reader cut (deeper than it reads).
@@ -225,6 +228,7 @@ impl BusyRun {
             loop_context: None,
             last_run_once_line: None,
             task_generation: None,
+            last_handle_pos: None,
             samples: 0,
             cut_samples: 0,
             stacks: HashMap::new(),

@@ -286,11 +286,19 @@ impl Analyzer {
         // and asyncio's running-task table did not change (every step start and end changes
         // it), so one task step went on through the gap.
         let generation = self.step_generation(thread, sample.task_generation);
+        let handle_pos = thread.context_ver.zip(thread.handle_index);
         if after_gap && !self.same_step_across_gap(tid, key, generation) {
             self.close_run(tid, at, false);
         }
         let run_once_line = facts.run_once_line;
-        let split_at = self.run_boundary(tid, at, position, key, generation, run_once_line);
+        let split_at = self.run_boundary(
+            tid,
+            at,
+            position,
+            key,
+            generation,
+            (run_once_line, handle_pos),
+        );
         if let Some(boundary) = split_at {
             self.finish_run(tid, boundary, false);
         }
@@ -314,6 +322,7 @@ impl Analyzer {
             let mut run = BusyRun::new(start_at, at);
             run.loop_context = context;
             run.task_generation = generation;
+            run.last_handle_pos = handle_pos;
             run.evidence
                 .counters_start(thread.counters.as_ref().or(counters_before.as_ref()));
             run
@@ -377,6 +386,13 @@ impl Analyzer {
         let Some(loop_thread) = a.loops.get_mut(&tid) else {
             return;
         };
+        // Whatever the frames, a kernel reading taken with this sample is the latest word on
+        // the busy run's counts: the run may close right here (a torn read while the loop is
+        // back in epoll is frequent on 3.8–3.10), and a long write() adds its bytes only when
+        // it returns — without this reading a page-cache write read as 0 bytes, `cpu`.
+        if let (Some(run), Some(counters)) = (loop_thread.run.as_mut(), &thread.counters) {
+            run.evidence.add_counters(counters);
+        }
         if thread.frames.last() == Some(a.symbols.frames.get(loop_thread.base_frame)) {
             self.close_run(tid, at, false);
         } else {
@@ -448,7 +464,7 @@ impl Analyzer {
         position: LoopPosition,
         key: Option<CallbackKey>,
         generation: Option<StepMark>,
-        run_once_line: Option<u32>,
+        (run_once_line, handle_pos): (Option<u32>, Option<(u64, u64)>),
     ) -> Option<Instant> {
         let threshold = self.settings.threshold;
         let loop_thread = self.analysis.loops.get_mut(&tid)?;
@@ -479,6 +495,19 @@ impl Analyzer {
                 return Some(midway);
             }
         }
+        // The handle loop's index with the callback clock: in one iteration the clock moves by
+        // two per handle run (cancelled handles are skipped: less), so an index that went back,
+        // or a clock that moved further than the index did, means the loop went round — also
+        // when no sample caught it between its handle loops. One handle of slack: the clock
+        // is read a moment before the frames.
+        if let (Some((clock0, index0)), Some((clock1, index1))) = (run.last_handle_pos, handle_pos)
+        {
+            run.last_handle_pos = handle_pos;
+            if index1 < index0 || clock1.saturating_sub(clock0) > 2 * (index1 - index0) + 2 {
+                return Some(midway);
+            }
+        }
+        run.last_handle_pos = handle_pos;
         let key = key?;
         if let Some(generation) = generation {
             let stepped_again = run.same_step(&key, generation) == Some(false);

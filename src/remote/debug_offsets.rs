@@ -145,6 +145,8 @@ pub enum Field {
     CodeLinetable,
     /// `code_object.firstlineno`.
     CodeFirstLine,
+    /// `code_object.localsplusnames`.
+    CodeLocalsplusnames,
     /// `code_object.co_code_adaptive`.
     CodeAdaptive,
     /// `pyobject.size`.
@@ -204,6 +206,7 @@ fn position(field: Field, minor: u64) -> Option<usize> {
         CodeQualname => [296, 336, 400],
         CodeLinetable => [304, 344, 408],
         CodeFirstLine => [312, 352, 416],
+        CodeLocalsplusnames => [328, 368, 432],
         CodeAdaptive => [344, 384, 448],
         ObjectSize => [352, 400, 464],
         ObType => [360, 408, 472],
@@ -329,6 +332,7 @@ impl DebugOffsets {
             CodeQualname,
             CodeLinetable,
             CodeFirstLine,
+            CodeLocalsplusnames,
             CodeAdaptive,
             ObjectSize,
             ObType,
@@ -476,6 +480,9 @@ impl DebugOffsets {
                 linetable: get(CodeLinetable),
                 code: None,
                 code_adaptive: Some(get(CodeAdaptive)),
+                varnames: Some(get(CodeLocalsplusnames)),
+                // Include/cpython/tupleobject.h: 3.14 caches the hash before the items.
+                names_items: if minor >= 14 { 32 } else { 24 },
                 line_table: LineTableFormat::Locations311,
             },
             bytes: BytesOffsets {
@@ -517,6 +524,7 @@ fn field_name(field: Field) -> &'static str {
         CodeQualname => "code_object.qualname",
         CodeLinetable => "code_object.linetable",
         CodeFirstLine => "code_object.firstlineno",
+        CodeLocalsplusnames => "code_object.localsplusnames",
         CodeAdaptive => "code_object.co_code_adaptive",
         ObjectSize => "pyobject.size",
         ObType => "pyobject.ob_type",
@@ -646,6 +654,7 @@ pub(crate) mod tests {
             (CodeQualname, [128, 128, 128]),
             (CodeLinetable, [136, 136, 136]),
             (CodeFirstLine, [68, 68, 68]),
+            (CodeLocalsplusnames, [96, 96, 96]),
             (CodeAdaptive, [200, 208, 208]),
             (ObjectSize, [16, 16, 16]),
             (ObType, [8, 8, 8]),

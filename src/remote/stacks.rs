@@ -125,6 +125,8 @@ struct CodeInfo {
     shim: bool,
     /// asyncio's `Handle._run`, whose `self` tells one callback from the next.
     handle_run: bool,
+    /// asyncio's `BaseEventLoop._run_once`: the fast-local slot of its handle loop's index `i`.
+    run_once_slot: Option<usize>,
 }
 
 impl CodeInfo {
@@ -164,6 +166,8 @@ pub struct StackReader<M> {
     pages: TickPages,
     /// The innermost `Handle._run`'s handle of the last [`StackReader::stack`].
     callback_id: Option<CallbackId>,
+    /// The handle loop index of the last [`StackReader::stack`]'s `_run_once`.
+    handle_index: Option<u64>,
 }
 
 /// The target's blocks read during the current tick, and what each thread's walk touched.
@@ -206,6 +210,7 @@ fn code_header_len(c: &CodeOffsets) -> usize {
         Some(c.firstlineno),
         Some(c.linetable),
         c.code,
+        c.varnames,
     ])
 }
 
@@ -246,6 +251,7 @@ impl<M: RemoteMemory> StackReader<M> {
             stats: ReaderStats::default(),
             pages: TickPages::default(),
             callback_id: None,
+            handle_index: None,
         }
     }
 
@@ -419,6 +425,7 @@ impl<M: RemoteMemory> StackReader<M> {
     ) -> Result<Depth, StackError> {
         out.clear();
         self.callback_id = None;
+        self.handle_index = None;
         // What this walk reads is read ahead the next time this thread is due.
         let pages = &mut self.pages;
         pages.touched.clear();
@@ -505,8 +512,10 @@ impl<M: RemoteMemory> StackReader<M> {
             };
             let locals = self.offsets.frame.localsplus;
             let want_self = self.callback_id.is_none();
+            let want_index = self.handle_index.is_none();
             let info = self.code(code, position, globals)?;
             let read_self = info.handle_run && want_self;
+            let index_slot = info.run_once_slot.filter(|_| want_index);
             if !info.shim && !info.handle_run {
                 root_frame = addr;
             }
@@ -525,9 +534,62 @@ impl<M: RemoteMemory> StackReader<M> {
                 let handle = u64::from_ne_bytes(handle) & !self.offsets.frame.code_tag_bits;
                 self.callback_id = (handle != 0).then_some(CallbackId { handle, root_frame });
             }
+            if let (Some(slot), Some(locals)) = (index_slot, locals) {
+                let at = addr.wrapping_add((locals + 8 * slot) as u64);
+                let mut index = [0u8; 8];
+                if self.read_hot(at, &mut index).is_ok() {
+                    let index = u64::from_ne_bytes(index) & !self.offsets.frame.code_tag_bits;
+                    self.handle_index = self.small_int(index);
+                }
+            }
             addr = back;
         }
         Ok(Depth::Whole)
+    }
+
+    /// Where in its handle loop the last [`Self::stack`] found a selector loop: `_run_once`'s
+    /// `i`, the index of the handle it runs this iteration (None outside the handle loop, on
+    /// uvloop, or where the table has no locals).
+    pub fn handle_index(&self) -> Option<u64> {
+        self.handle_index
+    }
+
+    /// The value of the int object at `obj`, if it is one of at most 30 bits (a loop index).
+    fn small_int(&self, obj: u64) -> Option<u64> {
+        if obj == 0 {
+            return None;
+        }
+        let l = &self.offsets.long;
+        let mut buf = [0u8; 32];
+        let len = (l.digits + 4).min(32);
+        self.read(obj, &mut buf[..len]).ok()?;
+        let size = word(&buf, l.tag);
+        let (digits, negative) = if l.tagged {
+            (size >> 3, size & 3 == 2)
+        } else {
+            let signed = size as i64;
+            (signed.unsigned_abs(), signed < 0)
+        };
+        let digit = u64::from(u32::from_ne_bytes(
+            buf[l.digits..l.digits + 4].try_into().ok()?,
+        ));
+        match (digits, negative) {
+            (0, _) => Some(0),
+            (1, false) if digit < 1 << 30 => Some(digit),
+            _ => None,
+        }
+    }
+
+    /// The slot of the local named `name` in the code's local names tuple (at most 64 read).
+    fn local_slot(&self, names: u64, name: &str) -> Option<usize> {
+        let count = self.read_word(names.wrapping_add(16)).ok()? as usize;
+        let mut items = vec![0u8; count.min(64) * 8];
+        let items_at = self.offsets.code.names_items as u64;
+        self.read(names.wrapping_add(items_at), &mut items).ok()?;
+        (0..count.min(64)).find(|&k| {
+            self.read_str(word(&items, k * 8))
+                .is_ok_and(|local| local == name)
+        })
     }
 
     /// Which callback the last [`Self::stack`] found its loop running: the address of the
@@ -652,6 +714,11 @@ impl<M: RemoteMemory> StackReader<M> {
         }
         let shim = file.is_empty() || &*file == "<shim>";
         let handle_run = function == "Handle._run" && file.ends_with("asyncio/events.py");
+        let run_once = function.ends_with("_run_once") && file.ends_with("asyncio/base_events.py");
+        let run_once_slot = c
+            .varnames
+            .filter(|_| run_once)
+            .and_then(|at| self.local_slot(word(header, at), "i"));
         Ok(CodeInfo {
             lines: LineTable::decode(c.line_table, &table, first_line as u32),
             function: function.into(),
@@ -662,6 +729,7 @@ impl<M: RemoteMemory> StackReader<M> {
             checked_at: self.now,
             shim,
             handle_run,
+            run_once_slot,
         })
     }
 

@@ -225,6 +225,7 @@ pub(super) fn py_spy_thread_sample(
         truncated: false,
         callback_id: None,
         context_ver: None,
+        handle_index: None,
         ns_tid: target_tid.filter(|_| ns.foreign()),
         // py-spy's reader reads no kernel counters.
         counters: None,

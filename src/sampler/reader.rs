@@ -61,6 +61,7 @@ pub(super) struct ThreadRead {
     frames: Vec<Frame>,
     depth: Depth,
     callback_id: Option<crate::sample::CallbackId>,
+    handle_index: Option<u64>,
     /// Ticks this read stands for: 1 for a loop thread, the ticks since the thread's last
     /// read for the others.
     every: u32,
@@ -420,6 +421,7 @@ impl TargetReader {
                 frames,
                 depth,
                 callback_id: reader.callback_id(),
+                handle_index: reader.handle_index(),
                 every,
             });
         }
@@ -451,6 +453,7 @@ impl TargetReader {
             frames,
             depth,
             callback_id,
+            handle_index,
             every,
         } = read;
         let pid = self.pid;
@@ -501,6 +504,7 @@ impl TargetReader {
             truncated: depth == Depth::Truncated,
             callback_id,
             context_ver: head.context_ver,
+            handle_index,
             ns_tid: target_tid.filter(|_| self.ns_tids.foreign()),
             counters,
         }

@@ -71,6 +71,7 @@ fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
             truncated: false,
             callback_id: None,
             context_ver: None,
+            handle_index: None,
             ns_tid: None,
             counters: None,
         }],
