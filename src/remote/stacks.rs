@@ -539,7 +539,9 @@ impl<M: RemoteMemory> StackReader<M> {
                 let mut index = [0u8; 8];
                 if self.read_hot(at, &mut index).is_ok() {
                     let index = u64::from_ne_bytes(index) & !self.offsets.frame.code_tag_bits;
-                    self.handle_index = self.small_int(index);
+                    self.handle_index = self
+                        .small_int(index)
+                        .filter(|_| self.same_callback_still(thread));
                 }
             }
             addr = back;
@@ -552,6 +554,19 @@ impl<M: RemoteMemory> StackReader<M> {
     /// uvloop, or where the table has no locals).
     pub fn handle_index(&self) -> Option<u64> {
         self.handle_index
+    }
+
+    /// Whether `thread` still runs the callback its head was read in: its callback clock read
+    /// again, now, is the one read with the head. The handle index and its int object are read
+    /// after the head; an int past 256 is a fresh object, freed and its memory reused as soon
+    /// as the loop moves on, so an index is only kept when no handle boundary came in between
+    /// (one that read ahead of the clock once split a real 450 ms saturation in five).
+    fn same_callback_still(&self, thread: &ThreadHead) -> bool {
+        let (Some(at), Some(before)) = (self.offsets.thread.context_ver, thread.context_ver) else {
+            return false;
+        };
+        self.read_word(thread.tstate.wrapping_add(at as u64))
+            .is_ok_and(|now| now == before)
     }
 
     /// The value of the int object at `obj`, if it is one of at most 30 bits (a loop index).
