@@ -77,7 +77,7 @@ pub struct ThreadSample {
     /// with the callback clock it tells a loop's iterations apart: within one iteration the
     /// clock moves by exactly two per handle run (one Context entered and left), so a clock
     /// that moved further than the index did means the loop went round in between.
-    pub handle_index: Option<u64>,
+    pub handle_index: Option<HandleIndex>,
     /// The thread's id inside the target's own PID namespace (a container), when that is not
     /// ours; `os_tid` is always our (the host's) id.
     pub ns_tid: Option<u64>,
@@ -106,6 +106,17 @@ pub struct ThreadCounters {
     /// when this reading looked (only when the thread moved bytes): a file written or read on
     /// CPU leaves no syscall to read its descriptor from.
     pub busiest_file: Option<String>,
+}
+
+/// `_run_once`'s handle index as one stack read saw it, and the callback clock read right
+/// after it: the index was current at some moment between the thread's clock read with its
+/// frame pointer ([`ThreadSample::context_ver`]) and `clock_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandleIndex {
+    /// `i` of `for i in range(ntodo)`.
+    pub index: u64,
+    /// The callback clock read after it.
+    pub clock_after: u64,
 }
 
 /// Which callback a loop thread is running, as one stack read saw it (3.13+, own reader).

@@ -176,7 +176,7 @@ pub struct BusyRun {
     pub task_generation: Option<StepMark>,
     /// The callback clock and `_run_once`'s handle index at the latest sample, when both
     /// were read (selector loops, own reader).
-    pub last_handle_pos: Option<(u64, u64)>,
+    pub last_handle_pos: Option<(u64, u64, u64)>,
     /// Busy samples so far.
     pub samples: u32,
     /// Of them, samples whose stack the reader cut (deeper than it reads).

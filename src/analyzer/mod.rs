@@ -286,7 +286,11 @@ impl Analyzer {
         // and asyncio's running-task table did not change (every step start and end changes
         // it), so one task step went on through the gap.
         let generation = self.step_generation(thread, sample.task_generation);
-        let handle_pos = thread.context_ver.zip(thread.handle_index);
+        // (clock before, clock after, index): the index was current between the two clocks.
+        let handle_pos = thread
+            .context_ver
+            .zip(thread.handle_index)
+            .map(|(before, h)| (before, h.clock_after, h.index));
         if after_gap && !self.same_step_across_gap(tid, key, generation) {
             self.close_run(tid, at, false);
         }
@@ -464,7 +468,7 @@ impl Analyzer {
         position: LoopPosition,
         key: Option<CallbackKey>,
         generation: Option<StepMark>,
-        (run_once_line, handle_pos): (Option<u32>, Option<(u64, u64)>),
+        (run_once_line, handle_pos): (Option<u32>, Option<(u64, u64, u64)>),
     ) -> Option<Instant> {
         let threshold = self.settings.threshold;
         let loop_thread = self.analysis.loops.get_mut(&tid)?;
@@ -500,10 +504,12 @@ impl Analyzer {
         // or a clock that moved further than the index did, means the loop went round — also
         // when no sample caught it between its handle loops. One handle of slack: the clock
         // is read a moment before the frames.
-        if let (Some((clock0, index0)), Some((clock1, index1))) = (run.last_handle_pos, handle_pos)
+        if let (Some((_, after0, index0)), Some((before1, _, index1))) =
+            (run.last_handle_pos, handle_pos)
         {
             run.last_handle_pos = handle_pos;
-            if index1 < index0 || clock1.saturating_sub(clock0) > 2 * (index1 - index0) + 2 {
+            // The least the clock can have moved between the two index reads.
+            if index1 < index0 || before1.saturating_sub(after0) > 2 * (index1 - index0) + 2 {
                 return Some(midway);
             }
         }

@@ -167,7 +167,7 @@ pub struct StackReader<M> {
     /// The innermost `Handle._run`'s handle of the last [`StackReader::stack`].
     callback_id: Option<CallbackId>,
     /// The handle loop index of the last [`StackReader::stack`]'s `_run_once`.
-    handle_index: Option<u64>,
+    handle_index: Option<crate::sample::HandleIndex>,
 }
 
 /// The target's blocks read during the current tick, and what each thread's walk touched.
@@ -539,9 +539,16 @@ impl<M: RemoteMemory> StackReader<M> {
                 let mut index = [0u8; 8];
                 if self.read_hot(at, &mut index).is_ok() {
                     let index = u64::from_ne_bytes(index) & !self.offsets.frame.code_tag_bits;
-                    self.handle_index = self
-                        .small_int(index)
-                        .filter(|_| self.same_callback_still(thread));
+                    self.handle_index = self.small_int(index).and_then(|value| {
+                        // The clock after the index: the index was read between the two.
+                        let after = self.clock_now(thread)?;
+                        // Only under an unchanged clock is the int object surely the index's:
+                        // past 256 it is a fresh object whose memory the next one may take.
+                        (Some(after) == thread.context_ver).then_some(crate::sample::HandleIndex {
+                            index: value,
+                            clock_after: after,
+                        })
+                    });
                 }
             }
             addr = back;
@@ -552,21 +559,19 @@ impl<M: RemoteMemory> StackReader<M> {
     /// Where in its handle loop the last [`Self::stack`] found a selector loop: `_run_once`'s
     /// `i`, the index of the handle it runs this iteration (None outside the handle loop, on
     /// uvloop, or where the table has no locals).
-    pub fn handle_index(&self) -> Option<u64> {
+    pub fn handle_index(&self) -> Option<crate::sample::HandleIndex> {
         self.handle_index
     }
 
-    /// Whether `thread` still runs the callback its head was read in: its callback clock read
-    /// again, now, is the one read with the head. The handle index and its int object are read
-    /// after the head; an int past 256 is a fresh object, freed and its memory reused as soon
-    /// as the loop moves on, so an index is only kept when no handle boundary came in between
-    /// (one that read ahead of the clock once split a real 450 ms saturation in five).
-    fn same_callback_still(&self, thread: &ThreadHead) -> bool {
-        let (Some(at), Some(before)) = (self.offsets.thread.context_ver, thread.context_ver) else {
-            return false;
-        };
-        self.read_word(thread.tstate.wrapping_add(at as u64))
-            .is_ok_and(|now| now == before)
+    /// `thread`'s callback clock read again, now. The handle index and its int object are read
+    /// after the head, so the index belongs somewhere between the head's clock and this one;
+    /// an int past 256 is a fresh object, freed and its memory reused as soon as the loop
+    /// moves on, so such an index is only kept when no handle boundary came in between (one
+    /// read ahead of the clock once split a real 450 ms saturation in five).
+    fn clock_now(&self, thread: &ThreadHead) -> Option<u64> {
+        let at = self.offsets.thread.context_ver?;
+        thread.context_ver?;
+        self.read_word(thread.tstate.wrapping_add(at as u64)).ok()
     }
 
     /// The value of the int object at `obj`, if it is one of at most 30 bits (a loop index).

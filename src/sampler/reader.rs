@@ -61,7 +61,7 @@ pub(super) struct ThreadRead {
     frames: Vec<Frame>,
     depth: Depth,
     callback_id: Option<crate::sample::CallbackId>,
-    handle_index: Option<u64>,
+    handle_index: Option<crate::sample::HandleIndex>,
     /// Ticks this read stands for: 1 for a loop thread, the ticks since the thread's last
     /// read for the others.
     every: u32,
