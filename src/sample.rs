@@ -60,24 +60,19 @@ pub struct ThreadSample {
     /// The stack was deeper than the reader reads (`remote::stacks::MAX_FRAMES`): `frames` are its
     /// innermost ones, the outermost (where the event loop is) are missing.
     pub truncated: bool,
-    /// Which callback the loop is running, where the reader can tell one from the next
-    /// (CPython 3.13+ with the own reader: the address of the `Handle` that `Handle._run` is
-    /// running — the next step's handle is made while this one still lives, so two steps in a
-    /// row never share it). Tells a task's consecutive steps apart on 3.14+, where asyncio's
-    /// running-task table no longer changes with each step.
-    pub callback_id: Option<CallbackId>,
     /// The thread's callback clock (`PyThreadState.context_ver`, own reader): +1 each time the
     /// thread enters or leaves a `contextvars.Context`. asyncio's and uvloop's handles run every
     /// callback inside its context, so two reads with the same value saw the same callback, and
     /// a changed value proves a boundary in between — however short the callbacks, whatever
     /// the allocator does with handle addresses, on every loop of the process separately.
     pub context_ver: Option<u64>,
-    /// Where a selector loop is in its handle loop: `_run_once`'s `i`, the index of the handle
-    /// it runs this iteration (own reader; None outside the handle loop and on uvloop). Read
-    /// with the callback clock it tells a loop's iterations apart: within one iteration the
-    /// clock moves by exactly two per handle run (one Context entered and left), so a clock
-    /// that moved further than the index did means the loop went round in between.
-    pub handle_index: Option<HandleIndex>,
+    /// The callback clock read once more after the running tasks were read (own reader, a
+    /// loop thread in a callback, when a running task was found): equal to `context_ver`, no
+    /// callback began or ended between the two reads, so the frames and the running task read
+    /// in between are of the same callback. The task is read last, and a loop running short
+    /// callbacks is often in the next one by then: two samples naming the same task under two
+    /// clocks prove that task stepped twice only when both were read so.
+    pub clock_after_tasks: Option<u64>,
     /// The thread's id inside the target's own PID namespace (a container), when that is not
     /// ours; `os_tid` is always our (the host's) id.
     pub ns_tid: Option<u64>,
@@ -106,30 +101,6 @@ pub struct ThreadCounters {
     /// when this reading looked (only when the thread moved bytes): a file written or read on
     /// CPU leaves no syscall to read its descriptor from.
     pub busiest_file: Option<String>,
-}
-
-/// `_run_once`'s handle index as one stack read saw it, and the callback clock read right
-/// after it: the index was current at some moment between the thread's clock read with its
-/// frame pointer ([`ThreadSample::context_ver`]) and `clock_after`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HandleIndex {
-    /// `i` of `for i in range(ntodo)`.
-    pub index: u64,
-    /// The callback clock read after it.
-    pub clock_after: u64,
-}
-
-/// Which callback a loop thread is running, as one stack read saw it (3.13+, own reader).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallbackId {
-    /// The `Handle` object `Handle._run` runs: a new one for every callback (the next step's is
-    /// made while this one lives, so two steps in a row never share it).
-    pub handle: u64,
-    /// The address of the callback's root frame (for a task, its coroutine's frame, which
-    /// lives in the coroutine object): the same task's steps share it, other tasks' do not.
-    /// Read in the same walk as `handle`, so the two always agree — unlike the running task,
-    /// which is read after the stack, by when the loop may be in the next task.
-    pub root_frame: u64,
 }
 
 /// Every Python thread of the target at one instant.

@@ -577,9 +577,8 @@ mod tests {
             owns_gil: false,
             every: 1,
             truncated: false,
-            callback_id: None,
             context_ver: None,
-            handle_index: None,
+            clock_after_tasks: None,
             ns_tid: None,
             counters: None,
         }

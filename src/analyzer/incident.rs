@@ -11,7 +11,7 @@ use super::cause::{Cause, CauseEvidence};
 use super::intern::{FrameId, StackId};
 use super::loop_detect::LoopKind;
 use crate::remote::source::SourceContext;
-use crate::sample::{CallbackId, RunningTask, TaskGeneration};
+use crate::sample::{RunningTask, TaskGeneration};
 
 /// Lines of source kept either side of an incident's culprit line.
 pub const CONTEXT_LINES: u32 = 3;
@@ -19,18 +19,14 @@ pub const CONTEXT_LINES: u32 = 3;
 /// What tells one callback (task step) of a loop from the next, as far as the reader knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepMark {
-    /// The process's running-task table (3.8–3.13): it changes with every step of any task
-    /// of any loop, so it speaks of one task's steps only.
+    /// The process's running-task table (3.8–3.13, py-spy reader): it changes with every
+    /// step of any task of any loop, so it speaks of one task's steps only.
     Table(TaskGeneration),
-    /// The handle this thread's `Handle._run` runs and the callback's root frame, read in one
-    /// walk (3.13+ with the own reader): under the same root frame (the same task's coroutine),
-    /// a different handle is its next step. The same handle is most likely the same step —
-    /// handles are reused, two steps apart, by the allocator.
-    Handle(CallbackId),
-    /// The thread's callback clock (`context_ver`, [`crate::sample::ThreadSample::context_ver`]):
-    /// the same value is the same callback, another value a later one. The strongest mark:
-    /// per thread, never reused, on every version and on uvloop. For the same known task (and
-    /// root), a changed value is that task's next step.
+    /// The thread's callback clock (`context_ver`, [`crate::sample::ThreadSample::context_ver`],
+    /// own reader): the same value is the same callback, another value a later one. Per
+    /// thread, never reused, on every version and on uvloop. For the same known task (and
+    /// root), read where the clock proved the task read, a changed value is that task's next
+    /// step.
     Context(u64),
 }
 
@@ -172,11 +168,11 @@ pub struct BusyRun {
     pub loop_context: Option<u64>,
     /// `_run_once`'s line at the latest sample (selector loops).
     pub last_run_once_line: Option<u32>,
-    /// Generation of the running-task table at the latest sample.
+    /// The step mark of the latest sample ([`StepMark`]).
     pub task_generation: Option<StepMark>,
-    /// The callback clock and `_run_once`'s handle index at the latest sample, when both
-    /// were read (selector loops, own reader).
-    pub last_handle_pos: Option<(u64, u64, u64)>,
+    /// The latest sample whose running task its callback clock confirmed
+    /// ([`crate::sample::ThreadSample::clock_after_tasks`]): (root, task, clock).
+    confirmed_step: Option<(u64, u64, u64)>,
     /// Busy samples so far.
     pub samples: u32,
     /// Of them, samples whose stack the reader cut (deeper than it reads).
@@ -228,7 +224,7 @@ impl BusyRun {
             loop_context: None,
             last_run_once_line: None,
             task_generation: None,
-            last_handle_pos: None,
+            confirmed_step: None,
             samples: 0,
             cut_samples: 0,
             stacks: HashMap::new(),
@@ -247,21 +243,48 @@ impl BusyRun {
         }
     }
 
-    /// Whether the task `key` names, seen under running-task table `generation`, is in the same
-    /// step as the run's latest sample: `Some(true)` the same task under an unchanged table (no
-    /// step started or ended in between), `Some(false)` the same task stepped again (the loop
-    /// went round), `None` when it is not the same known task or the run has no generation.
-    pub fn same_step(&self, key: &CallbackKey, generation: StepMark) -> Option<bool> {
+    /// Whether the callback `key` names, seen under step mark `generation`, is in the same step
+    /// as the run's latest sample: `Some(true)` the same step (an unchanged callback clock, or
+    /// the same task under an unchanged task table), `Some(false)` the same task stepped again
+    /// (the loop went round), `None` when that cannot be told. `confirmed`: this sample's task
+    /// read is proven to be of its callback (see [`Self::note_step`]).
+    pub fn same_step(
+        &self,
+        key: &CallbackKey,
+        generation: StepMark,
+        confirmed: bool,
+    ) -> Option<bool> {
         let known = self.task_generation?;
         match (known, generation) {
-            // Another root frame is another callback, which `split_point` weighs.
-            (StepMark::Handle(a), StepMark::Handle(b)) => {
-                (a.root_frame == b.root_frame).then_some(a.handle == b.handle)
-            }
-            // The same callback clock is the same callback, whatever the task read said (it is
-            // read after the stack and may already name the next task).
+            // The same callback clock is the same callback, whatever the task read said.
             (StepMark::Context(a), StepMark::Context(b)) if a == b => Some(true),
+            // Another clock is another callback; whether it is the same task's next step only
+            // task reads the clock proved tell (the task is read after the stack, and a loop
+            // of short callbacks is often in the next one by then: an unproven read once split
+            // a 1.4 s saturation of one coroutine's tasks in two).
+            (_, StepMark::Context(now)) => {
+                let (root, task, clock) = self.confirmed_step?;
+                (confirmed && key.root == root && key.task == Some(task)).then_some(clock == now)
+            }
             _ => self.same_task(key).then_some(known == generation),
+        }
+    }
+
+    /// Records the step mark of the run's latest sample, and its task when `confirmed` (the
+    /// callback clock read after the task was unchanged: frames and task are of one callback).
+    pub fn note_step(
+        &mut self,
+        key: Option<&CallbackKey>,
+        generation: Option<StepMark>,
+        confirmed: bool,
+    ) {
+        if generation.is_some() {
+            self.task_generation = generation;
+        }
+        if let (true, Some(key), Some(StepMark::Context(clock))) = (confirmed, key, generation) {
+            if let Some(task) = key.task {
+                self.confirmed_step = Some((key.root, task, clock));
+            }
         }
     }
 

@@ -286,12 +286,9 @@ impl Analyzer {
         // and asyncio's running-task table did not change (every step start and end changes
         // it), so one task step went on through the gap.
         let generation = self.step_generation(thread, sample.task_generation);
-        // (clock before, clock after, index): the index was current between the two clocks.
-        let handle_pos = thread
-            .context_ver
-            .zip(thread.handle_index)
-            .map(|(before, h)| (before, h.clock_after, h.index));
-        if after_gap && !self.same_step_across_gap(tid, key, generation) {
+        let confirmed =
+            thread.context_ver.is_some() && thread.clock_after_tasks == thread.context_ver;
+        if after_gap && !self.same_step_across_gap(tid, key, generation, confirmed) {
             self.close_run(tid, at, false);
         }
         let run_once_line = facts.run_once_line;
@@ -299,9 +296,8 @@ impl Analyzer {
             tid,
             at,
             position,
-            key,
-            generation,
-            (run_once_line, handle_pos),
+            (key, generation, confirmed),
+            run_once_line,
         );
         if let Some(boundary) = split_at {
             self.finish_run(tid, boundary, false);
@@ -325,8 +321,7 @@ impl Analyzer {
             };
             let mut run = BusyRun::new(start_at, at);
             run.loop_context = context;
-            run.task_generation = generation;
-            run.last_handle_pos = handle_pos;
+            run.note_step(key.as_ref(), generation, confirmed);
             run.evidence
                 .counters_start(thread.counters.as_ref().or(counters_before.as_ref()));
             run
@@ -418,9 +413,8 @@ impl Analyzer {
     }
 
     /// What tells this thread's callbacks apart: its callback clock (`context_ver`, own reader,
-    /// every version), else the handle its loop is running when the reader saw it (3.13+; one
-    /// per thread), else asyncio's running-task table — shared by every loop of the process,
-    /// so only when there is one loop.
+    /// every version), else asyncio's running-task table — shared by every loop of the
+    /// process, so only when there is one loop.
     fn step_generation(
         &self,
         thread: &ThreadSample,
@@ -429,12 +423,9 @@ impl Analyzer {
         if let Some(clock) = thread.context_ver {
             return Some(StepMark::Context(clock));
         }
-        match thread.callback_id {
-            Some(handle) => Some(StepMark::Handle(handle)),
-            None => table
-                .filter(|_| self.analysis.loops.len() == 1)
-                .map(StepMark::Table),
-        }
+        table
+            .filter(|_| self.analysis.loops.len() == 1)
+            .map(StepMark::Table)
     }
 
     /// Whether the busy run of `tid` was in the step of the task `key` names, under the same
@@ -444,12 +435,13 @@ impl Analyzer {
         tid: u64,
         key: Option<CallbackKey>,
         generation: Option<StepMark>,
+        confirmed: bool,
     ) -> bool {
         let (Some(key), Some(generation)) = (key, generation) else {
             return false;
         };
         let run = self.analysis.loops.get(&tid).and_then(|l| l.run.as_ref());
-        run.is_some_and(|run| run.same_step(&key, generation) == Some(true))
+        run.is_some_and(|run| run.same_step(&key, generation, confirmed) == Some(true))
     }
 
     /// Where the busy run of `tid` must end before this busy sample because the loop went
@@ -466,9 +458,8 @@ impl Analyzer {
         tid: u64,
         at: Instant,
         position: LoopPosition,
-        key: Option<CallbackKey>,
-        generation: Option<StepMark>,
-        (run_once_line, handle_pos): (Option<u32>, Option<(u64, u64, u64)>),
+        (key, generation, confirmed): (Option<CallbackKey>, Option<StepMark>, bool),
+        run_once_line: Option<u32>,
     ) -> Option<Instant> {
         let threshold = self.settings.threshold;
         let loop_thread = self.analysis.loops.get_mut(&tid)?;
@@ -499,14 +490,10 @@ impl Analyzer {
                 return Some(midway);
             }
         }
-        // `_run_once`'s handle index with the callback clock would tell iterations apart (in one
-        // iteration the clock moves two per handle run), but as read today it still splits
-        // real saturations now and then (docs/how-it-works.md, issue #12): kept, not used.
-        run.last_handle_pos = handle_pos;
         let key = key?;
         if let Some(generation) = generation {
-            let stepped_again = run.same_step(&key, generation) == Some(false);
-            run.task_generation = Some(generation);
+            let stepped_again = run.same_step(&key, generation, confirmed) == Some(false);
+            run.note_step(Some(&key), Some(generation), confirmed);
             if stepped_again {
                 return Some(midway);
             }

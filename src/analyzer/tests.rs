@@ -44,9 +44,8 @@ fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
             owns_gil: true,
             every: 1,
             truncated: false,
-            callback_id: None,
             context_ver: None,
-            handle_index: None,
+            clock_after_tasks: None,
             ns_tid: None,
             counters: None,
         }],
@@ -169,6 +168,17 @@ fn with_clock(message: SamplerMessage, task: Option<u64>, clock: u64) -> Sampler
         unreachable!()
     };
     s.threads[0].context_ver = Some(clock);
+    // Read again after the task: unchanged, the task read is the callback's.
+    s.threads[0].clock_after_tasks = Some(clock);
+    SamplerMessage::Sample(s)
+}
+
+/// `message` whose task read came after its callback ended (the clock read after it moved).
+fn task_read_late(message: SamplerMessage) -> SamplerMessage {
+    let SamplerMessage::Sample(mut s) = message else {
+        unreachable!()
+    };
+    s.threads[0].clock_after_tasks = s.threads[0].context_ver.map(|c| c + 2);
     SamplerMessage::Sample(s)
 }
 
@@ -203,6 +213,39 @@ fn a_task_stepping_every_millisecond_is_no_incident_when_its_callback_clock_move
     let one = cooperative_steps(1_000);
     assert_eq!(one.len(), 1, "{one:?}");
     assert!((one[0] - 300.0).abs() <= 2.0, "{one:?}");
+}
+
+#[test]
+fn a_task_read_after_its_callback_ended_does_not_split_a_saturation() {
+    // Many tasks of one coroutine, stepped back to back in one iteration (3 steps a ms), never
+    // idle. Every other sample reads the running task late: the next task already, which the
+    // next sample then catches (a slow step). Seen as the same task under two clocks, it split
+    // a real saturation in two; only task reads the clock proved may say "stepped again".
+    let mut analyzer = Analyzer::new(gap_settings());
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    analyzer.feed(with_clock(sample(ms(0), None), None, 1));
+    for n in (2..=300).step_by(2) {
+        let step = 3 * n;
+        let message = if n % 4 == 2 {
+            // Frames of step `step`, task read: the next step's task.
+            task_read_late(with_clock(
+                sample(ms(n), Some("tiny")),
+                Some(0x1000 + step + 1),
+                2 * step,
+            ))
+        } else {
+            // That next task, still running (the clock moved once since).
+            let late = 3 * (n - 2) + 1;
+            with_clock(sample(ms(n), Some("tiny")), Some(0x1000 + late), 2 * late)
+        };
+        analyzer.feed(message);
+    }
+    analyzer.feed(with_clock(sample(ms(301), None), None, 10_000));
+    let analysis = analyzer.finish();
+    let durations: Vec<f64> = analysis.incidents.iter().map(|i| i.duration_ms).collect();
+    assert_eq!(durations.len(), 1, "{durations:?}");
+    assert!((durations[0] - 300.0).abs() <= 2.0, "{durations:?}");
 }
 
 #[test]

@@ -32,7 +32,7 @@ use super::linetable::LineTable;
 use super::memory::{blocks_of, word_at as word, BlockStats, RemoteMemory, TickBlocks};
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
 use super::pystr::{self, StrHeader};
-use crate::sample::{CallbackId, Frame};
+use crate::sample::Frame;
 
 /// Longest thread list accepted; past it the list is taken to be torn.
 pub const MAX_DEPTH: usize = 4096;
@@ -123,10 +123,6 @@ struct CodeInfo {
     checked_at: Instant,
     /// 3.13 shim frames (`<shim>` or an empty file name), which py-spy and we leave out.
     shim: bool,
-    /// asyncio's `Handle._run`, whose `self` tells one callback from the next.
-    handle_run: bool,
-    /// asyncio's `BaseEventLoop._run_once`: the fast-local slot of its handle loop's index `i`.
-    run_once_slot: Option<usize>,
 }
 
 impl CodeInfo {
@@ -164,10 +160,6 @@ pub struct StackReader<M> {
     now: Instant,
     stats: ReaderStats,
     pages: TickPages,
-    /// The innermost `Handle._run`'s handle of the last [`StackReader::stack`].
-    callback_id: Option<CallbackId>,
-    /// The handle loop index of the last [`StackReader::stack`]'s `_run_once`.
-    handle_index: Option<crate::sample::HandleIndex>,
 }
 
 /// The target's blocks read during the current tick, and what each thread's walk touched.
@@ -210,7 +202,6 @@ fn code_header_len(c: &CodeOffsets) -> usize {
         Some(c.firstlineno),
         Some(c.linetable),
         c.code,
-        c.varnames,
     ])
 }
 
@@ -250,8 +241,6 @@ impl<M: RemoteMemory> StackReader<M> {
             now: Instant::now(),
             stats: ReaderStats::default(),
             pages: TickPages::default(),
-            callback_id: None,
-            handle_index: None,
         }
     }
 
@@ -424,8 +413,6 @@ impl<M: RemoteMemory> StackReader<M> {
         out: &mut Vec<Frame>,
     ) -> Result<Depth, StackError> {
         out.clear();
-        self.callback_id = None;
-        self.handle_index = None;
         // What this walk reads is read ahead the next time this thread is due.
         let pages = &mut self.pages;
         pages.touched.clear();
@@ -455,8 +442,6 @@ impl<M: RemoteMemory> StackReader<M> {
         thread: &ThreadHead,
         out: &mut Vec<Frame>,
     ) -> Result<Depth, StackError> {
-        // The outermost frame seen so far above the innermost `Handle._run`: the callback's root.
-        let mut root_frame = 0u64;
         let mut addr = thread.frame;
         let mut buf = [0u8; 256];
         let len = self.frame_len.min(256);
@@ -510,15 +495,7 @@ impl<M: RemoteMemory> StackReader<M> {
                     instr.wrapping_sub(start)
                 }
             };
-            let locals = self.offsets.frame.localsplus;
-            let want_self = self.callback_id.is_none();
-            let want_index = self.handle_index.is_none();
             let info = self.code(code, position, globals)?;
-            let read_self = info.handle_run && want_self;
-            let index_slot = info.run_once_slot.filter(|_| want_index);
-            if !info.shim && !info.handle_run {
-                root_frame = addr;
-            }
             if !info.shim {
                 out.push(Frame {
                     function: info.function.clone(),
@@ -528,94 +505,18 @@ impl<M: RemoteMemory> StackReader<M> {
                         .line_at(position.clamp(-2, i32::MAX as i64) as i32),
                 });
             }
-            if let (true, Some(locals)) = (read_self, locals) {
-                let mut handle = [0u8; 8];
-                self.read_hot(addr.wrapping_add(locals as u64), &mut handle)?;
-                let handle = u64::from_ne_bytes(handle) & !self.offsets.frame.code_tag_bits;
-                self.callback_id = (handle != 0).then_some(CallbackId { handle, root_frame });
-            }
-            if let (Some(slot), Some(locals)) = (index_slot, locals) {
-                let at = addr.wrapping_add((locals + 8 * slot) as u64);
-                let mut index = [0u8; 8];
-                if self.read_hot(at, &mut index).is_ok() {
-                    let index = u64::from_ne_bytes(index) & !self.offsets.frame.code_tag_bits;
-                    self.handle_index = self.small_int(index).and_then(|value| {
-                        // The clock after the index: the index was read between the two.
-                        let after = self.clock_now(thread)?;
-                        // Only under an unchanged clock is the int object surely the index's:
-                        // past 256 it is a fresh object whose memory the next one may take.
-                        (Some(after) == thread.context_ver).then_some(crate::sample::HandleIndex {
-                            index: value,
-                            clock_after: after,
-                        })
-                    });
-                }
-            }
             addr = back;
         }
         Ok(Depth::Whole)
     }
 
-    /// Where in its handle loop the last [`Self::stack`] found a selector loop: `_run_once`'s
-    /// `i`, the index of the handle it runs this iteration (None outside the handle loop, on
-    /// uvloop, or where the table has no locals).
-    pub fn handle_index(&self) -> Option<crate::sample::HandleIndex> {
-        self.handle_index
-    }
-
-    /// `thread`'s callback clock read again, now. The handle index and its int object are read
-    /// after the head, so the index belongs somewhere between the head's clock and this one;
-    /// an int past 256 is a fresh object, freed and its memory reused as soon as the loop
-    /// moves on, so such an index is only kept when no handle boundary came in between (one
-    /// read ahead of the clock once split a real 450 ms saturation in five).
-    fn clock_now(&self, thread: &ThreadHead) -> Option<u64> {
+    /// `thread`'s callback clock read again, now (None where the table has no clock). What
+    /// was read of the thread after its head (its frames, its running task) belongs to the
+    /// callback the head's clock names only if this is still the same value.
+    pub fn clock_now(&self, thread: &ThreadHead) -> Option<u64> {
         let at = self.offsets.thread.context_ver?;
         thread.context_ver?;
         self.read_word(thread.tstate.wrapping_add(at as u64)).ok()
-    }
-
-    /// The value of the int object at `obj`, if it is one of at most 30 bits (a loop index).
-    fn small_int(&self, obj: u64) -> Option<u64> {
-        if obj == 0 {
-            return None;
-        }
-        let l = &self.offsets.long;
-        let mut buf = [0u8; 32];
-        let len = (l.digits + 4).min(32);
-        self.read(obj, &mut buf[..len]).ok()?;
-        let size = word(&buf, l.tag);
-        let (digits, negative) = if l.tagged {
-            (size >> 3, size & 3 == 2)
-        } else {
-            let signed = size as i64;
-            (signed.unsigned_abs(), signed < 0)
-        };
-        let digit = u64::from(u32::from_ne_bytes(
-            buf[l.digits..l.digits + 4].try_into().ok()?,
-        ));
-        match (digits, negative) {
-            (0, _) => Some(0),
-            (1, false) if digit < 1 << 30 => Some(digit),
-            _ => None,
-        }
-    }
-
-    /// The slot of the local named `name` in the code's local names tuple (at most 64 read).
-    fn local_slot(&self, names: u64, name: &str) -> Option<usize> {
-        let count = self.read_word(names.wrapping_add(16)).ok()? as usize;
-        let mut items = vec![0u8; count.min(64) * 8];
-        let items_at = self.offsets.code.names_items as u64;
-        self.read(names.wrapping_add(items_at), &mut items).ok()?;
-        (0..count.min(64)).find(|&k| {
-            self.read_str(word(&items, k * 8))
-                .is_ok_and(|local| local == name)
-        })
-    }
-
-    /// Which callback the last [`Self::stack`] found its loop running: the address of the
-    /// handle its innermost `Handle._run` runs (3.13+; None before, or outside a callback).
-    pub fn callback_id(&self) -> Option<CallbackId> {
-        self.callback_id
     }
 
     /// The cached facts of the code object at `code`, decoding it on first sight, when the
@@ -733,12 +634,6 @@ impl<M: RemoteMemory> StackReader<M> {
             return Err(StackError::Torn("implausible bytecode length"));
         }
         let shim = file.is_empty() || &*file == "<shim>";
-        let handle_run = function == "Handle._run" && file.ends_with("asyncio/events.py");
-        let run_once = function.ends_with("_run_once") && file.ends_with("asyncio/base_events.py");
-        let run_once_slot = c
-            .varnames
-            .filter(|_| run_once)
-            .and_then(|at| self.local_slot(word(header, at), "i"));
         Ok(CodeInfo {
             lines: LineTable::decode(c.line_table, &table, first_line as u32),
             function: function.into(),
@@ -748,8 +643,6 @@ impl<M: RemoteMemory> StackReader<M> {
             globals,
             checked_at: self.now,
             shim,
-            handle_run,
-            run_once_slot,
         })
     }
 

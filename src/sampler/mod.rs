@@ -218,7 +218,9 @@ fn run(
             Some(threads) => {
                 consecutive_errors = 0;
                 let unix = unix_start + read_at.duration_since(start).as_secs_f64();
+                let mut threads = threads;
                 let (running_tasks, task_generation) = reader.running_tasks();
+                reader.confirm_task_reads(&mut threads, &running_tasks);
                 let sample = Sample {
                     pid,
                     at: read_at,

@@ -223,9 +223,8 @@ pub(super) fn py_spy_thread_sample(
         every: 1,
         // py-spy reads every frame (up to its own limit) and says nothing of a cut.
         truncated: false,
-        callback_id: None,
         context_ver: None,
-        handle_index: None,
+        clock_after_tasks: None,
         ns_tid: target_tid.filter(|_| ns.foreign()),
         // py-spy's reader reads no kernel counters.
         counters: None,

@@ -60,8 +60,6 @@ pub(super) struct ThreadRead {
     owns_gil: bool,
     frames: Vec<Frame>,
     depth: Depth,
-    callback_id: Option<crate::sample::CallbackId>,
-    handle_index: Option<crate::sample::HandleIndex>,
     /// Ticks this read stands for: 1 for a loop thread, the ticks since the thread's last
     /// read for the others.
     every: u32,
@@ -167,6 +165,33 @@ impl TargetReader {
             .as_mut()
             .map(|tasks| tasks.running_tasks(&loops))
             .unwrap_or_default()
+    }
+
+    /// Reads the callback clock of each loop thread caught in a callback once more, now that
+    /// the running tasks were read after its frames ([`ThreadSample::clock_after_tasks`]): one
+    /// word per such thread, and none for a loop waiting in its selector or with no task
+    /// running (nothing to confirm).
+    pub(super) fn confirm_task_reads(
+        &mut self,
+        threads: &mut [ThreadSample],
+        tasks: &[RunningTask],
+    ) {
+        let Some(reader) = self.own.as_ref() else {
+            return;
+        };
+        if tasks.is_empty() {
+            return;
+        }
+        for thread in threads.iter_mut() {
+            if thread.context_ver.is_none() || selects_by_frames(&thread.frames) {
+                continue;
+            }
+            let head = self
+                .loop_threads
+                .iter()
+                .find(|t| t.python_tid == thread.python_tid);
+            thread.clock_after_tasks = head.and_then(|head| reader.clock_now(head));
+        }
     }
 
     pub(super) fn new(target: AttachedTarget, settings: &SamplerSettings) -> Self {
@@ -420,8 +445,6 @@ impl TargetReader {
                 head,
                 frames,
                 depth,
-                callback_id: reader.callback_id(),
-                handle_index: reader.handle_index(),
                 every,
             });
         }
@@ -452,8 +475,6 @@ impl TargetReader {
             owns_gil,
             frames,
             depth,
-            callback_id,
-            handle_index,
             every,
         } = read;
         let pid = self.pid;
@@ -502,9 +523,8 @@ impl TargetReader {
             owns_gil,
             every,
             truncated: depth == Depth::Truncated,
-            callback_id,
             context_ver: head.context_ver,
-            handle_index,
+            clock_after_tasks: None,
             ns_tid: target_tid.filter(|_| self.ns_tids.foreign()),
             counters,
         }
