@@ -153,6 +153,8 @@ impl CallbackKey {
 #[derive(Debug)]
 struct Segment {
     key: CallbackKey,
+    /// The callback clock of its samples (own reader): one value, one callback.
+    clock: Option<u64>,
     start_at: Instant,
     last_at: Instant,
 }
@@ -302,20 +304,46 @@ impl BusyRun {
     /// run, so a true saturation of many short callbacks stays one incident. A single sample
     /// in another callback (a torn read) does not split; the second one in a row confirms.
     /// Returns the boundary (midway between the two callbacks' samples) when splitting.
+    ///
+    /// With the callback clock (`clock`, own reader) a segment is one value of it: one
+    /// callback for sure, whatever its frames and task read say, and a new value ends it at
+    /// once. By root and task alone, a sampler in step with a saturation's steps (2 ms ticks,
+    /// 1/3 ms steps of three coroutines in turn) sees one root for 50 ms, its task read late
+    /// and not matching: one "long callback" that split a real saturation in three.
     pub fn split_point(
         &mut self,
         key: CallbackKey,
+        clock: Option<u64>,
         at: Instant,
         long: Duration,
     ) -> Option<Instant> {
         let Some(segment) = &mut self.segment else {
             self.segment = Some(Segment {
                 key,
+                clock,
                 start_at: self.start_at,
                 last_at: at,
             });
             return None;
         };
+        if let (Some(was), Some(now)) = (segment.clock, clock) {
+            let boundary = midway(segment.last_at, at);
+            if was == now {
+                segment.last_at = at;
+                segment.key.task = segment.key.task.or(key.task);
+                return None;
+            }
+            if segment.last_at.saturating_duration_since(segment.start_at) >= long {
+                return Some(boundary);
+            }
+            *segment = Segment {
+                key,
+                clock,
+                start_at: boundary,
+                last_at: at,
+            };
+            return None;
+        }
         if segment.key.same_as(&key) {
             segment.last_at = at;
             // A task read can fail on one sample; keep the task once one is known.
@@ -334,6 +362,7 @@ impl BusyRun {
         } else {
             *segment = Segment {
                 key,
+                clock,
                 start_at: boundary,
                 last_at: at,
             };
@@ -565,15 +594,15 @@ mod tests {
         let long = ms(50);
         let mut run = BusyRun::new(t, t);
         for i in 0..=60 {
-            assert_eq!(run.split_point(key("first"), t + ms(i), long), None);
+            assert_eq!(run.split_point(key("first"), None, t + ms(i), long), None);
         }
         assert_eq!(
-            run.split_point(key("second"), t + ms(62), long),
+            run.split_point(key("second"), None, t + ms(62), long),
             None,
             "one sample in another callback may be a torn read"
         );
         assert_eq!(
-            run.split_point(key("second"), t + ms(64), long),
+            run.split_point(key("second"), None, t + ms(64), long),
             Some(t + ms(61)),
             "confirmed: the boundary is midway between the two callbacks"
         );
@@ -588,21 +617,46 @@ mod tests {
         // A saturation: many short callbacks.
         for i in 0..100 {
             let root = ["a", "b", "c"][i as usize % 3];
-            assert_eq!(run.split_point(key(root), t + ms(i * 2), long), None);
+            assert_eq!(run.split_point(key(root), None, t + ms(i * 2), long), None);
         }
         // One long callback with a single odd sample inside.
         let mut run = BusyRun::new(t, t);
         for i in 0..100 {
             let root = if i == 70 { "torn" } else { "long" };
-            assert_eq!(run.split_point(key(root), t + ms(i), long), None);
+            assert_eq!(run.split_point(key(root), None, t + ms(i), long), None);
         }
         // The same coroutine in another task is another callback.
         let mut run = BusyRun::new(t, t);
         let task = |n| CallbackKey::new("handler", "app.py", Some(n));
         for i in 0..60 {
-            assert_eq!(run.split_point(task(1), t + ms(i), long), None);
+            assert_eq!(run.split_point(task(1), None, t + ms(i), long), None);
         }
-        assert_eq!(run.split_point(task(2), t + ms(61), long), None);
-        assert!(run.split_point(task(2), t + ms(62), long).is_some());
+        assert_eq!(run.split_point(task(2), None, t + ms(61), long), None);
+        assert!(run.split_point(task(2), None, t + ms(62), long).is_some());
+    }
+
+    #[test]
+    fn with_the_callback_clock_a_segment_is_one_callback() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let long = ms(50);
+        // In step with a saturation's steps: one root for 100 ms, task unread, under a clock
+        // that moves every sample — many callbacks, no long one.
+        let mut run = BusyRun::new(t, t);
+        for i in 0..50 {
+            let at = t + ms(i * 2);
+            assert_eq!(run.split_point(key("tiny"), Some(6 * i), at, long), None);
+        }
+        // One callback held the loop 60 ms (one clock, even through a torn sample's root):
+        // the first sample under a new clock ends it, midway.
+        let mut run = BusyRun::new(t, t);
+        for i in 0..=60 {
+            let root = if i == 30 { "torn" } else { "long" };
+            assert_eq!(run.split_point(key(root), Some(8), t + ms(i), long), None);
+        }
+        assert_eq!(
+            run.split_point(key("long"), Some(10), t + ms(62), long),
+            Some(t + ms(61))
+        );
     }
 }

@@ -498,7 +498,11 @@ impl Analyzer {
                 return Some(midway);
             }
         }
-        run.split_point(key, at, threshold)
+        let clock = match generation {
+            Some(StepMark::Context(clock)) => Some(clock),
+            _ => None,
+        };
+        run.split_point(key, clock, at, threshold)
     }
 
     /// Ends the busy run of `tid`, if any, at `idle_at` (the first non-busy sample). A run
