@@ -578,7 +578,8 @@ mod tests {
             every: 1,
             truncated: false,
             context_ver: None,
-            clock_after_tasks: None,
+            handle_index: None,
+            clock_after: None,
             ns_tid: None,
             counters: None,
         }

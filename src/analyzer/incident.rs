@@ -173,8 +173,11 @@ pub struct BusyRun {
     /// The step mark of the latest sample ([`StepMark`]).
     pub task_generation: Option<StepMark>,
     /// The latest sample whose running task its callback clock confirmed
-    /// ([`crate::sample::ThreadSample::clock_after_tasks`]): (root, task, clock).
+    /// ([`crate::sample::ThreadSample::clock_after`]): (root, task, clock).
     confirmed_step: Option<(u64, u64, u64)>,
+    /// `_run_once`'s handle index and the callback clock of the latest sample inside a
+    /// callback that had both, confirmed (selector loops, own reader).
+    pub last_handle_index: Option<(u64, u64)>,
     /// Busy samples so far.
     pub samples: u32,
     /// Of them, samples whose stack the reader cut (deeper than it reads).
@@ -227,6 +230,7 @@ impl BusyRun {
             last_run_once_line: None,
             task_generation: None,
             confirmed_step: None,
+            last_handle_index: None,
             samples: 0,
             cut_samples: 0,
             stacks: HashMap::new(),

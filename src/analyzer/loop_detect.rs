@@ -142,6 +142,21 @@ pub fn new_iteration(previous: Option<u32>, current: u32, handle_run: u32) -> bo
     previous.is_some_and(|p| p >= handle_loop && p <= handle_run + 2) && current < handle_loop
 }
 
+/// Whether a selector loop went round an iteration between two samples inside callbacks,
+/// each with `_run_once`'s handle index and the thread's callback clock, read together:
+/// `(index, clock)` then `now`. Every handle runs its callback inside its `Context`, entered
+/// and left (+2 on the clock), so within one iteration the clock moved exactly twice as far
+/// as the index (less only if handles in between were cancelled, which do not run). Further
+/// than that, handles ran that this iteration's index does not count: another iteration's.
+pub fn new_iteration_by_index((index, clock): (u64, u64), now: (u64, u64)) -> bool {
+    let (now_index, now_clock) = now;
+    let Some(clock_moved) = now_clock.checked_sub(clock) else {
+        return false;
+    };
+    let handles_on = now_index as i64 - index as i64;
+    clock_moved as i64 > 2 * handles_on
+}
+
 /// Classifies a leaf-first stack.
 pub fn classify(frames: &[Frame]) -> LoopPosition {
     // The innermost selector anchor wins: a loop nested in a callback (nest_asyncio) is the one

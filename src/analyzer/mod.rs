@@ -286,8 +286,12 @@ impl Analyzer {
         // and asyncio's running-task table did not change (every step start and end changes
         // it), so one task step went on through the gap.
         let generation = self.step_generation(thread, sample.task_generation);
-        let confirmed =
-            thread.context_ver.is_some() && thread.clock_after_tasks == thread.context_ver;
+        let confirmed = thread.context_ver.is_some() && thread.clock_after == thread.context_ver;
+        // Inside a callback (its Context entered), with index and clock read together.
+        let handle_index = match (thread.handle_index, thread.context_ver, &key) {
+            (Some(index), Some(clock), Some(_)) if confirmed => Some((index, clock)),
+            _ => None,
+        };
         if after_gap && !self.same_step_across_gap(tid, key, generation, confirmed) {
             self.close_run(tid, at, false);
         }
@@ -297,7 +301,7 @@ impl Analyzer {
             at,
             position,
             (key, generation, confirmed),
-            run_once_line,
+            (run_once_line, handle_index),
         );
         if let Some(boundary) = split_at {
             self.finish_run(tid, boundary, false);
@@ -322,6 +326,7 @@ impl Analyzer {
             let mut run = BusyRun::new(start_at, at);
             run.loop_context = context;
             run.note_step(key.as_ref(), generation, confirmed);
+            run.last_handle_index = handle_index;
             run.evidence
                 .counters_start(thread.counters.as_ref().or(counters_before.as_ref()));
             run
@@ -459,7 +464,7 @@ impl Analyzer {
         at: Instant,
         position: LoopPosition,
         (key, generation, confirmed): (Option<CallbackKey>, Option<StepMark>, bool),
-        run_once_line: Option<u32>,
+        (run_once_line, handle_index): (Option<u32>, Option<(u64, u64)>),
     ) -> Option<Instant> {
         let threshold = self.settings.threshold;
         let loop_thread = self.analysis.loops.get_mut(&tid)?;
@@ -487,6 +492,12 @@ impl Analyzer {
         }
         if let (Some(line), Some(handle_run)) = (run_once_line, handle_run) {
             if loop_detect::new_iteration(run.last_run_once_line, line, handle_run) {
+                return Some(midway);
+            }
+        }
+        if let Some(now) = handle_index {
+            let before = run.last_handle_index.replace(now);
+            if before.is_some_and(|before| loop_detect::new_iteration_by_index(before, now)) {
                 return Some(midway);
             }
         }

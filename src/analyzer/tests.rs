@@ -45,7 +45,8 @@ fn sample(at: Instant, busy_in: Option<&str>) -> SamplerMessage {
             every: 1,
             truncated: false,
             context_ver: None,
-            clock_after_tasks: None,
+            handle_index: None,
+            clock_after: None,
             ns_tid: None,
             counters: None,
         }],
@@ -169,7 +170,7 @@ fn with_clock(message: SamplerMessage, task: Option<u64>, clock: u64) -> Sampler
     };
     s.threads[0].context_ver = Some(clock);
     // Read again after the task: unchanged, the task read is the callback's.
-    s.threads[0].clock_after_tasks = Some(clock);
+    s.threads[0].clock_after = Some(clock);
     SamplerMessage::Sample(s)
 }
 
@@ -178,7 +179,7 @@ fn task_read_late(message: SamplerMessage) -> SamplerMessage {
     let SamplerMessage::Sample(mut s) = message else {
         unreachable!()
     };
-    s.threads[0].clock_after_tasks = s.threads[0].context_ver.map(|c| c + 2);
+    s.threads[0].clock_after = s.threads[0].context_ver.map(|c| c + 2);
     SamplerMessage::Sample(s)
 }
 

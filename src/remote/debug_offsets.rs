@@ -133,6 +133,8 @@ pub enum Field {
     FrameInstr,
     /// `interpreter_frame.owner`.
     FrameOwner,
+    /// `interpreter_frame.localsplus`.
+    FrameLocalsplus,
     /// `code_object.filename`.
     CodeFilename,
     /// `code_object.name`.
@@ -143,6 +145,8 @@ pub enum Field {
     CodeLinetable,
     /// `code_object.firstlineno`.
     CodeFirstLine,
+    /// `code_object.localsplusnames`.
+    CodeLocalsplusnames,
     /// `code_object.co_code_adaptive`.
     CodeAdaptive,
     /// `pyobject.size`.
@@ -196,11 +200,13 @@ fn position(field: Field, minor: u64) -> Option<usize> {
         FrameExecutable => [240, 264, 328],
         FrameInstr => [248, 272, 336],
         FrameOwner => [264, 288, 352],
+        FrameLocalsplus => [256, 280, 344],
         CodeFilename => [280, 320, 384],
         CodeName => [288, 328, 392],
         CodeQualname => [296, 336, 400],
         CodeLinetable => [304, 344, 408],
         CodeFirstLine => [312, 352, 416],
+        CodeLocalsplusnames => [328, 368, 432],
         CodeAdaptive => [344, 384, 448],
         ObjectSize => [352, 400, 464],
         ObType => [360, 408, 472],
@@ -320,11 +326,13 @@ impl DebugOffsets {
             FrameExecutable,
             FrameInstr,
             FrameOwner,
+            FrameLocalsplus,
             CodeFilename,
             CodeName,
             CodeQualname,
             CodeLinetable,
             CodeFirstLine,
+            CodeLocalsplusnames,
             CodeAdaptive,
             ObjectSize,
             ObType,
@@ -457,6 +465,7 @@ impl DebugOffsets {
                 max_owner: Some(max_owner),
                 // `_PyStackRef` from 3.14: Py_TAG_BITS is 3 in GIL builds.
                 code_tag_bits: if minor >= 14 { 3 } else { 0 },
+                localsplus: Some(get(FrameLocalsplus)),
                 // Not in the debug offsets: `_PyInterpreterFrame` is f_executable (0),
                 // previous (8), f_funcobj (16), f_globals (24) in 3.13
                 // (Include/internal/pycore_frame.h) and 3.14–3.15
@@ -471,6 +480,9 @@ impl DebugOffsets {
                 linetable: get(CodeLinetable),
                 code: None,
                 code_adaptive: Some(get(CodeAdaptive)),
+                varnames: Some(get(CodeLocalsplusnames)),
+                // Include/cpython/tupleobject.h: 3.14 caches the hash before the items.
+                names_items: if minor >= 14 { 32 } else { 24 },
                 line_table: LineTableFormat::Locations311,
             },
             bytes: BytesOffsets {
@@ -506,11 +518,13 @@ fn field_name(field: Field) -> &'static str {
         FrameExecutable => "interpreter_frame.executable",
         FrameInstr => "interpreter_frame.instr_ptr",
         FrameOwner => "interpreter_frame.owner",
+        FrameLocalsplus => "interpreter_frame.localsplus",
         CodeFilename => "code_object.filename",
         CodeName => "code_object.name",
         CodeQualname => "code_object.qualname",
         CodeLinetable => "code_object.linetable",
         CodeFirstLine => "code_object.firstlineno",
+        CodeLocalsplusnames => "code_object.localsplusnames",
         CodeAdaptive => "code_object.co_code_adaptive",
         ObjectSize => "pyobject.size",
         ObType => "pyobject.ob_type",
@@ -634,11 +648,13 @@ pub(crate) mod tests {
             (FrameExecutable, [0, 0, 0]),
             (FrameInstr, [56, 56, 56]),
             (FrameOwner, [70, 74, 74]),
+            (FrameLocalsplus, [72, 80, 80]),
             (CodeFilename, [112, 112, 112]),
             (CodeName, [120, 120, 120]),
             (CodeQualname, [128, 128, 128]),
             (CodeLinetable, [136, 136, 136]),
             (CodeFirstLine, [68, 68, 68]),
+            (CodeLocalsplusnames, [96, 96, 96]),
             (CodeAdaptive, [200, 208, 208]),
             (ObjectSize, [16, 16, 16]),
             (ObType, [8, 8, 8]),
@@ -676,6 +692,8 @@ pub(crate) mod tests {
         // Every value the reader uses; Debug output compares the whole structs.
         let strip = |mut o: PythonOffsets| {
             o.frame.max_owner = o.frame.max_owner.or(o.frame.cstack_owner);
+            // Not in the table: only the debug offsets give it.
+            o.frame.localsplus = None;
             format!("{o:?}")
         };
         assert_eq!(strip(ours), strip(table));

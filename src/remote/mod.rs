@@ -15,6 +15,7 @@ pub mod offsets;
 pub mod procfs;
 pub mod pystr;
 pub mod resources;
+pub mod small_ints;
 pub mod source;
 pub mod stacks;
 pub mod tasks;

@@ -106,6 +106,10 @@ pub struct ThreadOffsets {
     pub context_ver: Option<usize>,
 }
 
+fn tuple_items_before_3_14() -> usize {
+    24
+}
+
 /// Which frame struct a version keeps on its frame chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,6 +161,10 @@ pub struct FrameOffsets {
     /// flags): masked off before the pointer is followed.
     #[serde(default)]
     pub code_tag_bits: u64,
+    /// `localsplus`, the frame's locals (3.13+, from the debug offsets): `Handle._run`'s
+    /// `self` is read there to tell one callback from the next.
+    #[serde(default)]
+    pub localsplus: Option<usize>,
 }
 
 /// How a code object maps bytecode offsets to lines.
@@ -192,6 +200,14 @@ pub struct CodeOffsets {
     #[serde(default)]
     pub code_adaptive: Option<usize>,
     /// The line table's format.
+    /// The tuple of the code's local names: `co_varnames` up to 3.10, `co_localsplusnames`
+    /// from 3.11 (where `_run_once` keeps its handle loop's index `i`).
+    #[serde(default)]
+    pub varnames: Option<usize>,
+    /// Where that tuple's items start: `ob_item` after PyObject_VAR_HEAD (24), or after the
+    /// cached `ob_hash` 3.14 added (32).
+    #[serde(default = "tuple_items_before_3_14")]
+    pub names_items: usize,
     pub line_table: LineTableFormat,
 }
 

@@ -32,6 +32,7 @@ use super::linetable::LineTable;
 use super::memory::{blocks_of, word_at as word, BlockStats, RemoteMemory, TickBlocks};
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
 use super::pystr::{self, StrHeader};
+use super::small_ints::SmallInts;
 use crate::sample::Frame;
 
 /// Longest thread list accepted; past it the list is taken to be torn.
@@ -123,6 +124,8 @@ struct CodeInfo {
     checked_at: Instant,
     /// 3.13 shim frames (`<shim>` or an empty file name), which py-spy and we leave out.
     shim: bool,
+    /// asyncio's `BaseEventLoop._run_once`: the fast-local slot of its handle loop's index `i`.
+    run_once_slot: Option<usize>,
 }
 
 impl CodeInfo {
@@ -160,6 +163,9 @@ pub struct StackReader<M> {
     now: Instant,
     stats: ReaderStats,
     pages: TickPages,
+    /// `_run_once`'s handle index in the last [`StackReader::stack`], when believed.
+    handle_index: Option<u64>,
+    small_ints: SmallInts,
 }
 
 /// The target's blocks read during the current tick, and what each thread's walk touched.
@@ -202,6 +208,7 @@ fn code_header_len(c: &CodeOffsets) -> usize {
         Some(c.firstlineno),
         Some(c.linetable),
         c.code,
+        c.varnames,
     ])
 }
 
@@ -241,6 +248,8 @@ impl<M: RemoteMemory> StackReader<M> {
             now: Instant::now(),
             stats: ReaderStats::default(),
             pages: TickPages::default(),
+            handle_index: None,
+            small_ints: SmallInts::default(),
         }
     }
 
@@ -413,6 +422,7 @@ impl<M: RemoteMemory> StackReader<M> {
         out: &mut Vec<Frame>,
     ) -> Result<Depth, StackError> {
         out.clear();
+        self.handle_index = None;
         // What this walk reads is read ahead the next time this thread is due.
         let pages = &mut self.pages;
         pages.touched.clear();
@@ -495,7 +505,9 @@ impl<M: RemoteMemory> StackReader<M> {
                     instr.wrapping_sub(start)
                 }
             };
+            let want_index = self.handle_index.is_none();
             let info = self.code(code, position, globals)?;
+            let index_slot = info.run_once_slot.filter(|_| want_index);
             if !info.shim {
                 out.push(Frame {
                     function: info.function.clone(),
@@ -505,9 +517,69 @@ impl<M: RemoteMemory> StackReader<M> {
                         .line_at(position.clamp(-2, i32::MAX as i64) as i32),
                 });
             }
+            if let (Some(slot), Some(locals)) = (index_slot, self.offsets.frame.localsplus) {
+                self.handle_index =
+                    self.read_handle_index(addr.wrapping_add((locals + 8 * slot) as u64));
+            }
             addr = back;
         }
         Ok(Depth::Whole)
+    }
+
+    /// The value of the loop index whose slot is at `slot`, if it is a cached small int
+    /// ([`SmallInts`]): a larger one, or one at another address, may be a freed object's.
+    fn read_handle_index(&mut self, slot: u64) -> Option<u64> {
+        let mut pointer = [0u8; 8];
+        self.read_hot(slot, &mut pointer).ok()?;
+        let int = u64::from_ne_bytes(pointer) & !self.offsets.frame.code_tag_bits;
+        let value = self.small_int(int)?;
+        self.small_ints.check(int, value)
+    }
+
+    /// The value of the int object at `obj`, if it is one of at most 30 bits.
+    fn small_int(&self, obj: u64) -> Option<u64> {
+        if obj == 0 {
+            return None;
+        }
+        let l = &self.offsets.long;
+        let mut buf = [0u8; 32];
+        let len = (l.digits + 4).min(32);
+        self.read(obj, &mut buf[..len]).ok()?;
+        let size = word(&buf, l.tag);
+        let (digits, negative) = if l.tagged {
+            (size >> 3, size & 3 == 2)
+        } else {
+            let signed = size as i64;
+            (signed.unsigned_abs(), signed < 0)
+        };
+        let digit = u64::from(u32::from_ne_bytes(
+            buf[l.digits..l.digits + 4].try_into().ok()?,
+        ));
+        match (digits, negative) {
+            (0, _) => Some(0),
+            (1, false) if digit < 1 << 30 => Some(digit),
+            _ => None,
+        }
+    }
+
+    /// The slot of the local named `name` in the code's local names tuple (at most 64 read).
+    fn local_slot(&self, names: u64, name: &str) -> Option<usize> {
+        let count = self.read_word(names.wrapping_add(16)).ok()? as usize;
+        let mut items = vec![0u8; count.min(64) * 8];
+        let items_at = self.offsets.code.names_items as u64;
+        self.read(names.wrapping_add(items_at), &mut items).ok()?;
+        (0..count.min(64)).find(|&k| {
+            self.read_str(word(&items, k * 8))
+                .is_ok_and(|local| local == name)
+        })
+    }
+
+    /// Where in its handle loop the last [`Self::stack`] found a selector loop: `_run_once`'s
+    /// `i`, the index of the handle it runs this iteration — only when believed (a cached
+    /// small int, [`SmallInts`]); None outside the handle loop, on uvloop, or where the table
+    /// has no locals.
+    pub fn handle_index(&self) -> Option<u64> {
+        self.handle_index
     }
 
     /// `thread`'s callback clock read again, now (None where the table has no clock). What
@@ -634,6 +706,11 @@ impl<M: RemoteMemory> StackReader<M> {
             return Err(StackError::Torn("implausible bytecode length"));
         }
         let shim = file.is_empty() || &*file == "<shim>";
+        let run_once = function.ends_with("_run_once") && file.ends_with("asyncio/base_events.py");
+        let run_once_slot = c
+            .varnames
+            .filter(|_| run_once)
+            .and_then(|at| self.local_slot(word(header, at), "i"));
         Ok(CodeInfo {
             lines: LineTable::decode(c.line_table, &table, first_line as u32),
             function: function.into(),
@@ -643,6 +720,7 @@ impl<M: RemoteMemory> StackReader<M> {
             globals,
             checked_at: self.now,
             shim,
+            run_once_slot,
         })
     }
 

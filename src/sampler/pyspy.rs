@@ -224,7 +224,8 @@ pub(super) fn py_spy_thread_sample(
         // py-spy reads every frame (up to its own limit) and says nothing of a cut.
         truncated: false,
         context_ver: None,
-        clock_after_tasks: None,
+        handle_index: None,
+        clock_after: None,
         ns_tid: target_tid.filter(|_| ns.foreign()),
         // py-spy's reader reads no kernel counters.
         counters: None,

@@ -60,6 +60,7 @@ pub(super) struct ThreadRead {
     owns_gil: bool,
     frames: Vec<Frame>,
     depth: Depth,
+    handle_index: Option<u64>,
     /// Ticks this read stands for: 1 for a loop thread, the ticks since the thread's last
     /// read for the others.
     every: u32,
@@ -167,30 +168,27 @@ impl TargetReader {
             .unwrap_or_default()
     }
 
-    /// Reads the callback clock of each loop thread caught in a callback once more, now that
-    /// the running tasks were read after its frames ([`ThreadSample::clock_after_tasks`]): one
-    /// word per such thread, and none for a loop waiting in its selector or with no task
-    /// running (nothing to confirm).
-    pub(super) fn confirm_task_reads(
-        &mut self,
-        threads: &mut [ThreadSample],
-        tasks: &[RunningTask],
-    ) {
+    /// Reads the callback clock of each loop thread caught out of its selector once more, now
+    /// that its frames, handle index and running tasks were read ([`ThreadSample::clock_after`]):
+    /// one word per such thread, and none for a loop waiting in its selector or with neither
+    /// a running task nor a handle index (nothing to confirm).
+    pub(super) fn confirm_reads(&mut self, threads: &mut [ThreadSample], tasks: &[RunningTask]) {
         let Some(reader) = self.own.as_ref() else {
             return;
         };
-        if tasks.is_empty() {
-            return;
-        }
         for thread in threads.iter_mut() {
-            if thread.context_ver.is_none() || selects_by_frames(&thread.frames) {
+            let nothing_to_confirm = tasks.is_empty() && thread.handle_index.is_none();
+            if nothing_to_confirm
+                || thread.context_ver.is_none()
+                || selects_by_frames(&thread.frames)
+            {
                 continue;
             }
             let head = self
                 .loop_threads
                 .iter()
                 .find(|t| t.python_tid == thread.python_tid);
-            thread.clock_after_tasks = head.and_then(|head| reader.clock_now(head));
+            thread.clock_after = head.and_then(|head| reader.clock_now(head));
         }
     }
 
@@ -445,6 +443,7 @@ impl TargetReader {
                 head,
                 frames,
                 depth,
+                handle_index: reader.handle_index(),
                 every,
             });
         }
@@ -475,6 +474,7 @@ impl TargetReader {
             owns_gil,
             frames,
             depth,
+            handle_index,
             every,
         } = read;
         let pid = self.pid;
@@ -524,7 +524,8 @@ impl TargetReader {
             every,
             truncated: depth == Depth::Truncated,
             context_ver: head.context_ver,
-            clock_after_tasks: None,
+            handle_index,
+            clock_after: None,
             ns_tid: target_tid.filter(|_| self.ns_tids.foreign()),
             counters,
         }
