@@ -41,7 +41,7 @@ impl SmallInts {
     /// the cached small int `value` lives, as far as reads so far have shown; `None` (not
     /// believed) until its block's base is learned, and for any other address.
     pub fn check(&mut self, address: u64, value: u64) -> Option<u64> {
-        if value > MAX_SMALL_INT || address % 8 != 0 {
+        if value > MAX_SMALL_INT || !address.is_multiple_of(8) {
             return None;
         }
         let base = address.wrapping_sub(STRIDE * value);
@@ -52,16 +52,13 @@ impl SmallInts {
         }
         if self.candidates.len() >= MAX_CANDIDATES {
             // Forget the least seen unlearned candidate (a misread's, most likely).
-            let Some(weakest) = self
+            let weakest = self
                 .candidates
                 .iter()
                 .enumerate()
                 .filter(|(_, c)| !c.learned)
                 .min_by_key(|(_, c)| c.seen)
-                .map(|(k, _)| k)
-            else {
-                return None;
-            };
+                .map(|(k, _)| k)?;
             self.candidates.swap_remove(weakest);
         }
         self.candidates.push(Candidate {
