@@ -67,17 +67,18 @@ pub struct ThreadSample {
     /// the allocator does with handle addresses, on every loop of the process separately.
     pub context_ver: Option<u64>,
     /// Where a selector loop is in its handle loop: `_run_once`'s `i`, the index of the
-    /// handle it runs this iteration (own reader; only when it is a cached small int, whose
-    /// value a late read cannot garble: see `remote::small_ints`). With the callback clock it
-    /// tells iterations apart: within one, the clock moves two per handle run.
+    /// handle it runs this iteration (own reader). Only when it is a cached small int, whose
+    /// value a late read cannot garble (see `remote::small_ints`), and when the callback clock
+    /// read again right after the walk had not moved: index, frames and `context_ver` are of
+    /// one moment. With the clock it tells iterations apart: within one, the clock moves two
+    /// per handle run.
     pub handle_index: Option<u64>,
-    /// The callback clock read once more after everything else of the sample (own reader, a
-    /// loop thread out of its selector with a running task or a handle index): equal to
-    /// `context_ver`, no callback began or ended between the two reads, so the frames, the
-    /// running task and the handle index read in between are all of that callback. The task
-    /// is read last, and a loop of short callbacks is often in the next one by then: two
-    /// samples naming the same task under two clocks prove it stepped twice only when both
-    /// were read so.
+    /// The callback clock read once more after the running tasks (own reader, a loop thread
+    /// out of its selector, with a task running): equal to `context_ver`, no callback began or
+    /// ended between the two reads, so the frames and the running task read in between are of
+    /// that callback. The task is read last, and a loop of short callbacks is often in the
+    /// next one by then: two samples naming the same task under two clocks prove it stepped
+    /// twice only when both were read so.
     pub clock_after: Option<u64>,
     /// The thread's id inside the target's own PID namespace (a container), when that is not
     /// ours; `os_tid` is always our (the host's) id.

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::cause::{Cause, CauseEvidence};
 use super::intern::{FrameId, StackId};
-use super::loop_detect::LoopKind;
+use super::loop_detect::{self, LoopKind};
 use crate::remote::source::SourceContext;
 use crate::sample::{RunningTask, TaskGeneration};
 
@@ -176,8 +176,10 @@ pub struct BusyRun {
     /// ([`crate::sample::ThreadSample::clock_after`]): (root, task, clock).
     confirmed_step: Option<(u64, u64, u64)>,
     /// `_run_once`'s handle index and the callback clock of the latest sample inside a
-    /// callback that had both, confirmed (selector loops, own reader).
-    pub last_handle_index: Option<(u64, u64)>,
+    /// callback that had both (selector loops, own reader).
+    last_handle_index: Option<(u64, u64)>,
+    /// The last sample under that sample's clock (its callback's last), and the first after.
+    index_callback_span: Option<(Instant, Option<Instant>)>,
     /// Busy samples so far.
     pub samples: u32,
     /// Of them, samples whose stack the reader cut (deeper than it reads).
@@ -231,6 +233,7 @@ impl BusyRun {
             task_generation: None,
             confirmed_step: None,
             last_handle_index: None,
+            index_callback_span: None,
             samples: 0,
             cut_samples: 0,
             stacks: HashMap::new(),
@@ -274,6 +277,37 @@ impl BusyRun {
             }
             _ => self.same_task(key).then_some(known == generation),
         }
+    }
+
+    /// Notes a busy sample at `at` under callback clock `clock`, with `_run_once`'s handle
+    /// index when read inside a callback. Returns where the run ends if the two show the loop
+    /// went round since the previous index ([`loop_detect::new_iteration_by_index`]): the
+    /// earliest the iteration can have ended, after the callback that sample was in.
+    pub fn iteration_by_index(
+        &mut self,
+        at: Instant,
+        clock: Option<u64>,
+        index: Option<(u64, u64)>,
+    ) -> Option<Instant> {
+        if let (Some((_, index_clock)), Some(clock), Some((last, next))) = (
+            self.last_handle_index,
+            clock,
+            self.index_callback_span.as_mut(),
+        ) {
+            if clock == index_clock {
+                *last = at;
+            } else if next.is_none() {
+                *next = Some(at);
+            }
+        }
+        let now = index?;
+        let before = self.last_handle_index.replace(now);
+        let span = self.index_callback_span.replace((at, None));
+        if !before.is_some_and(|before| loop_detect::new_iteration_by_index(before, now)) {
+            return None;
+        }
+        let (last, next) = span?;
+        Some(midway(last, next.unwrap_or(at)))
     }
 
     /// Records the step mark of the run's latest sample, and its task when `confirmed` (the

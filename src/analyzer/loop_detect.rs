@@ -345,4 +345,18 @@ mod tests {
         );
         assert!(!new_iteration(None, 1944, run), "nothing before");
     }
+
+    #[test]
+    fn index_and_clock_mark_a_new_iteration_only_when_handles_ran_uncounted() {
+        // Same iteration: the clock moved twice as far as the index.
+        assert!(!new_iteration_by_index((3, 107), (10, 121)));
+        // Cancelled handles in between (skipped, not run): the clock moved less.
+        assert!(!new_iteration_by_index((3, 107), (10, 115)));
+        // The index went back: a new iteration, whatever the clock.
+        assert!(new_iteration_by_index((10, 121), (2, 131)));
+        // The index went on, but the clock further: a new iteration of more handles.
+        assert!(new_iteration_by_index((3, 107), (5, 151)));
+        // A clock that went back is no evidence (another thread state, a misread).
+        assert!(!new_iteration_by_index((3, 107), (1, 90)));
+    }
 }

@@ -287,9 +287,9 @@ impl Analyzer {
         // it), so one task step went on through the gap.
         let generation = self.step_generation(thread, sample.task_generation);
         let confirmed = thread.context_ver.is_some() && thread.clock_after == thread.context_ver;
-        // Inside a callback (its Context entered), with index and clock read together.
+        // Inside a callback (its Context entered), with index and clock of one moment.
         let handle_index = match (thread.handle_index, thread.context_ver, &key) {
-            (Some(index), Some(clock), Some(_)) if confirmed => Some((index, clock)),
+            (Some(index), Some(clock), Some(_)) => Some((index, clock)),
             _ => None,
         };
         if after_gap && !self.same_step_across_gap(tid, key, generation, confirmed) {
@@ -326,7 +326,8 @@ impl Analyzer {
             let mut run = BusyRun::new(start_at, at);
             run.loop_context = context;
             run.note_step(key.as_ref(), generation, confirmed);
-            run.last_handle_index = handle_index;
+            let clock = thread.context_ver;
+            run.iteration_by_index(at, clock, handle_index);
             run.evidence
                 .counters_start(thread.counters.as_ref().or(counters_before.as_ref()));
             run
@@ -495,11 +496,12 @@ impl Analyzer {
                 return Some(midway);
             }
         }
-        if let Some(now) = handle_index {
-            let before = run.last_handle_index.replace(now);
-            if before.is_some_and(|before| loop_detect::new_iteration_by_index(before, now)) {
-                return Some(midway);
-            }
+        let clock = match generation {
+            Some(StepMark::Context(clock)) => Some(clock),
+            _ => None,
+        };
+        if let Some(boundary) = run.iteration_by_index(at, clock, handle_index) {
+            return Some(boundary);
         }
         let key = key?;
         if let Some(generation) = generation {
@@ -509,10 +511,6 @@ impl Analyzer {
                 return Some(midway);
             }
         }
-        let clock = match generation {
-            Some(StepMark::Context(clock)) => Some(clock),
-            _ => None,
-        };
         run.split_point(key, clock, at, threshold)
     }
 

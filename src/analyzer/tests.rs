@@ -249,6 +249,46 @@ fn a_task_read_after_its_callback_ended_does_not_split_a_saturation() {
     assert!((durations[0] - 300.0).abs() <= 2.0, "{durations:?}");
 }
 
+/// Short callbacks of many tasks for 300 ms, never seen idle, sampled every 2 ms with
+/// `_run_once`'s handle index: `iteration_of(ms)` says which iteration a sample is in, each
+/// iteration running 20 handles a millisecond (clock +2 each). The incidents made.
+fn indexed_run(iteration_ms: u64) -> Vec<f64> {
+    let mut analyzer = Analyzer::new(gap_settings());
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    analyzer.feed(with_clock(sample(ms(0), None), None, 1));
+    for n in (2..=300).step_by(2) {
+        let (iteration, into) = (n / iteration_ms, n % iteration_ms);
+        // Each iteration runs 20 * iteration_ms handles; this sample is `into` ms into it.
+        let index = 20 * into;
+        let clock = 1 + 2 * (20 * iteration_ms * iteration + index) + 1;
+        let SamplerMessage::Sample(mut s) =
+            with_clock(sample(ms(n), Some("handler")), Some(0x1000 + n), clock)
+        else {
+            unreachable!()
+        };
+        s.threads[0].handle_index = Some(index);
+        analyzer.feed(SamplerMessage::Sample(s));
+    }
+    analyzer.feed(with_clock(sample(ms(301), None), None, 100_000));
+    let analysis = analyzer.finish();
+    analysis.incidents.iter().map(|i| i.duration_ms).collect()
+}
+
+#[test]
+fn the_handle_index_and_the_clock_tell_iterations_apart() {
+    // One 300 ms iteration: one saturation.
+    let one = indexed_run(1_000);
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert!((one[0] - 300.0).abs() <= 2.0, "{one:?}");
+    // 40 ms iterations back to back: each under the threshold, none an incident.
+    assert!(indexed_run(40).is_empty(), "{:?}", indexed_run(40));
+    // 100 ms iterations: three saturations, cut where the index went back.
+    let three = indexed_run(100);
+    assert_eq!(three.len(), 3, "{three:?}");
+    assert!(three.iter().all(|d| (d - 100.0).abs() <= 3.0), "{three:?}");
+}
+
 #[test]
 fn the_callback_clock_bridges_a_sampling_gap_only_when_unchanged() {
     let run = |after: u64| {

@@ -37,6 +37,16 @@ pub struct SmallInts {
 }
 
 impl SmallInts {
+    /// The value of the cached small int at `address`, if it lies in a learned block (no
+    /// need to read it: the address says it).
+    pub fn value_at(&self, address: u64) -> Option<u64> {
+        self.candidates.iter().filter(|c| c.learned).find_map(|c| {
+            let offset = address.checked_sub(c.base)?;
+            let value = offset / STRIDE;
+            (offset % STRIDE == 0 && value <= MAX_SMALL_INT).then_some(value)
+        })
+    }
+
     /// `value` read from the int object at `address`: `Some(value)` if the address is where
     /// the cached small int `value` lives, as far as reads so far have shown; `None` (not
     /// believed) until its block's base is learned, and for any other address.
@@ -88,6 +98,10 @@ mod tests {
         assert_eq!(ints.check(base + 32 * 9, 9), Some(9));
         assert_eq!(ints.check(base + 32 * 7, 7), Some(7));
         assert_eq!(ints.check(base, 0), Some(0));
+        assert_eq!(ints.value_at(base + 32 * 200), Some(200));
+        assert_eq!(ints.value_at(base + 32 * 200 + 8), None);
+        assert_eq!(ints.value_at(base + 32 * 257), None);
+        assert_eq!(ints.value_at(base - 32), None);
     }
 
     #[test]

@@ -433,6 +433,11 @@ impl<M: RemoteMemory> StackReader<M> {
             pages.touched.extend(blocks_of(thread.cframe, 64));
         }
         let depth = self.walk_frames(thread, out)?;
+        if self.handle_index.is_some() && self.clock_now(thread) != thread.context_ver {
+            // A callback began or ended during the walk: index, clock and frames may each
+            // be of another one.
+            self.handle_index = None;
+        }
         let pages = &mut self.pages;
         if pages.learned.len() >= MAX_DEPTH && !pages.learned.contains_key(&thread.tstate) {
             pages.learned.clear();
@@ -532,6 +537,9 @@ impl<M: RemoteMemory> StackReader<M> {
         let mut pointer = [0u8; 8];
         self.read_hot(slot, &mut pointer).ok()?;
         let int = u64::from_ne_bytes(pointer) & !self.offsets.frame.code_tag_bits;
+        if let Some(value) = self.small_ints.value_at(int) {
+            return Some(value);
+        }
         let value = self.small_int(int)?;
         self.small_ints.check(int, value)
     }

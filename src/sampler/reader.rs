@@ -169,18 +169,15 @@ impl TargetReader {
     }
 
     /// Reads the callback clock of each loop thread caught out of its selector once more, now
-    /// that its frames, handle index and running tasks were read ([`ThreadSample::clock_after`]):
-    /// one word per such thread, and none for a loop waiting in its selector or with neither
-    /// a running task nor a handle index (nothing to confirm).
+    /// that its frames and the running tasks were read ([`ThreadSample::clock_after`]): one
+    /// word per such thread, and none for a loop waiting in its selector or with no task
+    /// running (nothing to confirm).
     pub(super) fn confirm_reads(&mut self, threads: &mut [ThreadSample], tasks: &[RunningTask]) {
         let Some(reader) = self.own.as_ref() else {
             return;
         };
         for thread in threads.iter_mut() {
-            let nothing_to_confirm = tasks.is_empty() && thread.handle_index.is_none();
-            if nothing_to_confirm
-                || thread.context_ver.is_none()
-                || selects_by_frames(&thread.frames)
+            if tasks.is_empty() || thread.context_ver.is_none() || selects_by_frames(&thread.frames)
             {
                 continue;
             }
