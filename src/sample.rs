@@ -67,11 +67,11 @@ pub struct ThreadSample {
     /// the allocator does with handle addresses, on every loop of the process separately.
     pub context_ver: Option<u64>,
     /// Where a selector loop is in its handle loop: `_run_once`'s `i`, the index of the
-    /// handle it runs this iteration (own reader). Only when it is a cached small int, whose
-    /// value a late read cannot garble (see `remote::small_ints`), and when the callback clock
-    /// read again right after the walk had not moved: index, frames and `context_ver` are of
-    /// one moment. With the clock it tells iterations apart: within one, the clock moves two
-    /// per handle run.
+    /// handle it runs this iteration (own reader). Only when the callback clock read again
+    /// right after the walk had not moved: index, frames and `context_ver` are of one callback
+    /// (past 256 the index is a fresh int object, freed once the loop moves on: read late, its
+    /// memory says anything). With the clock it tells iterations apart: within one, the clock
+    /// moves two per handle run.
     pub handle_index: Option<u64>,
     /// The callback clock read once more after the running tasks (own reader, a loop thread
     /// out of its selector, with a task running): equal to `context_ver`, no callback began or

@@ -531,8 +531,11 @@ impl<M: RemoteMemory> StackReader<M> {
         Ok(Depth::Whole)
     }
 
-    /// The value of the loop index whose slot is at `slot`, if it is a cached small int
-    /// ([`SmallInts`]): a larger one, or one at another address, may be a freed object's.
+    /// The value of the loop index whose slot is at `slot`: from the address alone for a
+    /// cached small int ([`SmallInts`]), else read. An index past 256 is a fresh object, freed
+    /// once the loop moves on; read during the walk, it is kept only if the clock, read again
+    /// after the walk, did not move ([`Self::stack`]): then the callback, and the index, were
+    /// the same throughout.
     fn read_handle_index(&mut self, slot: u64) -> Option<u64> {
         let mut pointer = [0u8; 8];
         self.read_hot(slot, &mut pointer).ok()?;
@@ -541,7 +544,8 @@ impl<M: RemoteMemory> StackReader<M> {
             return Some(value);
         }
         let value = self.small_int(int)?;
-        self.small_ints.check(int, value)
+        self.small_ints.learn(int, value);
+        Some(value)
     }
 
     /// The value of the int object at `obj`, if it is one of at most 30 bits.
@@ -583,8 +587,8 @@ impl<M: RemoteMemory> StackReader<M> {
     }
 
     /// Where in its handle loop the last [`Self::stack`] found a selector loop: `_run_once`'s
-    /// `i`, the index of the handle it runs this iteration — only when believed (a cached
-    /// small int, [`SmallInts`]); None outside the handle loop, on uvloop, or where the table
+    /// `i`, the index of the handle it runs this iteration — only when the callback clock did
+    /// not move during the walk; None outside the handle loop, on uvloop, or where the table
     /// has no locals.
     pub fn handle_index(&self) -> Option<u64> {
         self.handle_index
