@@ -22,7 +22,11 @@ const MAX_CANDIDATES: usize = 32;
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
     base: u64,
-    first_value: u64,
+    /// The least and greatest values read at addresses that fit this base: the block's
+    /// extent as far as known. Past its ends the allocator may have put any other object —
+    /// fresh ints past 256 among them, which the address would misname.
+    lowest: u64,
+    highest: u64,
     /// Seen with a second, different value: a learned base.
     learned: bool,
     seen: u32,
@@ -35,10 +39,10 @@ pub struct SmallInts {
 }
 
 impl SmallInts {
-    /// The value of the cached small int at `address`, if it lies in a learned block (no
-    /// need to read it: the address says it). Blocks can be near enough for an address to fit
-    /// two (3.9: the block of 181–256 starts 64 bytes past where the one of 55–180 would have
-    /// put it): only an address that fits exactly one learned block is answered.
+    /// The value of the cached small int at `address`, if it lies within the known extent of
+    /// a learned block (no need to read it: the address says it). Only an address that fits
+    /// exactly one block is answered (on 3.9 the block of 181–256 starts 64 bytes past where
+    /// the one of 55–180 would have put it).
     pub fn value_at(&self, address: u64) -> Option<u64> {
         let mut fits = self
             .candidates
@@ -47,7 +51,8 @@ impl SmallInts {
             .filter_map(|c| {
                 let offset = address.checked_sub(c.base)?;
                 let value = offset / STRIDE;
-                (offset % STRIDE == 0 && value <= MAX_SMALL_INT).then_some(value)
+                let known = (c.lowest..=c.highest).contains(&value);
+                (offset % STRIDE == 0 && known).then_some(value)
             });
         let value = fits.next()?;
         fits.next().is_none().then_some(value)
@@ -61,7 +66,9 @@ impl SmallInts {
         let base = address.wrapping_sub(STRIDE * value);
         if let Some(c) = self.candidates.iter_mut().find(|c| c.base == base) {
             c.seen = c.seen.saturating_add(1);
-            c.learned |= c.first_value != value;
+            c.learned |= c.lowest != value || c.highest != value;
+            c.lowest = c.lowest.min(value);
+            c.highest = c.highest.max(value);
             return;
         }
         if self.candidates.len() >= MAX_CANDIDATES {
@@ -80,7 +87,8 @@ impl SmallInts {
         }
         self.candidates.push(Candidate {
             base,
-            first_value: value,
+            lowest: value,
+            highest: value,
             learned: false,
             seen: 1,
         });
@@ -97,13 +105,22 @@ mod tests {
         let base = 0x7f00_0000_1000;
         ints.learn(base + 32 * 7, 7);
         ints.learn(base + 32 * 7, 7);
-        assert_eq!(ints.value_at(base + 32 * 9), None, "one value proves nothing");
+        assert_eq!(
+            ints.value_at(base + 32 * 9),
+            None,
+            "one value proves nothing"
+        );
         ints.learn(base + 32 * 9, 9);
         assert_eq!(ints.value_at(base + 32 * 9), Some(9));
-        assert_eq!(ints.value_at(base), Some(0));
-        assert_eq!(ints.value_at(base + 32 * 200), Some(200));
-        assert_eq!(ints.value_at(base + 32 * 200 + 8), None);
-        assert_eq!(ints.value_at(base + 32 * 257), None);
+        assert_eq!(ints.value_at(base + 32 * 8), Some(8));
+        // Past the values seen, the block may have ended: read, not named.
+        assert_eq!(ints.value_at(base + 32 * 10), None);
+        assert_eq!(ints.value_at(base + 32 * 6), None);
+        ints.learn(base, 0);
+        ints.learn(base + 32 * 200, 200);
+        assert_eq!(ints.value_at(base + 32 * 100), Some(100));
+        assert_eq!(ints.value_at(base + 32 * 100 + 8), None);
+        assert_eq!(ints.value_at(base + 32 * 201), None);
         assert_eq!(ints.value_at(base - 32), None);
         // Other ints (fresh objects past 256) teach nothing.
         ints.learn(0x5600_0000_2468, 300);
@@ -130,9 +147,10 @@ mod tests {
             ints.learn(0x5500_0000_0000 + 8 * k * 7919, k % 250);
         }
         assert_eq!(ints.value_at(0x1000 + 32 * 20), Some(20));
-        // The second and third blocks' addresses fit both bases: not answered (read).
-        assert_eq!(ints.value_at(0x9_0000 + 32 * 100), None);
-        assert_eq!(ints.value_at(0x9_0000 + 64 + 32 * 200), None);
+        assert_eq!(ints.value_at(0x9_0000 + 32 * 100), Some(100));
+        assert_eq!(ints.value_at(0x9_0000 + 64 + 32 * 200), Some(200));
+        // A fresh int the allocator put just past the first block is read, not named.
+        assert_eq!(ints.value_at(0x1000 + 32 * 55), None);
         assert!(ints.candidates.len() <= MAX_CANDIDATES);
     }
 }
