@@ -67,12 +67,10 @@ pub struct ThreadSample {
     /// the allocator does with handle addresses, on every loop of the process separately.
     pub context_ver: Option<u64>,
     /// Where a selector loop is in its handle loop: `_run_once`'s `i`, the index of the
-    /// handle it runs this iteration (own reader). Only when the callback clock read again
-    /// right after the walk had not moved: index, frames and `context_ver` are of one callback
-    /// (past 256 the index is a fresh int object, freed once the loop moves on: read late, its
-    /// memory says anything). With the clock it tells iterations apart: within one, the clock
-    /// moves two per handle run.
-    pub handle_index: Option<u64>,
+    /// handle it runs this iteration, and the callback clock of that moment (own reader; read
+    /// together, see `remote::stacks::StackReader::handle_index`). With the clock it tells
+    /// iterations apart: within one, the clock moves two per handle run.
+    pub handle_index: Option<HandleIndex>,
     /// The callback clock read once more after the running tasks (own reader, a loop thread
     /// out of its selector, with a task running): equal to `context_ver`, no callback began or
     /// ended between the two reads, so the frames and the running task read in between are of
@@ -108,6 +106,15 @@ pub struct ThreadCounters {
     /// when this reading looked (only when the thread moved bytes): a file written or read on
     /// CPU leaves no syscall to read its descriptor from.
     pub busiest_file: Option<String>,
+}
+
+/// `_run_once`'s handle index and the callback clock, read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandleIndex {
+    /// `i` of `for i in range(ntodo)`.
+    pub index: u64,
+    /// The thread's callback clock (`context_ver`) while `i` held it.
+    pub clock: u64,
 }
 
 /// Every Python thread of the target at one instant.

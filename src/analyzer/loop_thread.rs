@@ -61,6 +61,10 @@ pub struct LoopThread {
     /// `_run_once` is at in most callback samples. Not the latest one: a read that spans an
     /// iteration boundary shows a callback's frames with `_run_once` already further on.
     pub(super) handle_run_lines: LineVotes,
+    /// Idle samples seen with an even and with an odd callback clock: in its selector the
+    /// loop is inside no handle's Context, and the clock's parity there is the "outside" one
+    /// (inside a handle it is the other: one Context entered, +1).
+    pub(super) idle_clock_parity: [u32; 2],
     pub(super) run: Option<BusyRun>,
     /// The latest kernel counter reading of this thread (its numbers only): where a busy run
     /// whose first sample came without one starts counting.
@@ -118,6 +122,7 @@ impl LoopThread {
             torn_samples: 0,
             base_frame,
             handle_run_lines: LineVotes::default(),
+            idle_clock_parity: [0; 2],
             run: None,
             last_counters: None,
             recent_stalls: VecDeque::new(),

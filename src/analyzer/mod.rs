@@ -247,6 +247,10 @@ impl Analyzer {
             }
         }
         if !position.is_busy() {
+            if let Some(clock) = thread.context_ver {
+                let votes = &mut loop_thread.idle_clock_parity[(clock % 2) as usize];
+                *votes = votes.saturating_add(1);
+            }
             // The reading taken as the loop got back to its selector closes the run's counts
             // (a long write() adds its bytes only when it returns).
             if let (Some(run), Some(counters)) = (loop_thread.run.as_mut(), &thread.counters) {
@@ -287,11 +291,10 @@ impl Analyzer {
         // it), so one task step went on through the gap.
         let generation = self.step_generation(thread, sample.task_generation);
         let confirmed = thread.context_ver.is_some() && thread.clock_after == thread.context_ver;
-        // Inside a callback (its Context entered), with index and clock of one moment.
-        let handle_index = match (thread.handle_index, thread.context_ver, &key) {
-            (Some(index), Some(clock), Some(_)) => Some((index, clock)),
-            _ => None,
-        };
+        let handle_index = thread
+            .handle_index
+            .filter(|h| self.inside_a_handle(tid, h.clock))
+            .map(|h| (h.index, h.clock));
         if after_gap && !self.same_step_across_gap(tid, key, generation, confirmed) {
             self.close_run(tid, at, false);
         }
@@ -408,6 +411,23 @@ impl Analyzer {
                 self.went_idle(tid, at);
             }
         }
+    }
+
+    /// Whether callback clock `clock` of loop thread `tid` is inside a handle's Context: the
+    /// parity its idle samples do not have (most of them, at least 3). Between two handles
+    /// `_run_once`'s index may already be the next one's while the clock is still the last
+    /// one's: the index rule takes only readings inside a handle.
+    fn inside_a_handle(&self, tid: u64, clock: u64) -> bool {
+        let Some(l) = self.analysis.loops.get(&tid) else {
+            return false;
+        };
+        let [even, odd] = l.idle_clock_parity;
+        let outside = match even.cmp(&odd) {
+            std::cmp::Ordering::Greater if even >= 3 => 0,
+            std::cmp::Ordering::Less if odd >= 3 => 1,
+            _ => return false,
+        };
+        clock % 2 != outside
     }
 
     /// The loop of `tid` was seen idle at `at`: its busy run, if any, ends.

@@ -1,6 +1,6 @@
 //! The analyzer fed made-up samples: incidents kept and counted, runs split and closed.
 use super::*;
-use crate::sample::{Frame, ThreadSample};
+use crate::sample::{Frame, HandleIndex, ThreadSample};
 
 fn frame(function: &str, file: &str) -> Frame {
     Frame {
@@ -256,6 +256,14 @@ fn indexed_run(iteration_ms: u64) -> Vec<f64> {
     let mut analyzer = Analyzer::new(gap_settings());
     let t0 = Instant::now();
     let ms = |n: u64| t0 + Duration::from_millis(n);
+    // Idle in its selector: the clock's "outside a handle" parity (odd here).
+    for n in 0..3 {
+        analyzer.feed(with_clock(
+            sample(t0 - Duration::from_millis(3 - n), None),
+            None,
+            1,
+        ));
+    }
     analyzer.feed(with_clock(sample(ms(0), None), None, 1));
     for n in (2..=300).step_by(2) {
         let (iteration, into) = (n / iteration_ms, n % iteration_ms);
@@ -267,7 +275,7 @@ fn indexed_run(iteration_ms: u64) -> Vec<f64> {
         else {
             unreachable!()
         };
-        s.threads[0].handle_index = Some(index);
+        s.threads[0].handle_index = Some(HandleIndex { index, clock });
         analyzer.feed(SamplerMessage::Sample(s));
     }
     analyzer.feed(with_clock(sample(ms(301), None), None, 100_000));

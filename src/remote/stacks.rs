@@ -33,7 +33,7 @@ use super::memory::{blocks_of, word_at as word, BlockStats, RemoteMemory, TickBl
 use super::offsets::{CodeOffsets, FrameLayout, GilLayout, LineTableFormat, PythonOffsets};
 use super::pystr::{self, StrHeader};
 use super::small_ints::SmallInts;
-use crate::sample::Frame;
+use crate::sample::{Frame, HandleIndex};
 
 /// Longest thread list accepted; past it the list is taken to be torn.
 pub const MAX_DEPTH: usize = 4096;
@@ -163,8 +163,10 @@ pub struct StackReader<M> {
     now: Instant,
     stats: ReaderStats,
     pages: TickPages,
+    /// Where the last walk found `_run_once`'s handle index `i` (the address of its slot).
+    index_slot: Option<u64>,
     /// `_run_once`'s handle index in the last [`StackReader::stack`], when believed.
-    handle_index: Option<u64>,
+    handle_index: Option<HandleIndex>,
     small_ints: SmallInts,
 }
 
@@ -248,6 +250,7 @@ impl<M: RemoteMemory> StackReader<M> {
             now: Instant::now(),
             stats: ReaderStats::default(),
             pages: TickPages::default(),
+            index_slot: None,
             handle_index: None,
             small_ints: SmallInts::default(),
         }
@@ -423,6 +426,7 @@ impl<M: RemoteMemory> StackReader<M> {
     ) -> Result<Depth, StackError> {
         out.clear();
         self.handle_index = None;
+        self.index_slot = None;
         // What this walk reads is read ahead the next time this thread is due.
         let pages = &mut self.pages;
         pages.touched.clear();
@@ -433,10 +437,8 @@ impl<M: RemoteMemory> StackReader<M> {
             pages.touched.extend(blocks_of(thread.cframe, 64));
         }
         let depth = self.walk_frames(thread, out)?;
-        if self.handle_index.is_some() && self.clock_now(thread) != thread.context_ver {
-            // A callback began or ended during the walk: index, clock and frames may each
-            // be of another one.
-            self.handle_index = None;
+        if let Some(slot) = self.index_slot {
+            self.handle_index = self.read_handle_index(thread, slot);
         }
         let pages = &mut self.pages;
         if pages.learned.len() >= MAX_DEPTH && !pages.learned.contains_key(&thread.tstate) {
@@ -510,7 +512,7 @@ impl<M: RemoteMemory> StackReader<M> {
                     instr.wrapping_sub(start)
                 }
             };
-            let want_index = self.handle_index.is_none();
+            let want_index = self.index_slot.is_none();
             let info = self.code(code, position, globals)?;
             let index_slot = info.run_once_slot.filter(|_| want_index);
             if !info.shim {
@@ -523,41 +525,60 @@ impl<M: RemoteMemory> StackReader<M> {
                 });
             }
             if let (Some(slot), Some(locals)) = (index_slot, self.offsets.frame.localsplus) {
-                self.handle_index =
-                    self.read_handle_index(addr.wrapping_add((locals + 8 * slot) as u64));
+                self.index_slot = Some(addr.wrapping_add((locals + 8 * slot) as u64));
             }
             addr = back;
         }
         Ok(Depth::Whole)
     }
 
-    /// The value of the loop index whose slot is at `slot`: from the address alone for a
-    /// cached small int ([`SmallInts`]), else read. An index past 256 is a fresh object, freed
-    /// once the loop moves on; read during the walk, it is kept only if the clock, read again
-    /// after the walk, did not move ([`Self::stack`]): then the callback, and the index, were
-    /// the same throughout.
-    fn read_handle_index(&mut self, slot: u64) -> Option<u64> {
-        let mut pointer = [0u8; 8];
-        self.read_hot(slot, &mut pointer).ok()?;
-        let int = u64::from_ne_bytes(pointer) & !self.offsets.frame.code_tag_bits;
-        if let Some(value) = self.small_ints.value_at(int) {
-            return Some(value);
-        }
-        let value = self.small_int(int)?;
-        self.small_ints.learn(int, value);
-        Some(value)
-    }
-
-    /// The value of the int object at `obj`, if it is one of at most 30 bits.
-    fn small_int(&self, obj: u64) -> Option<u64> {
-        if obj == 0 {
+    /// `_run_once`'s handle index, whose slot is at `slot`, and the callback clock at the
+    /// moment it held it. One system call reads the clock, the slot and the clock again: `i`
+    /// changes only between two handles, after one's Context is left and before the next's
+    /// is entered, so under two equal clock values it did not change in between — whatever
+    /// the walk before saw. The int's value: from its address for a cached small int
+    /// ([`SmallInts`]); else read with the clock once more (past 256 the int is a fresh object,
+    /// freed once the loop moves on, whose memory read late says anything).
+    fn read_handle_index(&mut self, thread: &ThreadHead, slot: u64) -> Option<HandleIndex> {
+        let clock_at = thread
+            .tstate
+            .wrapping_add(self.offsets.thread.context_ver? as u64);
+        let (mut before, mut pointer, mut after) = ([0u8; 8], [0u8; 8], [0u8; 8]);
+        let mut filled = Vec::with_capacity(3);
+        self.mem.read_many(
+            &mut [
+                (clock_at, &mut before[..]),
+                (slot, &mut pointer[..]),
+                (clock_at, &mut after[..]),
+            ],
+            &mut filled,
+        );
+        let clock = u64::from_ne_bytes(before);
+        if filled.iter().any(|ok| !ok) || clock != u64::from_ne_bytes(after) {
             return None;
         }
+        let int = u64::from_ne_bytes(pointer) & !self.offsets.frame.code_tag_bits;
+        if let Some(index) = self.small_ints.value_at(int) {
+            return Some(HandleIndex { index, clock });
+        }
+        let len = (self.offsets.long.digits + 4).min(32);
+        let (mut object, mut again) = ([0u8; 32], [0u8; 8]);
+        self.mem.read_many(
+            &mut [(int, &mut object[..len]), (clock_at, &mut again[..])],
+            &mut filled,
+        );
+        if filled.iter().any(|ok| !ok) || u64::from_ne_bytes(again) != clock {
+            return None;
+        }
+        let index = self.int_value(&object[..len])?;
+        self.small_ints.learn(int, index);
+        Some(HandleIndex { index, clock })
+    }
+
+    /// The value of the int object read into `buf`, if it is one of at most 30 bits.
+    fn int_value(&self, buf: &[u8]) -> Option<u64> {
         let l = &self.offsets.long;
-        let mut buf = [0u8; 32];
-        let len = (l.digits + 4).min(32);
-        self.read(obj, &mut buf[..len]).ok()?;
-        let size = word(&buf, l.tag);
+        let size = word(buf, l.tag);
         let (digits, negative) = if l.tagged {
             (size >> 3, size & 3 == 2)
         } else {
@@ -565,7 +586,7 @@ impl<M: RemoteMemory> StackReader<M> {
             (signed.unsigned_abs(), signed < 0)
         };
         let digit = u64::from(u32::from_ne_bytes(
-            buf[l.digits..l.digits + 4].try_into().ok()?,
+            buf.get(l.digits..l.digits + 4)?.try_into().ok()?,
         ));
         match (digits, negative) {
             (0, _) => Some(0),
@@ -587,10 +608,10 @@ impl<M: RemoteMemory> StackReader<M> {
     }
 
     /// Where in its handle loop the last [`Self::stack`] found a selector loop: `_run_once`'s
-    /// `i`, the index of the handle it runs this iteration — only when the callback clock did
-    /// not move during the walk; None outside the handle loop, on uvloop, or where the table
-    /// has no locals.
-    pub fn handle_index(&self) -> Option<u64> {
+    /// `i`, the index of the handle it runs this iteration, with the callback clock of that
+    /// moment; None outside the handle loop, on uvloop, where the table has no locals, or when
+    /// a handle boundary came in the middle of the read.
+    pub fn handle_index(&self) -> Option<HandleIndex> {
         self.handle_index
     }
 

@@ -60,7 +60,7 @@ pub(super) struct ThreadRead {
     owns_gil: bool,
     frames: Vec<Frame>,
     depth: Depth,
-    handle_index: Option<u64>,
+    handle_index: Option<crate::sample::HandleIndex>,
     /// Ticks this read stands for: 1 for a loop thread, the ticks since the thread's last
     /// read for the others.
     every: u32,
