@@ -307,6 +307,16 @@ impl Analyzer {
             (run_once_line, handle_index),
         );
         if let Some(boundary) = split_at {
+            // This sample is past the run's end: its kernel reading (the sampler takes one as
+            // a long callback ends) is the latest word on the run's counts.
+            let run = self
+                .analysis
+                .loops
+                .get_mut(&tid)
+                .and_then(|l| l.run.as_mut());
+            if let (Some(run), Some(counters)) = (run, &thread.counters) {
+                run.evidence.add_counters(counters);
+            }
             self.finish_run(tid, boundary, false);
         }
         let a = &mut self.analysis;

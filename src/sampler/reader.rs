@@ -94,6 +94,8 @@ pub(super) struct TargetReader {
     /// Each loop thread's latest counter reading, and when: the rate limit, and the base that
     /// says whether the thread moved bytes since.
     counter_reads: HashMap<u64, CounterRead>,
+    /// Each loop thread's callback clock and when it was first seen at that value.
+    loop_clocks: HashMap<u64, (u64, Instant)>,
     /// Other threads' last kernel views (see [`VIEW_REUSES`]).
     views_of_others: HashMap<u64, ViewMemo>,
     /// The process's open regular files at the last look, and when.
@@ -262,6 +264,7 @@ impl TargetReader {
             thread_files: ThreadFiles::new(pid),
             counter_files: CounterFiles::new(pid),
             counter_reads: HashMap::default(),
+            loop_clocks: HashMap::default(),
             file_look: None,
             views_of_others: HashMap::default(),
             resources: ResourceResolver::default(),
@@ -327,6 +330,7 @@ impl TargetReader {
             self.thread_files.retain(live);
             self.counter_files.retain(live);
             self.counter_reads.retain(|tid, _| live(*tid));
+            self.loop_clocks.retain(|tid, _| live(*tid));
             self.views_of_others.retain(|tid, _| live(*tid));
         }
         for sample in &samples {
@@ -504,8 +508,21 @@ impl TargetReader {
         // that first tick is the one whose reading closes the busy run's counts.
         let in_selector = selects_by_frames(&frames)
             || matches!(&os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr));
+        // A callback that held the loop a while just ended (its clock moved on): the reading
+        // that closes its counts is due now — a long write() adds its bytes only when it
+        // returns, and the analyzer may end the run right here, without an idle sample.
+        let long_callback_ended = match (os_tid, head.context_ver) {
+            (Some(tid), Some(clock)) if is_loop => {
+                let (seen, since) = *self.loop_clocks.entry(tid).or_insert((clock, now));
+                if seen != clock {
+                    self.loop_clocks.insert(tid, (clock, now));
+                }
+                seen != clock && now.saturating_duration_since(since) >= 2 * COUNTER_INTERVAL
+            }
+            _ => false,
+        };
         let counters = match os_tid {
-            Some(tid) if is_loop => self.counters(tid, now, in_selector),
+            Some(tid) if is_loop => self.counters(tid, now, in_selector, long_callback_ended),
             _ => None,
         };
         ThreadSample {
@@ -566,11 +583,18 @@ impl TargetReader {
     /// The kernel counters of loop thread `tid`: while its loop is busy (out of its selector)
     /// when [`COUNTER_INTERVAL`] has passed since its last reading, and once more on its first
     /// tick back in the selector (`in_selector`): a write() of 64 MB counts its bytes only when
-    /// it returns. With the file that moved most when the thread was in the kernel or moved
-    /// bulk bytes.
-    fn counters(&mut self, tid: u64, now: Instant, in_selector: bool) -> Option<ThreadCounters> {
+    /// it returns; and whenever `force`d (a long callback just ended). With the file that
+    /// moved most when the thread was in the kernel or moved bulk bytes.
+    fn counters(
+        &mut self,
+        tid: u64,
+        now: Instant,
+        in_selector: bool,
+        force: bool,
+    ) -> Option<ThreadCounters> {
         let last = self.counter_reads.get(&tid);
         let due = match last {
+            _ if force => true,
             None => !in_selector,
             Some(last) if in_selector => last.busy,
             Some(last) => now.saturating_duration_since(last.at) >= COUNTER_INTERVAL,
