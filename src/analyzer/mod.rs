@@ -484,8 +484,12 @@ impl Analyzer {
     /// round without being seen idle (docs/how-it-works.md, "Incidents"):
     /// - a selector loop's `_run_once` went back from its handle loop to the part before it (a
     ///   new iteration, its selector polled too briefly to sample);
-    /// - the same task stepped again: asyncio's running-task table changed in between (only
-    ///   with one loop in the process, as all loops share the table);
+    /// - uvloop: a new callback clock value (a uvloop run is one callback);
+    /// - `_run_once`'s handle index and the callback clock disagree: the clock moved further
+    ///   than two per handle the index moved on (`BusyRun::iteration_by_index`);
+    /// - the same task stepped again: under a new callback clock, both task reads proven
+    ///   (`confirmed`); without the clock, asyncio's running-task table changed in between
+    ///   (only with one loop in the process, as all loops share the table);
     /// - one callback that alone held the loop for the threshold was followed by another.
     ///
     /// Also keeps the per-run state these rules need up to date.
