@@ -387,7 +387,12 @@ impl CauseEvidence {
             .iter()
             .filter(|(k, _)| matches!(k.resource, Some(Resource::File(_))))
             .max_by_key(|(k, n)| (**n, k.nr));
-        if let Some(counts) = kernel.filter(|k| wait_category.is_none() && k.is_bulk_io()) {
+        // So does a wait the syscall alone cannot place, with bulk bytes moved: close() of a
+        // file just rewritten flushes it (ext4's auto_da_alloc) after the descriptor is gone.
+        let unplaced_wait = wait_category == Some("unknown");
+        if let Some(counts) =
+            kernel.filter(|k| (wait_category.is_none() || unplaced_wait) && k.is_bulk_io())
+        {
             // The descriptor a file wait named is exact; the file whose offset moved is the
             // sampler's best look when the thread never left the CPU.
             let path = file_wait
@@ -417,6 +422,10 @@ impl CauseEvidence {
                 file.path = Some(path.to_string());
             }
             file.syscall = file_wait.and_then(|(k, _)| k.nr).map(syscalls::name);
+            if unplaced_wait {
+                file.detail = format!("{}; {}", file.detail, cause.detail);
+                file.syscall = file.syscall.or_else(|| cause.syscall.clone());
+            }
             file.library = library;
             return file;
         }
@@ -766,6 +775,34 @@ mod tests {
             "{}",
             cause.detail
         );
+    }
+
+    #[test]
+    fn a_close_that_flushes_a_rewritten_file_is_file() {
+        // 256 MB written, then close() waits for the flush ext4 starts on a file truncated and
+        // rewritten: off CPU in close() most of the time, on a descriptor already gone.
+        let mut e = CauseEvidence::default();
+        e.add(&on_cpu_with((0, 0), (0, 0), None), None, None);
+        for _ in 0..5 {
+            e.add(&waiting(3, 7, None), None, None);
+        }
+        e.add(&on_cpu_with((0, 12), (0, 256_000_000), None), None, None);
+        let cause = e.decide(Some("f.write(payload)"));
+        assert_eq!(cause.category, "file", "{}", cause.detail);
+        assert_eq!(cause.syscall.as_deref(), Some("close"));
+        assert!(
+            cause.detail.contains("wrote 256.0 MB") && cause.detail.contains("close()"),
+            "{}",
+            cause.detail
+        );
+        // The same wait moving no bytes stays unknown: nothing says file.
+        let mut e = CauseEvidence::default();
+        e.add(&on_cpu_with((0, 0), (0, 0), None), None, None);
+        for _ in 0..5 {
+            e.add(&waiting(3, 7, None), None, None);
+        }
+        e.add(&on_cpu_with((0, 12), (0, 0), None), None, None);
+        assert_eq!(e.decide(None).category, "unknown");
     }
 
     #[test]

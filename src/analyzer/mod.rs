@@ -73,6 +73,11 @@ pub struct Analyzer {
     stack_facts: HashMap<StackId, StackFacts>,
     sources: SourceCache,
     closed: Vec<Incident>,
+    /// The kernel reading that came with the thread sample being added, and whose: a run of
+    /// that thread ending at this sample takes it as its closing counts (a long write() adds
+    /// its bytes only when it returns, and the sampler reads the counters just then: as the
+    /// loop gets back to its selector, or as a long callback's clock moves on).
+    closing_counters: Option<(u64, ThreadCounters)>,
 }
 
 impl Analyzer {
@@ -83,6 +88,7 @@ impl Analyzer {
             last_seen: HashMap::new(),
             stack_facts: HashMap::new(),
             sources: SourceCache::new(settings.pid),
+            closing_counters: None,
             closed: Vec::new(),
             settings,
         }
@@ -143,7 +149,9 @@ impl Analyzer {
         let gil_holder = sample.threads.iter().find(|t| t.owns_gil);
         for thread in &sample.threads {
             let weight = self.weight(thread.os_tid, sample.at, thread.every);
+            self.closing_counters = thread.counters.clone().map(|c| (thread.os_tid, c));
             self.add_thread(sample, thread, gil_holder, weight);
+            self.closing_counters = None;
         }
     }
 
@@ -251,11 +259,6 @@ impl Analyzer {
                 let votes = &mut loop_thread.idle_clock_parity[(clock % 2) as usize];
                 *votes = votes.saturating_add(1);
             }
-            // The reading taken as the loop got back to its selector closes the run's counts
-            // (a long write() adds its bytes only when it returns).
-            if let (Some(run), Some(counters)) = (loop_thread.run.as_mut(), &thread.counters) {
-                run.evidence.add_counters(counters);
-            }
             self.went_idle(tid, at);
             return;
         }
@@ -307,16 +310,6 @@ impl Analyzer {
             (run_once_line, handle_index),
         );
         if let Some(boundary) = split_at {
-            // This sample is past the run's end: its kernel reading (the sampler takes one as
-            // a long callback ends) is the latest word on the run's counts.
-            let run = self
-                .analysis
-                .loops
-                .get_mut(&tid)
-                .and_then(|l| l.run.as_mut());
-            if let (Some(run), Some(counters)) = (run, &thread.counters) {
-                run.evidence.add_counters(counters);
-            }
             self.finish_run(tid, boundary, false);
         }
         let a = &mut self.analysis;
@@ -404,13 +397,6 @@ impl Analyzer {
         let Some(loop_thread) = a.loops.get_mut(&tid) else {
             return;
         };
-        // Whatever the frames, a kernel reading taken with this sample is the latest word on
-        // the busy run's counts: the run may close right here (a torn read while the loop is
-        // back in epoll is frequent on 3.8–3.10), and a long write() adds its bytes only when
-        // it returns — without this reading a page-cache write read as 0 bytes, `cpu`.
-        if let (Some(run), Some(counters)) = (loop_thread.run.as_mut(), &thread.counters) {
-            run.evidence.add_counters(counters);
-        }
         if thread.frames.last() == Some(a.symbols.frames.get(loop_thread.base_frame)) {
             self.close_run(tid, at, false);
         } else {
@@ -575,9 +561,12 @@ impl Analyzer {
         let Some(loop_thread) = a.loops.get_mut(&tid) else {
             return;
         };
-        let Some(run) = loop_thread.run.take() else {
+        let Some(mut run) = loop_thread.run.take() else {
             return;
         };
+        if let Some((_, counters)) = self.closing_counters.as_ref().filter(|(t, _)| *t == tid) {
+            run.evidence.add_counters(counters);
+        }
         let duration = end_at.saturating_duration_since(run.start_at);
         let duration_ms = duration.as_secs_f64() * 1000.0;
         if self.settings.timeline {

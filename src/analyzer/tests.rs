@@ -327,3 +327,83 @@ fn the_callback_clock_bridges_a_sampling_gap_only_when_unchanged() {
     assert!((bridged[0] - 100.0).abs() <= 2.0, "{bridged:?}");
     assert!(run(4).is_empty(), "another step ran in the gap");
 }
+
+/// `message` carrying a kernel reading: `system_ticks` in the kernel so far, `written` bytes.
+fn with_counters(message: SamplerMessage, system_ticks: u64, written: u64) -> SamplerMessage {
+    let SamplerMessage::Sample(mut s) = message else {
+        unreachable!()
+    };
+    s.threads[0].counters = Some(crate::sample::ThreadCounters {
+        user_ticks: 0,
+        system_ticks,
+        read_chars: 0,
+        written_chars: written,
+        storage_written: written,
+        busiest_file: None,
+    });
+    SamplerMessage::Sample(s)
+}
+
+/// `message` read torn (frames cut short, no loop in them) while the kernel has the thread
+/// waiting in epoll.
+fn torn_in_epoll(message: SamplerMessage) -> SamplerMessage {
+    let SamplerMessage::Sample(mut s) = message else {
+        unreachable!()
+    };
+    let thread = &mut s.threads[0];
+    thread.frames.truncate(1);
+    thread.frames[0] = frame("<listcomp>", "/app/app.py");
+    thread.os_state = OsState::Waiting {
+        syscall: Some(crate::sample::Syscall {
+            nr: 232,
+            args: [0; 6],
+        }),
+        resource: None,
+    };
+    SamplerMessage::Sample(s)
+}
+
+#[test]
+fn the_sample_that_ends_a_run_closes_its_kernel_counts_however_it_ends() {
+    // A 256 MB write() into the page cache: 300 ms in the kernel, its bytes counted only when
+    // it returns. The reading taken with the sample that ends the run is the only one that
+    // has them — and the run ends in one of four ways.
+    let endings = [
+        "back in the selector",
+        "a torn read, waiting in epoll",
+        "the next callback's clock",
+        "a sampling gap",
+    ];
+    for (n, ending) in endings.into_iter().enumerate() {
+        let mut analyzer = Analyzer::new(gap_settings());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        analyzer.feed(with_clock(sample(ms(0), None), None, 1));
+        for t in 1..=300 {
+            let message = with_clock(sample(ms(t), Some("save_upload")), Some(0xabc), 4);
+            let message = match t {
+                1 => with_counters(message, 0, 1_000),
+                150 => with_counters(message, 15, 1_000),
+                _ => message,
+            };
+            analyzer.feed(message);
+        }
+        let end = match n {
+            0 => with_clock(sample(ms(301), None), None, 5),
+            1 => torn_in_epoll(with_clock(sample(ms(301), None), None, 5)),
+            2 => with_clock(sample(ms(301), Some("other")), Some(0xdef), 6),
+            _ => with_clock(sample(ms(340), Some("other")), Some(0xdef), 6),
+        };
+        analyzer.feed(with_counters(end, 30, 256_001_000));
+        analyzer.feed(with_clock(sample(ms(400), None), None, 7));
+        let analysis = analyzer.finish();
+        let incident = &analysis.incidents[0];
+        let kernel = incident.cause.kernel.as_ref().expect("counts");
+        assert_eq!(
+            (incident.cause.category, kernel.written_bytes),
+            ("file", 256_000_000),
+            "{ending}: {}",
+            incident.cause.detail
+        );
+    }
+}

@@ -220,7 +220,7 @@ fn run(
                 let unix = unix_start + read_at.duration_since(start).as_secs_f64();
                 let mut threads = threads;
                 let (running_tasks, task_generation) = reader.running_tasks();
-                reader.confirm_reads(&mut threads, &running_tasks);
+                reader.confirm_reads(&mut threads, &running_tasks, read_at);
                 let sample = Sample {
                     pid,
                     at: read_at,

@@ -64,6 +64,8 @@ pub(super) struct ThreadRead {
     /// Ticks this read stands for: 1 for a loop thread, the ticks since the thread's last
     /// read for the others.
     every: u32,
+    /// The thread runs an event loop (its frames show one, or it did until this read).
+    is_loop: bool,
 }
 
 /// A loop thread's latest kernel counter reading.
@@ -109,6 +111,8 @@ pub(super) struct TargetReader {
     process: Option<remoteprocess::Process>,
     /// Threads whose last read showed an event loop: read every tick.
     loop_threads: Vec<ThreadHead>,
+    /// Loop threads whose last read showed no loop frames (kept as loop threads for one read).
+    loop_misses: Vec<u64>,
     /// Walk the whole thread list on the next tick (a loop thread went away).
     walk_next: bool,
     /// Every thread as of the last full walk.
@@ -173,8 +177,14 @@ impl TargetReader {
     /// Reads the callback clock of each loop thread caught out of its selector once more, now
     /// that its frames and the running tasks were read ([`ThreadSample::clock_after`]): one
     /// word per such thread, and none for a loop waiting in its selector or with no task
-    /// running (nothing to confirm).
-    pub(super) fn confirm_reads(&mut self, threads: &mut [ThreadSample], tasks: &[RunningTask]) {
+    /// running (nothing to confirm). A clock that moved on from a long callback's takes the
+    /// kernel reading that closes its counts now.
+    pub(super) fn confirm_reads(
+        &mut self,
+        threads: &mut [ThreadSample],
+        tasks: &[RunningTask],
+        now: Instant,
+    ) {
         let Some(reader) = self.own.as_ref() else {
             return;
         };
@@ -189,6 +199,31 @@ impl TargetReader {
                 .find(|t| t.python_tid == thread.python_tid);
             thread.clock_after = head.and_then(|head| reader.clock_now(head));
         }
+        for thread in threads.iter_mut() {
+            let tid = thread.os_tid;
+            let moved = match thread.clock_after {
+                Some(after) if thread.clock_after != thread.context_ver => after,
+                _ => continue,
+            };
+            // Only a loop thread whose kernel id is known has a clock noted. A reading taken
+            // with the frames came before the callback ended: this one replaces it.
+            if self.loop_clocks.contains_key(&tid) && self.long_callback_ended(tid, moved, now) {
+                if let Some(closing) = self.counters(tid, now, false, true) {
+                    thread.counters = Some(closing);
+                }
+            }
+        }
+    }
+
+    /// Notes loop thread `tid`'s callback clock at `now`: whether it just moved on from a
+    /// value that held the loop for 2 × [`COUNTER_INTERVAL`] (a long callback ended).
+    fn long_callback_ended(&mut self, tid: u64, clock: u64, now: Instant) -> bool {
+        let (seen, since) = *self.loop_clocks.entry(tid).or_insert((clock, now));
+        if seen == clock {
+            return false;
+        }
+        self.loop_clocks.insert(tid, (clock, now));
+        now.saturating_duration_since(since) >= 2 * COUNTER_INTERVAL
     }
 
     pub(super) fn new(target: AttachedTarget, settings: &SamplerSettings) -> Self {
@@ -272,6 +307,7 @@ impl TargetReader {
             name_lookup: None,
             process: None,
             loop_threads: Vec::new(),
+            loop_misses: Vec::new(),
             walk_next: false,
             all_threads: Vec::new(),
             others_cursor: 0,
@@ -430,7 +466,21 @@ impl TargetReader {
             // thread whose loop has ended drops back to the lower rate at once. A loop thread
             // deep in a recursion (its loop frames cut off) still runs its loop.
             let was_loop = self.loop_threads.iter().any(|t| t.tstate == head.tstate);
-            let is_loop = (self.runs_loop)(&frames) || (depth == Depth::Truncated && was_loop);
+            let shows_loop = (self.runs_loop)(&frames) || (depth == Depth::Truncated && was_loop);
+            // One read without loop frames does not end a loop: a read racing a coroutine
+            // switch is torn (frames cut short), often just as a long callback returns — the
+            // tick whose kernel reading closes its counts. A second one in a row does.
+            let torn_once = !shows_loop && was_loop && !self.loop_misses.contains(&head.tstate);
+            if shows_loop {
+                self.loop_misses.retain(|t| *t != head.tstate);
+            } else if was_loop {
+                if torn_once {
+                    self.loop_misses.push(head.tstate);
+                } else {
+                    self.loop_misses.retain(|t| *t != head.tstate);
+                }
+            }
+            let is_loop = shows_loop || torn_once;
             if is_loop {
                 loops.push(head);
             }
@@ -446,6 +496,7 @@ impl TargetReader {
                 depth,
                 handle_index: reader.handle_index(),
                 every,
+                is_loop,
             });
         }
         // Loop threads not read this tick (none: they are read first) keep their place; the
@@ -455,6 +506,9 @@ impl TargetReader {
         for head in loops {
             self.loop_threads.push(head);
         }
+        let loop_threads = &self.loop_threads;
+        self.loop_misses
+            .retain(|m| loop_threads.iter().any(|t| t.tstate == *m));
         if self.read_ticks.len() >= MAX_READ_TICKS {
             self.read_ticks.clear();
         }
@@ -477,6 +531,7 @@ impl TargetReader {
             depth,
             handle_index,
             every,
+            is_loop,
         } = read;
         let pid = self.pid;
         // The thread's id as the target knows it (its own PID namespace's), then ours.
@@ -484,10 +539,6 @@ impl TargetReader {
             .native_tid
             .or_else(|| self.thread_ids.resolve(head.python_tid, &mut self.ns_tids));
         let os_tid = target_tid.and_then(|tid| self.ns_tids.host_tid(tid));
-        let is_loop = self
-            .loop_threads
-            .iter()
-            .any(|t| t.python_tid == head.python_tid);
         let view = os_tid.map(|tid| match views.remove(&tid) {
             Some(view) => view,
             None if is_loop || owns_gil => self.thread_files.kernel_view(tid),
@@ -512,13 +563,7 @@ impl TargetReader {
         // that closes its counts is due now — a long write() adds its bytes only when it
         // returns, and the analyzer may end the run right here, without an idle sample.
         let long_callback_ended = match (os_tid, head.context_ver) {
-            (Some(tid), Some(clock)) if is_loop => {
-                let (seen, since) = *self.loop_clocks.entry(tid).or_insert((clock, now));
-                if seen != clock {
-                    self.loop_clocks.insert(tid, (clock, now));
-                }
-                seen != clock && now.saturating_duration_since(since) >= 2 * COUNTER_INTERVAL
-            }
+            (Some(tid), Some(clock)) if is_loop => self.long_callback_ended(tid, clock, now),
             _ => false,
         };
         let counters = match os_tid {
