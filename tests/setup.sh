@@ -3,7 +3,8 @@
 #   - uvloop in each pyenv CPython 3.8-3.13 (the interpreters themselves must be in pyenv);
 #   - pytest, pytest-asyncio, uvicorn, maturin and ziglang in 3.12 (the CI-gate, fleet and wheel
 #     tests; zig links the manylinux2014 wheel);
-#   - tmux (the live view's tests), chromium (the report.html tests) and debootstrap;
+#   - tmux (the live view's tests), chromium (the report.html tests), prometheus (the agent
+#     test) and debootstrap;
 #   - a Debian sid userland with CPython 3.13.18, 3.14 and 3.15 and uvloop, which pyenv cannot
 #     build here: debootstrapped once into $LOOPSPY_SID_ROOT (default ~/.cache/loopspy/sid-root,
 #     about 40 s and 330 MB), reused after.
@@ -40,8 +41,9 @@ py312=$(ls -d "$PYENV_ROOT"/versions/3.12.*/bin/python3.12 | sort -V | tail -n 1
   die "could not install the 3.12 test packages; run: $py312 -m pip install pytest pytest-asyncio uvicorn 'maturin>=1.5,<2' ziglang"
 "$py312" -m ziglang version >/dev/null || die "zig (PyPI's ziglang) does not run; run: $py312 -m pip install --force-reinstall ziglang"
 
-# chromium: the report.html tests open the page in headless Chromium.
-apt_install tmux debootstrap util-linux chromium
+# chromium: the report.html tests open the page in headless Chromium; prometheus: the agent test
+# has a real Prometheus scrape it.
+apt_install tmux debootstrap util-linux chromium prometheus
 
 if [ ! -x "$SID_ROOT/usr/bin/python3.15" ] || ! chroot "$SID_ROOT" /usr/bin/python3.14 -c "import uvloop" 2>/dev/null; then
   say "debootstrapping Debian sid with CPython 3.13-3.15 and uvloop into $SID_ROOT (about a minute)"
