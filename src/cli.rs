@@ -33,6 +33,11 @@ pub enum Command {
     /// Watch a running process live: loop health, incidents as they happen, and where time
     /// goes, in a full-screen terminal view (`?` shows the keys).
     Top(RawTopArgs),
+    /// Watch every asyncio process on the host (or those named) for days: event-loop health
+    /// and incidents as Prometheus metrics (--listen) and rotated JSON lines
+    /// (--incidents-dir). Processes are found and attached as they appear, let go when they
+    /// exit.
+    Agent(RawAgentArgs),
 }
 
 /// Which stack reader samples the target.
@@ -130,6 +135,149 @@ impl RawTopArgs {
             blocking: self.blocking,
         })
     }
+}
+
+/// `loopspy agent` flags.
+#[derive(Debug, Args)]
+pub struct RawAgentArgs {
+    /// Watch only this process; give it several times for several. Default: every Python
+    /// process with an asyncio loop that loopspy may read.
+    #[arg(short, long)]
+    pub pid: Vec<i32>,
+    /// Watch only Python processes whose command line matches this regular expression
+    /// (e.g. `uvicorn|gunicorn`).
+    #[arg(long, value_name = "REGEX")]
+    pub r#match: Option<String>,
+    /// Samples per second of each process's event-loop threads.
+    #[arg(short, long, default_value_t = DEFAULT_AGENT_RATE_HZ)]
+    pub rate: u32,
+    /// A loop busy at least this long is an incident (e.g. 50ms).
+    #[arg(short, long, default_value = "50ms", allow_hyphen_values = true)]
+    pub threshold: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub listen: String,
+    /// Serve no metrics endpoint.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
+    /// Append every incident to DIR/incidents.jsonl (rotated: .1 .. .3).
+    #[arg(long, value_name = "DIR")]
+    pub incidents_dir: Option<PathBuf>,
+    /// Size budget of the incident files together (e.g. 64MB).
+    #[arg(long, default_value = "64MB", value_name = "SIZE")]
+    pub incidents_max_size: String,
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
+    #[arg(short, long, allow_hyphen_values = true)]
+    pub duration: Option<String>,
+    /// How often to look for new processes.
+    #[arg(long, default_value = "2s")]
+    pub scan_every: String,
+    /// How long a process may run no asyncio loop before it is let go (looked at again a
+    /// minute later).
+    #[arg(long, default_value = "10s")]
+    pub probe_for: String,
+    /// Processes watched at most at once.
+    #[arg(long, default_value_t = 512)]
+    pub max_targets: usize,
+}
+
+/// The agent's default rate: incidents of 50 ms are seen within 5 ms, for a small share of a
+/// core per process (docs/performance.md).
+pub const DEFAULT_AGENT_RATE_HZ: u32 = 200;
+
+impl RawAgentArgs {
+    /// Checks the flags and converts them to settings.
+    pub fn validate(self) -> Result<crate::agent::AgentSettings, String> {
+        use crate::agent::discover::Scope;
+        let scope = match (&self.r#match, self.pid.is_empty()) {
+            (Some(_), false) => return Err("give --pid or --match, not both".into()),
+            (Some(re), true) => Scope::Match(
+                regex::Regex::new(re)
+                    .map_err(|e| format!("--match: not a regular expression: {e}"))?,
+            ),
+            (None, false) => Scope::Pids(self.pid.clone()),
+            (None, true) => Scope::All,
+        };
+        let sampling = RawSamplingArgs {
+            rate: self.rate,
+            other_threads_rate: (self.rate / 10).max(1),
+            reader: ReaderChoice::Own,
+        }
+        .validate()?;
+        let threshold = parse_duration(&self.threshold, Unit::Millis)
+            .map_err(|e| format!("--threshold: {e}"))?;
+        if threshold.is_zero() {
+            return Err("--threshold must be more than zero".into());
+        }
+        let listen = if self.no_listen {
+            None
+        } else {
+            Some(self.listen.parse().map_err(|_| {
+                format!(
+                    "--listen: `{}` is not an address (try 127.0.0.1:9464, or 0.0.0.0:9464 for every interface)",
+                    self.listen
+                )
+            })?)
+        };
+        let duration = self
+            .duration
+            .as_deref()
+            .map(|d| parse_duration(d, Unit::Seconds).map_err(|e| format!("--duration: {e}")))
+            .transpose()?;
+        let scan_every = parse_duration(&self.scan_every, Unit::Seconds)
+            .map_err(|e| format!("--scan-every: {e}"))?
+            .max(Duration::from_millis(100));
+        let probe_for = parse_duration(&self.probe_for, Unit::Seconds)
+            .map_err(|e| format!("--probe-for: {e}"))?;
+        let incidents_max_bytes = parse_size(&self.incidents_max_size)
+            .map_err(|e| format!("--incidents-max-size: {e}"))?;
+        if self.max_targets == 0 {
+            return Err("--max-targets must be at least 1".into());
+        }
+        Ok(crate::agent::AgentSettings {
+            scope,
+            sampling,
+            threshold,
+            listen,
+            incidents_dir: self.incidents_dir,
+            incidents_max_bytes,
+            duration,
+            scan_every,
+            probe_for,
+            max_targets: self.max_targets,
+        })
+    }
+}
+
+/// Parses `64MB`, `512KB`, `1GB` or a bare number of bytes (units of 1000; `MiB` etc. of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (try 64MB)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use KB, MB or GB)"
+            ))
+        }
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes < 16_384.0 {
+        return Err(format!("`{text}` is too small (at least 16KB)"));
+    }
+    Ok(bytes as u64)
 }
 
 /// `loopspy dump` flags.

@@ -11,6 +11,8 @@ pub struct Histogram {
     pub count: u64,
     /// Largest value recorded, unclamped.
     pub max: f64,
+    /// Sum of the values recorded, unclamped (a Prometheus histogram's `_sum`).
+    pub sum: f64,
 }
 
 impl Histogram {
@@ -20,6 +22,7 @@ impl Histogram {
             buckets: vec![0; limit + 1],
             count: 0,
             max: 0.0,
+            sum: 0.0,
         }
     }
 
@@ -27,8 +30,19 @@ impl Histogram {
     pub fn record(&mut self, value: f64) {
         self.count += 1;
         self.max = self.max.max(value);
+        self.sum += value.max(0.0);
         let idx = (value.max(0.0) as usize).min(self.buckets.len() - 1);
         self.buckets[idx] = self.buckets[idx].saturating_add(1);
+    }
+
+    /// Values recorded below `limit + 1` (whole units: a value counts in the bucket of its
+    /// whole part). The overflow bucket's values are never counted: they may lie above `limit`.
+    pub fn count_at_most(&self, limit: f64) -> u64 {
+        if limit < 0.0 {
+            return 0;
+        }
+        let end = (limit as usize).min(self.buckets.len() - 2);
+        self.buckets[..=end].iter().map(|&n| n as u64).sum()
     }
 
     /// Nearest-rank quantile `q` (0..=1), in whole units; 0 when empty.
@@ -73,6 +87,22 @@ pub fn quantile_of_sorted(sorted: &[f64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_at_most_a_limit_and_sums() {
+        let mut h = Histogram::new(100);
+        for v in [0.5, 3.0, 3.9, 50.0, 99.0, 250.0] {
+            h.record(v);
+        }
+        assert_eq!(h.count_at_most(-1.0), 0);
+        assert_eq!(h.count_at_most(0.0), 1);
+        assert_eq!(h.count_at_most(3.0), 3);
+        assert_eq!(h.count_at_most(99.0), 5);
+        // 250 sits in the overflow bucket with anything >= 100: never under a limit.
+        assert_eq!(h.count_at_most(1_000.0), 5);
+        assert_eq!(h.count, 6);
+        assert!((h.sum - 406.4).abs() < 1e-9);
+    }
 
     #[test]
     fn quantiles_by_nearest_rank() {

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("view", 4),
     ("record", 4),
     ("dump", 4),
+    ("agent", 4),
     ("cli", 5),
 ];
 

@@ -6,6 +6,7 @@
 //! [`output`] sinks. [`record`] wires the chain together for the `record` command; [`cli`] turns
 //! raw arguments into the small typed settings the rest of the crate takes.
 
+pub mod agent;
 pub mod analyzer;
 pub mod cli;
 pub mod dump;

@@ -94,6 +94,15 @@ impl Analyzer {
         }
     }
 
+    /// Drops the profiles built so far (flame graphs' data), keeping everything else: for a
+    /// process watched for days by the agent, which draws no flame graphs.
+    pub fn forget_profiles(&mut self) {
+        let a = &mut self.analysis;
+        a.busy_profile.clear();
+        a.blocking_profile.clear();
+        a.active_profile.clear();
+    }
+
     /// Incidents closed since the last call (only with `stream` set).
     pub fn take_closed(&mut self) -> Vec<Incident> {
         std::mem::take(&mut self.closed)

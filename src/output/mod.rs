@@ -10,6 +10,7 @@ pub mod incident_text;
 pub mod json;
 pub mod perfetto;
 pub mod report;
+pub mod rotating;
 pub mod speedscope;
 pub mod stream;
 pub mod summary;

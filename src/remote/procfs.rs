@@ -48,6 +48,54 @@ pub fn process_state(pid: i32) -> Option<char> {
     after.split_whitespace().next()?.chars().next()
 }
 
+/// When the process started, in clock ticks since boot (`starttime` in its `stat`): with the
+/// pid, what tells a process from a later one that reuses its pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// `starttime` (field 22) of a `stat` line, counted after the parenthesised command name.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` runs CPython, by the cheap signs: an executable named `python*`, or
+/// `libpython` among its first [`MAX_MAPS_LINES`] mappings (an embedding program, uWSGI).
+pub fn looks_like_python(pid: i32) -> bool {
+    use std::io::BufRead;
+    let named_python = fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+        exe.file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("python"))
+    });
+    if named_python {
+        return true;
+    }
+    let Ok(maps) = fs::File::open(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    std::io::BufReader::new(maps)
+        .lines()
+        .take(MAX_MAPS_LINES)
+        .map_while(Result::ok)
+        .any(|line| line.contains("libpython"))
+}
+
+/// Mappings [`looks_like_python`] reads at most (libpython is mapped early).
+const MAX_MAPS_LINES: usize = 4096;
+
+/// Every process id in `/proc`.
+pub fn all_pids() -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .collect()
+}
+
 /// What the kernel says a thread is doing, from its `/proc/<pid>/task/<tid>/syscall`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelView {
@@ -342,6 +390,13 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_time_is_field_22_whatever_the_command_name() {
+        let stat = "77 (a) b) (c) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 9 9";
+        assert_eq!(parse_start_time(stat), Some(123456));
+        assert!(start_time(std::process::id() as i32).is_some());
+    }
     use std::path::Path;
 
     #[test]
