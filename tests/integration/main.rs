@@ -1,6 +1,7 @@
 //! loopspy's integration tests, one binary: every test starts real CPython processes, attaches
 //! the real `loopspy` binary, and checks what it reports against what the target did.
 
+mod agent;
 mod bad_input;
 mod browser;
 mod causes;
