@@ -159,6 +159,7 @@ fn prometheus_scrapes_the_agent_watching_a_fleet_that_changes() {
         all
     };
 
+    let blocking_pid = blocking.pid().to_string();
     // The blocking worker's site and cause, counted.
     let incidents = eventually(
         "incidents of block_briefly",
@@ -168,7 +169,7 @@ fn prometheus_scrapes_the_agent_watching_a_fleet_that_changes() {
             let ours: Vec<_> = series
                 .iter()
                 .filter(|(m, v)| {
-                    m["pid"] == blocking.pid().to_string()
+                    m["pid"].as_str() == Some(blocking_pid.as_str())
                         && m["cause"] == "sleep"
                         && m["site"].as_str().is_some_and(|s| {
                             s.starts_with("block_briefly (") && s.ends_with("agent_worker.py:13)")
@@ -187,7 +188,7 @@ fn prometheus_scrapes_the_agent_watching_a_fleet_that_changes() {
     assert!(
         incidents
             .iter()
-            .all(|(m, _)| m["pid"] == blocking.pid().to_string()),
+            .all(|(m, _)| m["pid"].as_str() == Some(blocking_pid.as_str())),
         "only the blocking worker blocks: {incidents:?}"
     );
 
