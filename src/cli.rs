@@ -191,10 +191,16 @@ impl RawAgentArgs {
         use crate::agent::discover::Scope;
         let scope = match (&self.r#match, self.pid.is_empty()) {
             (Some(_), false) => return Err("give --pid or --match, not both".into()),
-            (Some(re), true) => Scope::Match(
-                regex::Regex::new(re)
-                    .map_err(|e| format!("--match: not a regular expression: {e}"))?,
-            ),
+            (Some(re), true) => Scope::Match(regex::Regex::new(re).map_err(|e| {
+                // The parser's message spans lines (the pattern, a caret, the error).
+                let why = e.to_string();
+                let why = why
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                format!("--match: `{re}` is not a regular expression ({why})")
+            })?),
             (None, false) => Scope::Pids(self.pid.clone()),
             (None, true) => Scope::All,
         };

@@ -116,9 +116,11 @@ pub fn run(settings: AgentSettings) -> Result<i32, LoopspyError> {
     let jsonl = match &settings.incidents_dir {
         Some(dir) => Some(
             RotatingJsonl::open(dir, "incidents.jsonl", settings.incidents_max_bytes).map_err(
-                |e| LoopspyError::OutputNotWritable {
-                    path: dir.clone(),
-                    reason: e.to_string(),
+                |e| {
+                    LoopspyError::Other(anyhow::anyhow!(
+                        "cannot write incidents to {} ({e}); choose another --incidents-dir",
+                        dir.display()
+                    ))
                 },
             )?,
         ),

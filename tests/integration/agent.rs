@@ -278,3 +278,36 @@ fn prometheus_scrapes_the_agent_watching_a_fleet_that_changes() {
     drop(noloop);
     drop(late);
 }
+
+#[test]
+fn agent_input_errors_are_one_line_before_anything_is_attached() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let cases: [(&[&str], i32, &str); 4] = [
+        (&["--match", "("], 2, "is not a regular expression"),
+        (
+            &["--no-listen", "--incidents-dir", "/proc/1/nope"],
+            1,
+            "choose another --incidents-dir",
+        ),
+        (
+            &["--listen", &busy],
+            1,
+            "choose another address with --listen",
+        ),
+        (&["--listen", "localhost"], 2, "is not an address"),
+    ];
+    for (args, code, needle) in cases {
+        let mut all = vec!["agent", "--duration", "5s"];
+        all.extend_from_slice(args);
+        let run = run_loopspy(&all, Duration::from_secs(10));
+        assert_eq!(run.code(), code, "{args:?}: {}", run.stderr);
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {}", run.stderr);
+        assert!(
+            lines[0].starts_with("loopspy: error: ") && lines[0].contains(needle),
+            "{}",
+            lines[0]
+        );
+    }
+}
