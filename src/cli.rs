@@ -356,7 +356,8 @@ pub struct RawRecordArgs {
     #[arg(long, value_name = "LIMIT", allow_hyphen_values = true)]
     pub fail_on_block: Option<String>,
     /// Profile formats to write, comma-separated: svg (flamegraph.svg, blocking.svg),
-    /// speedscope (profile.speedscope.json), collapsed (folded stacks), perfetto (trace.json).
+    /// speedscope (profile.speedscope.json), collapsed (folded stacks), perfetto (trace.json),
+    /// pprof (profile.pb.gz: go tool pprof, Pyroscope).
     /// report.html, report.md, incidents.json and incidents.jsonl are always written.
     #[arg(short, long, value_delimiter = ',', default_value = "svg")]
     pub format: Vec<ProfileFormat>,

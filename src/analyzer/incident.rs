@@ -77,6 +77,9 @@ pub struct Incident {
     pub callback: FrameId,
     /// Most frequent full stack.
     pub stack: StackId,
+    /// Its stacks by time, heaviest first (at most [`MAX_INCIDENT_STACKS`]): the per-incident
+    /// profile (pprof's incident-labelled samples).
+    pub stack_weights_us: Vec<(StackId, u64)>,
     /// The asyncio task that ran, most frequent over the incident.
     pub task: Option<TaskInfo>,
     /// Why.
@@ -91,6 +94,22 @@ pub struct Incident {
     /// Most of its samples had a stack deeper than the reader reads: `stack` holds the
     /// innermost frames only (the culprit is among them; the loop's frames are not).
     pub stack_truncated: bool,
+}
+
+/// Stacks an incident keeps with their weights.
+pub const MAX_INCIDENT_STACKS: usize = 64;
+
+impl Incident {
+    /// A name for the incident, the same in every output: `<pid>.<thread id>.<start, ms since
+    /// the epoch>`.
+    pub fn id(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.pid,
+            self.thread_id,
+            (self.start_unix * 1000.0).round() as u64
+        )
+    }
 }
 
 /// Busy samples that did not belong to the dominant callback: what tells a saturation (many

@@ -659,6 +659,16 @@ impl Analyzer {
             culprit_context,
             truncated,
             stack_truncated: 2 * run.cut_samples >= run.samples,
+            stack_weights_us: {
+                let mut stacks: Vec<(StackId, u64)> = run
+                    .stack_weights_us
+                    .iter()
+                    .map(|(s, us)| (*s, *us))
+                    .collect();
+                stacks.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                stacks.truncate(incident::MAX_INCIDENT_STACKS);
+                stacks
+            },
         };
         for (&stack, &us) in &run.stack_weights_us {
             add_weight(&mut a.blocking_profile, tid, stack, us);

@@ -182,6 +182,7 @@ mod tests {
             culprit: frame,
             callback: frame,
             stack: symbols.intern_stack(&[]),
+            stack_weights_us: Vec::new(),
             task: None,
             culprit_context: None,
             cause,

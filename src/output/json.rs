@@ -36,6 +36,7 @@ pub fn incident_json(analysis: &Analysis, incident: &Incident) -> Value {
         .collect();
     let leaf = stack.first().cloned().unwrap_or(Value::Null);
     json!({
+        "id": incident.id(),
         "start_unix": round(incident.start_unix, 6),
         "end_unix": round(incident.start_unix + incident.duration_ms / 1000.0, 6),
         "duration_ms": round(incident.duration_ms, 2),

@@ -9,6 +9,7 @@ pub mod html;
 pub mod incident_text;
 pub mod json;
 pub mod perfetto;
+pub mod pprof;
 pub mod report;
 pub mod rotating;
 pub mod speedscope;
@@ -58,6 +59,8 @@ pub enum ProfileFormat {
     Collapsed,
     /// Chrome trace events for Perfetto: trace.json (a timeline of busy spans and incidents).
     Perfetto,
+    /// pprof: profile.pb.gz (go tool pprof, Pyroscope, Grafana; incident-labelled samples).
+    Pprof,
 }
 
 /// The files a recording produced.
@@ -137,6 +140,10 @@ pub fn write_all(
             ProfileFormat::Perfetto => attempt(
                 "trace.json",
                 perfetto::write(&dir.join("trace.json"), analysis, info),
+            ),
+            ProfileFormat::Pprof => attempt(
+                "profile.pb.gz",
+                pprof::write(&dir.join("profile.pb.gz"), analysis, info),
             ),
         }
     }

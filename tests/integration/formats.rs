@@ -173,3 +173,124 @@ fn every_format_parses() {
         "removed after a clean end"
     );
 }
+
+/// `--format pprof` read by Google's protobuf runtime with the published profile.proto
+/// (tests/fixtures/read_pprof.py): the sample types, the busy profile under `wall`, and each
+/// incident of incidents.json as `blocked` samples labelled with its id, cause and site.
+#[test]
+fn pprof_is_read_by_the_protobuf_runtime_with_the_published_schema() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    if !require_module(&python, "grpc_tools") || !require_module(&python, "google.protobuf") {
+        return;
+    }
+    let _serial = timing_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let truth = dir.path().join("truth.json");
+    let run = run_loopspy(
+        &[
+            "record",
+            "--rate",
+            "500",
+            "--format",
+            "pprof",
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            python.to_str().unwrap(),
+            fixture("blocker.py").to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--delay",
+            "1",
+            "--scenarios",
+            "sleep,cpu",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    let read = std::process::Command::new(&python)
+        .arg(fixture("read_pprof.py"))
+        .arg(out.join("profile.pb.gz"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let profile: Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(
+        profile["sample_types"],
+        serde_json::json!([
+            ["samples", "count"],
+            ["wall", "microseconds"],
+            ["blocked", "microseconds"]
+        ])
+    );
+    assert_eq!(profile["default_sample_type"], "wall");
+    assert_eq!(profile["period"], 2000);
+    assert!(profile["comments"][0]
+        .as_str()
+        .unwrap()
+        .contains("blocker.py"));
+    assert!(profile["duration_nanos"].as_i64().unwrap() > 1_000_000_000);
+    let samples = profile["samples"].as_array().unwrap();
+    let json = read_json(&out.join("incidents.json"));
+    let incidents = json["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), 2);
+    // Busy samples: every one with a thread, the loop's busy time under `wall`.
+    let busy: Vec<&Value> = samples
+        .iter()
+        .filter(|s| s["values"][1].as_i64() > Some(0))
+        .collect();
+    assert!(busy
+        .iter()
+        .all(|s| s["labels"]["thread_id"].is_number() && s["values"][2] == 0));
+    let wall_ms: i64 = busy
+        .iter()
+        .map(|s| s["values"][1].as_i64().unwrap())
+        .sum::<i64>()
+        / 1000;
+    assert!(wall_ms >= 200, "busy wall {wall_ms} ms");
+    assert!(busy
+        .iter()
+        .any(|s| s["stack"][0]["function"] == "nap_in_handler"));
+    // Incident samples: one set per incident of incidents.json, its time under `blocked`.
+    for incident in incidents {
+        let id = incident["id"].as_str().unwrap();
+        let own: Vec<&Value> = samples
+            .iter()
+            .filter(|s| s["labels"]["incident"] == id)
+            .collect();
+        assert!(!own.is_empty(), "no samples labelled {id}");
+        let blocked_ms: f64 = own
+            .iter()
+            .map(|s| s["values"][2].as_f64().unwrap())
+            .sum::<f64>()
+            / 1000.0;
+        let duration = incident["duration_ms"].as_f64().unwrap();
+        assert!(
+            (blocked_ms - duration).abs() <= 10.0,
+            "{id}: {blocked_ms} vs {duration} ms"
+        );
+        for s in &own {
+            assert_eq!(s["labels"]["cause"], incident["cause"]["category"]);
+            assert_eq!(s["values"][0], 0);
+            let site = s["labels"]["site"].as_str().unwrap();
+            assert!(
+                site.starts_with(incident["culprit"]["function"].as_str().unwrap()),
+                "{site}"
+            );
+        }
+        // The heaviest stack's leaf is the incident's.
+        let top = own
+            .iter()
+            .max_by_key(|s| s["values"][2].as_i64().unwrap())
+            .unwrap();
+        assert_eq!(top["stack"][0]["function"], incident["leaf"]["function"]);
+    }
+}
