@@ -179,6 +179,13 @@ pub struct RawAgentArgs {
     /// Processes watched at most at once.
     #[arg(long, default_value_t = 512)]
     pub max_targets: usize,
+    /// Push each process's event-loop busy profile to this Pyroscope server (e.g.
+    /// http://pyroscope:4040), as folded stacks to its /ingest endpoint.
+    #[arg(long, value_name = "URL")]
+    pub pyroscope: Option<String>,
+    /// How often profiles are pushed to --pyroscope.
+    #[arg(long, default_value = "10s")]
+    pub pyroscope_every: String,
 }
 
 /// The agent's default rate: incidents of 50 ms are seen within 10 ms, for about 0.012 of a
@@ -240,6 +247,16 @@ impl RawAgentArgs {
         if self.max_targets == 0 {
             return Err("--max-targets must be at least 1".into());
         }
+        if let Some(url) = &self.pyroscope {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "--pyroscope: `{url}` is not an http:// or https:// URL (e.g. http://pyroscope:4040)"
+                ));
+            }
+        }
+        let pyroscope_every = parse_duration(&self.pyroscope_every, Unit::Seconds)
+            .map_err(|e| format!("--pyroscope-every: {e}"))?
+            .max(Duration::from_secs(1));
         Ok(crate::agent::AgentSettings {
             scope,
             sampling,
@@ -251,6 +268,8 @@ impl RawAgentArgs {
             scan_every,
             probe_for,
             max_targets: self.max_targets,
+            pyroscope: self.pyroscope,
+            pyroscope_every,
         })
     }
 }

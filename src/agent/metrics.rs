@@ -43,6 +43,8 @@ pub struct AgentHealth {
     pub uptime_s: f64,
     /// The sampling rate asked for, per process.
     pub rate_hz: u32,
+    /// Profile pushes (sent, failed, dropped for a full queue), with `--pyroscope`.
+    pub pyroscope: Option<(u64, u64, u64)>,
 }
 
 /// One watched process.
@@ -386,6 +388,20 @@ pub fn render(snapshot: &FleetSnapshot, windows: &mut ScrapeWindows) -> String {
     ] {
         family(&mut out, metric, kind, help);
         let _ = writeln!(out, "{metric} {}", number(value));
+    }
+    if let Some((sent, failed, dropped)) = a.pyroscope {
+        family(
+            &mut out,
+            "loopspy_pyroscope_pushes_total",
+            "counter",
+            "Profile pushes to Pyroscope, by outcome (dropped: the queue was full).",
+        );
+        for (outcome, n) in [("sent", sent), ("failed", failed), ("dropped", dropped)] {
+            let _ = writeln!(
+                out,
+                "loopspy_pyroscope_pushes_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
     }
     out
 }

@@ -11,6 +11,7 @@
 pub mod discover;
 pub mod http;
 pub mod metrics;
+pub mod pyroscope;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,6 +57,10 @@ pub struct AgentSettings {
     pub probe_for: Duration,
     /// Processes watched at most at once.
     pub max_targets: usize,
+    /// A Pyroscope server to push busy profiles to (`http://host:4040`).
+    pub pyroscope: Option<String>,
+    /// How often profiles are pushed.
+    pub pyroscope_every: Duration,
 }
 
 /// How often the main loop takes what the samplers sent.
@@ -84,6 +89,8 @@ struct Watched {
     incidents: BTreeMap<(String, String), u64>,
     /// Samples at the previous publication, and when (the achieved rate).
     last_published: (Instant, u64),
+    /// Where the window of the next profile push starts, seconds since the epoch.
+    pushed_until: u64,
     achieved_rate_hz: f64,
 }
 
@@ -97,6 +104,7 @@ struct Agent<'a> {
     jsonl: Option<RotatingJsonl>,
     jsonl_error_said: bool,
     health: metrics::AgentHealth,
+    pusher: Option<pyroscope::Pusher>,
 }
 
 /// Runs the agent until Ctrl-C, SIGTERM or `--duration`; exit code 0.
@@ -164,12 +172,16 @@ pub fn run(settings: AgentSettings) -> Result<i32, LoopspyError> {
             rate_hz: settings.sampling.rate_hz,
             ..Default::default()
         },
+        pusher: settings.pyroscope.as_deref().map(pyroscope::Pusher::start),
     };
     agent.watch(&rx, &interrupted, &published);
     let pids: Vec<i32> = agent.watched.keys().copied().collect();
+    agent.push_profiles();
     for pid in pids {
         agent.let_go(pid, &rx);
     }
+    // What is queued for Pyroscope is sent (each push bounded by its timeout).
+    drop(agent.pusher.take());
     drop(server);
     eprintln!("loopspy agent: stopped");
     Ok(0)
@@ -186,6 +198,7 @@ impl Agent<'_> {
         let mut next_scan = Instant::now();
         let mut next_publish = Instant::now();
         let mut next_forget = Instant::now() + FORGET_PROFILES_EVERY;
+        let mut next_push = Instant::now() + self.settings.pyroscope_every;
         loop {
             std::thread::sleep(DRAIN_EVERY);
             self.drain(rx);
@@ -204,6 +217,10 @@ impl Agent<'_> {
                 next_scan = now + self.settings.scan_every;
                 self.let_go_of_the_done(rx, now);
                 self.attach_new(now);
+            }
+            if self.pusher.is_some() && now >= next_push {
+                next_push = now + self.settings.pyroscope_every;
+                self.push_profiles();
             }
             if now >= next_forget {
                 next_forget = now + FORGET_PROFILES_EVERY;
@@ -363,6 +380,7 @@ impl Agent<'_> {
                             analyzer: session.analyzer,
                             incidents: BTreeMap::new(),
                             last_published: (now, 0),
+                            pushed_until: unix_now(),
                             achieved_rate_hz: 0.0,
                         },
                     );
@@ -379,6 +397,34 @@ impl Agent<'_> {
                     self.discovery.retry_later(pid, started, RETRY_AFTER, now);
                 }
             }
+        }
+    }
+
+    /// Queues each process's busy profile since its last push, and starts the next window.
+    fn push_profiles(&mut self) {
+        let Some(pusher) = &self.pusher else { return };
+        let until = unix_now();
+        let interval_us = 1_000_000 / self.settings.sampling.rate_hz.max(1) as u64;
+        for w in self.watched.values_mut() {
+            let analysis = w.analyzer.analysis();
+            let lines =
+                crate::output::flamegraph::collapsed_lines(analysis, &analysis.busy_profile);
+            let body = pyroscope::as_sample_counts(&lines, interval_us);
+            if !body.is_empty() && until > w.pushed_until {
+                pusher.push(pyroscope::Push {
+                    name: format!(
+                        "loopspy.busy{{pid={},command={}}}",
+                        w.pid,
+                        pyroscope::command_label(&w.command)
+                    ),
+                    from: w.pushed_until,
+                    until,
+                    sample_rate: self.settings.sampling.rate_hz,
+                    body,
+                });
+            }
+            w.pushed_until = until;
+            w.analyzer.forget_profiles();
         }
     }
 
@@ -402,10 +448,25 @@ impl Agent<'_> {
             targets,
             agent: metrics::AgentHealth {
                 uptime_s: self.started.elapsed().as_secs_f64(),
+                pyroscope: self.pusher.as_ref().map(|p| {
+                    let c = &p.counts;
+                    (
+                        c.sent.load(Ordering::Relaxed),
+                        c.failed.load(Ordering::Relaxed),
+                        c.dropped.load(Ordering::Relaxed),
+                    )
+                }),
                 ..self.health.clone()
             },
         }
     }
+}
+
+/// Seconds since the epoch, now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn target_snapshot(w: &Watched, analysis: &Analysis) -> TargetSnapshot {

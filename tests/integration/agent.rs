@@ -311,3 +311,160 @@ fn agent_input_errors_are_one_line_before_anything_is_attached() {
         );
     }
 }
+
+/// One request a fake ingest endpoint received: method, path, query parameters, body.
+struct Received {
+    method: String,
+    path: String,
+    query: std::collections::HashMap<String, String>,
+    body: String,
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A local HTTP endpoint that answers 200 to everything and keeps what it received.
+fn fake_ingest() -> (u16, std::sync::mpsc::Receiver<Received>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut data = Vec::new();
+            let mut buf = [0u8; 65536];
+            // Head, then as much body as Content-Length says.
+            let (head, body_start) = loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), 0);
+                }
+                data.extend_from_slice(&buf[..n]);
+                if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break (String::from_utf8_lossy(&data[..at]).into_owned(), at + 4);
+                }
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while data.len() < body_start + length {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let mut words = head.lines().next().unwrap_or("").split_whitespace();
+            let method = words.next().unwrap_or("").to_string();
+            let target = words.next().unwrap_or("");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let query = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                .collect();
+            let body = String::from_utf8_lossy(&data[body_start.min(data.len())..]).into_owned();
+            let _ = tx.send(Received {
+                method,
+                path: path.to_string(),
+                query,
+                body,
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn busy_profiles_are_pushed_to_a_pyroscope_ingest_endpoint() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    let _serial = timing_lock();
+    let token = format!("agent-push-{}", std::process::id());
+    let worker = fixture("agent_worker.py");
+    let blocking = start_python(&python, &[worker.to_str().unwrap(), "blocking", &token]);
+    let (port, received) = fake_ingest();
+    let mut agent = loopspy();
+    agent
+        .args(["agent", "--pid", &blocking.pid().to_string(), "--no-listen"])
+        .args([
+            "--scan-every",
+            "200ms",
+            "--pyroscope-every",
+            "1s",
+            "--duration",
+            "4s",
+        ])
+        .arg("--pyroscope")
+        .arg(format!("http://127.0.0.1:{port}/"));
+    let run = Running::start(agent).finish(Duration::from_secs(20));
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    let pushes: Vec<Received> = received.try_iter().collect();
+    assert!(pushes.len() >= 2, "{} pushes\n{}", pushes.len(), run.stderr);
+    let mut folded = String::new();
+    for push in &pushes {
+        assert_eq!(
+            (push.method.as_str(), push.path.as_str()),
+            ("POST", "/ingest")
+        );
+        let q = &push.query;
+        assert_eq!(
+            q["name"],
+            format!(
+                "loopspy.busy{{pid={},command=python3.12_agent_worker.py_blocking_{token}}}",
+                blocking.pid()
+            )
+        );
+        assert_eq!(q["format"], "folded");
+        assert_eq!(q["sampleRate"], "100");
+        assert_eq!(q["spyName"], "loopspy");
+        assert_eq!(q["units"], "samples");
+        let (from, until): (u64, u64) = (q["from"].parse().unwrap(), q["until"].parse().unwrap());
+        assert!(from < until && until - from <= 3, "{from}..{until}");
+        for line in push.body.lines() {
+            let (stack, count) = line.rsplit_once(' ').unwrap();
+            assert!(count.parse::<u64>().unwrap() >= 1, "{line}");
+            assert!(!stack.is_empty());
+        }
+        folded.push_str(&push.body);
+    }
+    // 120 ms of block_briefly every ~520 ms at 100 Hz: about 23 samples a second there.
+    let blocked: u64 = folded
+        .lines()
+        .filter(|l| l.rsplit_once(' ').unwrap().0.contains("block_briefly"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        blocked >= 30,
+        "{blocked} samples in block_briefly\n{folded}"
+    );
+}
