@@ -277,14 +277,9 @@ impl RawAgentArgs {
 /// Parses `64MB`, `512KB`, `1GB` or a bare number of bytes (units of 1000; `MiB` etc. of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (try 64MB)"))?;
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+    let (value, unit) =
+        number_and_unit(text).ok_or_else(|| format!("`{text}` is not a size (try 64MB)"))?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" | "k" => 1e3,
         "mb" | "m" => 1e6,
@@ -470,6 +465,15 @@ pub enum Unit {
     Millis,
 }
 
+/// `12.5ms` as (12.5, "ms"): the leading number and the unit after it, trimmed.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
+}
+
 /// Parses `30s`, `1.5s`, `250ms`, `2m`, `1h`, `500us`, or a bare number in `bare_unit`.
 pub fn parse_duration(text: &str, bare_unit: Unit) -> Result<Duration, String> {
     let text = text.trim();
@@ -478,14 +482,9 @@ pub fn parse_duration(text: &str, bare_unit: Unit) -> Result<Duration, String> {
             "`{text}` is negative: give a positive duration (30s, 250ms, 2m)"
         ));
     }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 30s, 250ms, 2m)"))?;
-    let seconds = match unit.trim() {
+    let (value, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("`{text}` is not a duration (try 30s, 250ms, 2m)"))?;
+    let seconds = match unit {
         "" => match bare_unit {
             Unit::Seconds => value,
             Unit::Millis => value / 1000.0,

@@ -180,15 +180,23 @@ pub fn render(snapshot: &FleetSnapshot, windows: &mut ScrapeWindows) -> String {
             command: label_value(&t.command),
         })
         .collect();
-    let loops = || {
-        targets.iter().flat_map(|target| {
+    // Each loop with its labels, written once.
+    let loops: Vec<(&Target, &LoopSnapshot, String)> = targets
+        .iter()
+        .flat_map(|target| {
             target.t.loops.iter().map(move |l| {
                 let tid = l.thread_id.to_string();
                 let name = label_value(&l.thread_name);
-                (target, l, tid, name)
+                let set = labels(&[
+                    ("pid", &target.pid),
+                    ("command", &target.command),
+                    ("thread", &name),
+                    ("thread_id", &tid),
+                ]);
+                (target, l, set)
             })
         })
-    };
+        .collect();
 
     family(
         &mut out,
@@ -196,19 +204,9 @@ pub fn render(snapshot: &FleetSnapshot, windows: &mut ScrapeWindows) -> String {
         "gauge",
         "Share of the time since the previous scrape the event loop was busy (inside a callback or its own bookkeeping), 0-1.",
     );
-    for (target, l, tid, name) in loops() {
+    for (target, l, set) in &loops {
         let ratio = windows.ratio(target.t.pid, l);
-        let _ = writeln!(
-            out,
-            "loopspy_loop_busy_ratio{} {}",
-            labels(&[
-                ("pid", &target.pid),
-                ("command", &target.command),
-                ("thread", &name),
-                ("thread_id", &tid)
-            ]),
-            number(ratio)
-        );
+        let _ = writeln!(out, "loopspy_loop_busy_ratio{set} {}", number(ratio));
     }
     windows.retain(snapshot);
     for (metric, help, value) in [
@@ -224,18 +222,8 @@ pub fn render(snapshot: &FleetSnapshot, windows: &mut ScrapeWindows) -> String {
         ),
     ] {
         family(&mut out, metric, "counter", help);
-        for (target, l, tid, name) in loops() {
-            let _ = writeln!(
-                out,
-                "{metric}{} {}",
-                labels(&[
-                    ("pid", &target.pid),
-                    ("command", &target.command),
-                    ("thread", &name),
-                    ("thread_id", &tid)
-                ]),
-                number(value(l))
-            );
+        for (_, l, set) in &loops {
+            let _ = writeln!(out, "{metric}{set} {}", number(value(l)));
         }
     }
 

@@ -15,14 +15,6 @@ use crate::common::*;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `text` percent-encoded for a query string.
 fn encode(text: &str) -> String {
     text.bytes()

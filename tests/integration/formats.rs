@@ -82,30 +82,7 @@ fn every_format_parses() {
     };
     let _serial = timing_lock();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let truth = dir.path().join("truth.json");
-    let run = run_loopspy(
-        &[
-            "record",
-            "--rate",
-            "500",
-            "--format",
-            "svg,speedscope,collapsed,perfetto",
-            "-o",
-            out.to_str().unwrap(),
-            "--",
-            python.to_str().unwrap(),
-            fixture("blocker.py").to_str().unwrap(),
-            "--truth",
-            truth.to_str().unwrap(),
-            "--delay",
-            "1",
-            "--scenarios",
-            "sleep,cpu",
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(run.code(), 0, "{}", run.stderr);
+    let out = record_sleep_and_cpu(&python, "svg,speedscope,collapsed,perfetto", dir.path());
 
     // SVG flame graphs.
     for svg in ["flamegraph.svg", "blocking.svg"] {
@@ -187,30 +164,7 @@ fn pprof_is_read_by_the_protobuf_runtime_with_the_published_schema() {
     }
     let _serial = timing_lock();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let truth = dir.path().join("truth.json");
-    let run = run_loopspy(
-        &[
-            "record",
-            "--rate",
-            "500",
-            "--format",
-            "pprof",
-            "-o",
-            out.to_str().unwrap(),
-            "--",
-            python.to_str().unwrap(),
-            fixture("blocker.py").to_str().unwrap(),
-            "--truth",
-            truth.to_str().unwrap(),
-            "--delay",
-            "1",
-            "--scenarios",
-            "sleep,cpu",
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(run.code(), 0, "{}", run.stderr);
+    let out = record_sleep_and_cpu(&python, "pprof", dir.path());
     let read = std::process::Command::new(&python)
         .arg(fixture("read_pprof.py"))
         .arg(out.join("profile.pb.gz"))
@@ -293,4 +247,38 @@ fn pprof_is_read_by_the_protobuf_runtime_with_the_published_schema() {
             .unwrap();
         assert_eq!(top["stack"][0]["function"], incident["leaf"]["function"]);
     }
+}
+
+/// Launches blocker.py's sleep and cpu scenarios under `loopspy record --format formats` into
+/// `dir/out`; the output folder.
+fn record_sleep_and_cpu(
+    python: &std::path::Path,
+    formats: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let out = dir.join("out");
+    let truth = dir.join("truth.json");
+    let run = run_loopspy(
+        &[
+            "record",
+            "--rate",
+            "500",
+            "--format",
+            formats,
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            python.to_str().unwrap(),
+            fixture("blocker.py").to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--delay",
+            "1",
+            "--scenarios",
+            "sleep,cpu",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    out
 }
