@@ -168,6 +168,8 @@ pub struct StackReader<M> {
     /// `_run_once`'s handle index in the last [`StackReader::stack`], when believed.
     handle_index: Option<HandleIndex>,
     small_ints: SmallInts,
+    /// Which ranges of the handle-index reads were read (kept: those reads run every busy tick).
+    read_flags: Vec<bool>,
 }
 
 /// The target's blocks read during the current tick, and what each thread's walk touched.
@@ -253,6 +255,7 @@ impl<M: RemoteMemory> StackReader<M> {
             index_slot: None,
             handle_index: None,
             small_ints: SmallInts::default(),
+            read_flags: Vec::with_capacity(3),
         }
     }
 
@@ -544,14 +547,14 @@ impl<M: RemoteMemory> StackReader<M> {
             .tstate
             .wrapping_add(self.offsets.thread.context_ver? as u64);
         let (mut before, mut pointer, mut after) = ([0u8; 8], [0u8; 8], [0u8; 8]);
-        let mut filled = Vec::with_capacity(3);
+        let filled = &mut self.read_flags;
         self.mem.read_many(
             &mut [
                 (clock_at, &mut before[..]),
                 (slot, &mut pointer[..]),
                 (clock_at, &mut after[..]),
             ],
-            &mut filled,
+            filled,
         );
         let clock = u64::from_ne_bytes(before);
         if filled.iter().any(|ok| !ok) || clock != u64::from_ne_bytes(after) {
@@ -565,9 +568,9 @@ impl<M: RemoteMemory> StackReader<M> {
         let (mut object, mut again) = ([0u8; 32], [0u8; 8]);
         self.mem.read_many(
             &mut [(int, &mut object[..len]), (clock_at, &mut again[..])],
-            &mut filled,
+            &mut self.read_flags,
         );
-        if filled.iter().any(|ok| !ok) || u64::from_ne_bytes(again) != clock {
+        if self.read_flags.iter().any(|ok| !ok) || u64::from_ne_bytes(again) != clock {
             return None;
         }
         let index = self.int_value(&object[..len])?;
