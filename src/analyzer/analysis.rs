@@ -95,6 +95,11 @@ pub struct Analysis {
     pub last_at: Option<Instant>,
     /// Wall-clock time of the first sample.
     pub first_unix: f64,
+    /// The latest sample's time on both clocks: what [`Self::unix_at`] converts from. The wall
+    /// clock is read with every sample, not derived from the monotonic one: a guest whose wall
+    /// clock was being slewed ran 0.7 % apart from its monotonic clock for a minute here, and
+    /// incidents timed from the first sample drifted 40 ms off the target's `time.time()`.
+    pub clock_anchor: Option<(Instant, f64)>,
     /// Stretches without a sample (no busy run is stretched across one).
     pub gaps: Gaps,
 }
@@ -116,11 +121,12 @@ impl Analysis {
             .fold(0.0, |a, b| a + b)
     }
 
-    /// Converts a monotonic instant to wall-clock seconds.
+    /// Converts a monotonic instant to wall-clock seconds, from the latest sample's reading of
+    /// both clocks (an instant is at most a run's length from it).
     pub fn unix_at(&self, at: Instant) -> f64 {
-        match self.first_at {
-            Some(first) if at >= first => self.first_unix + at.duration_since(first).as_secs_f64(),
-            Some(first) => self.first_unix - first.duration_since(at).as_secs_f64(),
+        match self.clock_anchor {
+            Some((anchor, unix)) if at >= anchor => unix + at.duration_since(anchor).as_secs_f64(),
+            Some((anchor, unix)) => unix - anchor.duration_since(at).as_secs_f64(),
             None => self.first_unix,
         }
     }

@@ -155,6 +155,7 @@ impl Analyzer {
             a.gaps.longest_ms = a.gaps.longest_ms.max(ms);
         }
         a.last_at = Some(sample.at);
+        a.clock_anchor = Some((sample.at, sample.unix));
         let gil_holder = sample.threads.iter().find(|t| t.owns_gil);
         for thread in &sample.threads {
             let weight = self.weight(thread.os_tid, sample.at, thread.every);

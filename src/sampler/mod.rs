@@ -172,10 +172,6 @@ fn run(
     let pid = reader.pid();
     let interval = Duration::from_secs_f64(1.0 / settings.rate_hz.max(1) as f64);
     let start = Instant::now();
-    let unix_start = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
     let mut stats = SamplerStats::default();
     // 1 µs buckets up to 100 ms: hours of sampling cost constant memory.
     let mut intervals = Histogram::new(100_000);
@@ -217,7 +213,11 @@ fn run(
         match reader.read_threads(read_at) {
             Some(threads) => {
                 consecutive_errors = 0;
-                let unix = unix_start + read_at.duration_since(start).as_secs_f64();
+                // The wall clock of this read, read now (see `Analysis::clock_anchor`).
+                let unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
                 let mut threads = threads;
                 let (running_tasks, task_generation) = reader.running_tasks();
                 reader.confirm_reads(&mut threads, &running_tasks, read_at);
