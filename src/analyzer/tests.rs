@@ -407,3 +407,29 @@ fn the_sample_that_ends_a_run_closes_its_kernel_counts_however_it_ends() {
         );
     }
 }
+
+#[test]
+fn incident_times_follow_a_wall_clock_that_steps() {
+    // The wall clock steps 1.4 s forward between two incidents (a guest's clock resynced):
+    // each incident is timed by the wall clock of its own samples, as the target's
+    // time.time() would time it.
+    let mut analyzer = Analyzer::new(gap_settings());
+    let t0 = Instant::now();
+    let step = |n: u64| if n >= 500 { 1.4 } else { 0.0 };
+    for n in 0..1_000u64 {
+        let busy = (100..200).contains(&n) || (700..800).contains(&n);
+        let SamplerMessage::Sample(mut s) =
+            sample(t0 + Duration::from_millis(n), busy.then_some("handler"))
+        else {
+            unreachable!()
+        };
+        s.unix = 1_000.0 + n as f64 / 1000.0 + step(n);
+        analyzer.feed(SamplerMessage::Sample(s));
+    }
+    let analysis = analyzer.finish();
+    let mut starts: Vec<f64> = analysis.incidents.iter().map(|i| i.start_unix).collect();
+    starts.sort_by(f64::total_cmp);
+    assert_eq!(starts.len(), 2);
+    assert!((starts[0] - 1_000.0995).abs() < 0.002, "{starts:?}");
+    assert!((starts[1] - 1_002.0995).abs() < 0.002, "{starts:?}");
+}
