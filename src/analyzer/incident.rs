@@ -56,6 +56,9 @@ pub struct Incident {
     pub start_unix: f64,
     /// Estimated duration in milliseconds (boundaries are midpoints between samples).
     pub duration_ms: f64,
+    /// Start, in seconds since the recording's first sample by the monotonic clock: where it
+    /// sits on a timeline drawn from monotonic time (busy bins), whatever the wall clock did.
+    pub start_offset_s: f64,
     /// Busy samples inside the incident.
     pub samples: u32,
     /// Process of the loop thread.

@@ -643,6 +643,9 @@ impl Analyzer {
         loop_thread.incidents += 1;
         let incident = Incident {
             start_unix,
+            start_offset_s: a.first_at.map_or(0.0, |first| {
+                run.start_at.saturating_duration_since(first).as_secs_f64()
+            }),
             duration_ms,
             samples: run.samples,
             pid: self.settings.pid,

@@ -171,6 +171,7 @@ mod tests {
         cause.category = category;
         Incident {
             start_unix: 0.0,
+            start_offset_s: 0.0,
             duration_ms: ms,
             samples: 1,
             pid: 1,

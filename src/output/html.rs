@@ -137,7 +137,7 @@ fn incident_value(
     });
     json!({
         "n": n,
-        "t": round(incident.start_unix - analysis.first_unix, 6),
+        "t": round(incident.start_offset_s, 6),
         "start_unix": round(incident.start_unix, 6),
         "ms": round(incident.duration_ms, 2),
         "samples": incident.samples,
