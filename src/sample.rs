@@ -106,6 +106,10 @@ pub struct ThreadCounters {
     /// when this reading looked (only when the thread moved bytes): a file written or read on
     /// CPU leaves no syscall to read its descriptor from.
     pub busiest_file: Option<String>,
+    /// From `schedstat`: nanoseconds on a CPU and nanoseconds runnable but waiting for one
+    /// (`run_delay`), when the kernel keeps them. What tells a thread starved of CPU — by the
+    /// host's load or its cgroup's CPU quota — from one computing: both show as running.
+    pub schedstat: Option<(u64, u64)>,
 }
 
 /// `_run_once`'s handle index and the callback clock, read at one moment.

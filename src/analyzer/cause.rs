@@ -55,9 +55,25 @@ pub struct KernelCounts {
     pub read_bytes: u64,
     /// Bytes passed to write()-like calls.
     pub written_bytes: u64,
+    /// Runnable but waiting for a CPU, ms (the kernel's `schedstat`, when it keeps it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_for_cpu_ms: Option<u64>,
+    /// On a CPU by the same count (ns resolution, unlike `user_ms` + `system_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_ms: Option<u64>,
 }
 
 impl KernelCounts {
+    /// Runnable most of the time it was not on a CPU: waiting at least [`STARVED_MS`] and
+    /// longer than it ran. A thread that computes runs; one starved of CPU — a saturated host,
+    /// or its cgroup's CPU quota spent — waits with the same `R` state.
+    fn is_starved(&self) -> bool {
+        match (self.waited_for_cpu_ms, self.scheduled_ms) {
+            (Some(waited), Some(ran)) => waited >= STARVED_MS && waited > ran,
+            _ => false,
+        }
+    }
+
     /// Share of the CPU time spent in the kernel, percent (None without CPU time to share).
     pub fn system_pct(&self) -> Option<u32> {
         let total = self.user_ms + self.system_ms;
@@ -73,6 +89,9 @@ impl KernelCounts {
             && self.read_bytes + self.written_bytes >= BULK_BYTES
     }
 }
+
+/// Time runnable without a CPU that makes a busy run `starved`.
+const STARVED_MS: u64 = 20;
 
 /// Bytes a busy run must move through read()/write() to count as bulk file I/O.
 const BULK_BYTES: u64 = 1 << 20;
@@ -243,11 +262,22 @@ impl CauseEvidence {
     pub fn kernel_counts(&self) -> Option<KernelCounts> {
         let (a, b) = (self.counters_first.as_ref()?, self.counters_last.as_ref()?);
         let ms = |ticks: u64| ticks * 1000 / TICKS_PER_SECOND;
+        let sched = a
+            .schedstat
+            .zip(b.schedstat)
+            .map(|((ran_a, waited_a), (ran_b, waited_b))| {
+                (
+                    ran_b.saturating_sub(ran_a) / 1_000_000,
+                    waited_b.saturating_sub(waited_a) / 1_000_000,
+                )
+            });
         Some(KernelCounts {
             user_ms: ms(b.user_ticks.saturating_sub(a.user_ticks)),
             system_ms: ms(b.system_ticks.saturating_sub(a.system_ticks)),
             read_bytes: b.read_chars.saturating_sub(a.read_chars),
             written_bytes: b.written_chars.saturating_sub(a.written_chars),
+            scheduled_ms: sched.map(|(ran, _)| ran),
+            waited_for_cpu_ms: sched.map(|(_, waited)| waited),
         })
     }
 
@@ -339,6 +369,21 @@ impl CauseEvidence {
         } else {
             String::new()
         };
+
+        // 1b. Runnable but without a CPU most of the time: neither the code nor a wait held the
+        // loop, the machine did (its load, or the container's CPU quota).
+        if let Some(k) = kernel.filter(|k| k.is_starved() && self.running * 2 >= known) {
+            let waited = k.waited_for_cpu_ms.unwrap_or(0);
+            let ran = k.scheduled_ms.unwrap_or(0);
+            let mut cause = Cause::new(
+                "starved",
+                format!(
+                    "runnable but waiting for a CPU {waited} ms, on a CPU {ran} ms: the host is saturated or the container's CPU quota is spent{unreadable}"
+                ),
+            );
+            cause.library = library;
+            return cause;
+        }
 
         // What the dominant wait (if any) says, to be combined below.
         let (wait_category, mut cause) = match top_wait {
@@ -561,6 +606,7 @@ pub fn suggestion(category: &str) -> &'static str {
         "lock" => "don't block on threading locks, queues or `future.result()` in the loop: `await asyncio.wrap_future(fut)`, asyncio.Lock/Queue, or `await asyncio.to_thread(...)`",
         "gil" => "another thread holds the GIL: move its CPU work to a process pool (ProcessPoolExecutor) or call code that releases the GIL",
         "logging" => "log through a logging.handlers.QueueHandler + QueueListener so handlers don't run on the loop",
+        "starved" => "the process got no CPU: check the host's load and the container's CPU limit (cgroup cpu.stat nr_throttled); give it more CPU or fewer neighbours",
         _ => "inspect the stack; run blocking work with `await asyncio.to_thread(...)`",
     }
 }
@@ -731,8 +777,41 @@ mod tests {
             written_chars: bytes.1,
             storage_written: bytes.1,
             busiest_file: file.map(String::from),
+            schedstat: None,
         });
         t
+    }
+
+    #[test]
+    fn runnable_without_a_cpu_is_starved_not_cpu() {
+        let with_sched = |ran_ms: u64, waited_ms: u64| {
+            let mut t = on_cpu_with((0, 0), (0, 0), None);
+            t.counters.as_mut().unwrap().schedstat =
+                Some((ran_ms * 1_000_000, waited_ms * 1_000_000));
+            t
+        };
+        // 53 ms runnable, 2 of them on a CPU: the host or the quota held the loop.
+        let mut e = CauseEvidence::default();
+        e.add(&with_sched(1_000, 500), None, None);
+        e.add(&with_sched(1_002, 551), None, None);
+        let cause = e.decide(Some("n += 1"));
+        assert_eq!(cause.category, "starved", "{}", cause.detail);
+        assert!(
+            cause.detail.contains("waiting for a CPU 51 ms"),
+            "{}",
+            cause.detail
+        );
+        let kernel = cause.kernel.unwrap();
+        assert_eq!(
+            (kernel.scheduled_ms, kernel.waited_for_cpu_ms),
+            (Some(2), Some(51))
+        );
+        assert!(suggestion("starved").contains("CPU limit"));
+        // Computing with a little waiting (a busy two-core machine) stays cpu.
+        let mut e = CauseEvidence::default();
+        e.add(&with_sched(1_000, 500), None, None);
+        e.add(&with_sched(1_040, 515), None, None);
+        assert_eq!(e.decide(None).category, "cpu");
     }
 
     #[test]

@@ -340,6 +340,7 @@ fn with_counters(message: SamplerMessage, system_ticks: u64, written: u64) -> Sa
         written_chars: written,
         storage_written: written,
         busiest_file: None,
+        schedstat: None,
     });
     SamplerMessage::Sample(s)
 }

@@ -55,6 +55,12 @@ pub fn start_time(pid: i32) -> Option<u64> {
     parse_start_time(&stat)
 }
 
+/// `schedstat`'s first two numbers: nanoseconds on a CPU, nanoseconds waiting on a run queue.
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_whitespace();
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
 /// `starttime` (field 22) of a `stat` line, counted after the parenthesised command name.
 pub fn parse_start_time(stat: &str) -> Option<u64> {
     let after = &stat[stat.rfind(')')? + 1..];
@@ -201,7 +207,7 @@ pub fn parse_io(text: &str, counters: &mut ThreadCounters) -> Option<()> {
 #[derive(Debug)]
 pub struct CounterFiles {
     pid: i32,
-    open: HashMap<u64, Option<(fs::File, fs::File)>>,
+    open: HashMap<u64, Option<(fs::File, fs::File, Option<fs::File>)>>,
 }
 
 impl CounterFiles {
@@ -227,9 +233,9 @@ impl CounterFiles {
         let pid = self.pid;
         let files = self.open.entry(tid).or_insert_with(|| {
             let open = |name: &str| fs::File::open(format!("/proc/{pid}/task/{tid}/{name}"));
-            Some((open("stat").ok()?, open("io").ok()?))
+            Some((open("stat").ok()?, open("io").ok()?, open("schedstat").ok()))
         });
-        let (stat, io) = files.as_ref()?;
+        let (stat, io, schedstat) = files.as_ref()?;
         let mut buf = [0u8; 1024];
         let mut counters = ThreadCounters::default();
         let read = |file: &fs::File, buf: &mut [u8]| -> Option<usize> {
@@ -250,6 +256,10 @@ impl CounterFiles {
             self.open.remove(&tid);
             return None;
         }
+        counters.schedstat = schedstat
+            .as_ref()
+            .and_then(|file| read(file, &mut buf))
+            .and_then(|n| parse_schedstat(std::str::from_utf8(&buf[..n]).ok()?));
         Some(counters)
     }
 
@@ -390,6 +400,19 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedstat_is_on_cpu_then_waiting() {
+        assert_eq!(parse_schedstat("178704 176713 2\n"), Some((178704, 176713)));
+        assert_eq!(parse_schedstat("x"), None);
+        // The test binary's main thread has run a while (a thread just started may show 0).
+        let pid = std::process::id();
+        let own = CounterFiles::new(pid as i32).read(pid as u64).unwrap();
+        assert!(
+            own.schedstat.is_some_and(|(on_cpu, _)| on_cpu > 0),
+            "{own:?}"
+        );
+    }
 
     #[test]
     fn start_time_is_field_22_whatever_the_command_name() {
