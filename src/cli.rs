@@ -119,13 +119,9 @@ pub struct RawTopArgs {
 impl RawTopArgs {
     /// Checks the flags and converts them to settings.
     pub fn validate(self) -> Result<crate::view::TopSettings, String> {
-        let threshold = parse_duration(&self.threshold, Unit::Millis)
-            .map_err(|e| format!("--threshold: {e}"))?;
+        let threshold = parse_threshold(&self.threshold)?;
         let once_after = parse_duration(&self.once_after, Unit::Seconds)
             .map_err(|e| format!("--once-after: {e}"))?;
-        if threshold.is_zero() {
-            return Err("--threshold must be more than zero".into());
-        }
         Ok(crate::view::TopSettings {
             pid: self.pid,
             sampling: self.sampling.validate()?,
@@ -217,11 +213,7 @@ impl RawAgentArgs {
             reader: ReaderChoice::Own,
         }
         .validate()?;
-        let threshold = parse_duration(&self.threshold, Unit::Millis)
-            .map_err(|e| format!("--threshold: {e}"))?;
-        if threshold.is_zero() {
-            return Err("--threshold must be more than zero".into());
-        }
+        let threshold = parse_threshold(&self.threshold)?;
         let listen = if self.no_listen {
             None
         } else {
@@ -412,11 +404,7 @@ impl RawRecordArgs {
         if duration.is_some_and(|d| d.is_zero()) {
             return Err("--duration must be more than zero".into());
         }
-        let threshold = parse_duration(&self.threshold, Unit::Millis)
-            .map_err(|e| format!("--threshold: {e}"))?;
-        if threshold.is_zero() {
-            return Err("--threshold must be more than zero".into());
-        }
+        let threshold = parse_threshold(&self.threshold)?;
         let sampling = self.sampling.validate()?;
         let fail_on_block = self
             .fail_on_block
@@ -463,6 +451,15 @@ pub enum Unit {
     Seconds,
     /// Milliseconds.
     Millis,
+}
+
+/// `--threshold`: a duration (a bare number is ms), more than zero.
+fn parse_threshold(text: &str) -> Result<Duration, String> {
+    let threshold = parse_duration(text, Unit::Millis).map_err(|e| format!("--threshold: {e}"))?;
+    if threshold.is_zero() {
+        return Err("--threshold must be more than zero".into());
+    }
+    Ok(threshold)
 }
 
 /// `12.5ms` as (12.5, "ms"): the leading number and the unit after it, trimmed.

@@ -86,7 +86,7 @@ struct Watched {
     sampler: Option<JoinHandle<SamplerOutcome>>,
     analyzer: Analyzer,
     /// Incidents by (site, cause); past [`MAX_SITES_PER_TARGET`] sites, `other`.
-    incidents: BTreeMap<(String, String), u64>,
+    incidents: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// Samples at the previous publication, and when (the achieved rate).
     last_published: (Instant, u64),
     /// Where the window of the next profile push starts, seconds since the epoch.
@@ -261,17 +261,14 @@ impl Agent<'_> {
         let analysis = w.analyzer.analysis();
         for incident in incidents {
             let frame = analysis.symbols.frames.get(incident.culprit);
-            let mut site = format!("{} ({}:{})", frame.function, frame.file, frame.line);
-            let sites = w
-                .incidents
-                .keys()
-                .map(|(s, _)| s)
-                .collect::<std::collections::BTreeSet<_>>();
-            if !sites.contains(&site) && sites.len() >= MAX_SITES_PER_TARGET {
+            let mut site = crate::text::frame_label(frame, false);
+            if !w.incidents.contains_key(&site) && w.incidents.len() >= MAX_SITES_PER_TARGET {
                 site = "other".into();
             }
             *w.incidents
-                .entry((site, incident.cause.category.to_string()))
+                .entry(site)
+                .or_default()
+                .entry(incident.cause.category)
                 .or_default() += 1;
         }
         if let Some(jsonl) = self.jsonl.as_mut() {
@@ -498,7 +495,11 @@ fn target_snapshot(w: &Watched, analysis: &Analysis) -> TargetSnapshot {
         incidents: w
             .incidents
             .iter()
-            .map(|((site, cause), n)| (site.clone(), cause.clone(), *n))
+            .flat_map(|(site, causes)| {
+                causes
+                    .iter()
+                    .map(move |(cause, n)| (site.clone(), cause.to_string(), *n))
+            })
             .collect(),
         stall_buckets,
         stall_count,

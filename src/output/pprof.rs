@@ -257,10 +257,7 @@ fn build(analysis: &Analysis, info: &RecordingInfo, interval_us: u64) -> proto::
             ("incident", incident.id()),
             ("cause", incident.cause.category.to_string()),
             ("kind", format!("{:?}", incident.kind).to_lowercase()),
-            (
-                "site",
-                format!("{} ({}:{})", culprit.function, culprit.file, culprit.line),
-            ),
+            ("site", crate::text::frame_label(culprit, false)),
         ];
         for &(stack, us) in &incident.stack_weights_us {
             b.sample(incident.thread_id, stack, [0, 0, us as i64], &extra);

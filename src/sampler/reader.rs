@@ -471,14 +471,9 @@ impl TargetReader {
             // switch is torn (frames cut short), often just as a long callback returns — the
             // tick whose kernel reading closes its counts. A second one in a row does.
             let torn_once = !shows_loop && was_loop && !self.loop_misses.contains(&head.tstate);
-            if shows_loop {
-                self.loop_misses.retain(|t| *t != head.tstate);
-            } else if was_loop {
-                if torn_once {
-                    self.loop_misses.push(head.tstate);
-                } else {
-                    self.loop_misses.retain(|t| *t != head.tstate);
-                }
+            self.loop_misses.retain(|t| *t != head.tstate);
+            if torn_once {
+                self.loop_misses.push(head.tstate);
             }
             let is_loop = shows_loop || torn_once;
             if is_loop {
