@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything loopspy's tests need, idempotently (a second run takes seconds):
 #   - uvloop in each pyenv CPython 3.8-3.13 (the interpreters themselves must be in pyenv);
-#   - pytest, pytest-asyncio, uvicorn, maturin, ziglang, protobuf and grpcio-tools in 3.12 (the
-#     CI-gate, fleet and wheel tests; zig links the manylinux2014 wheel; protobuf reads pprof);
+#   - pytest, pytest-asyncio, uvicorn[standard] (uvloop, httptools), maturin, ziglang, protobuf
+#     and grpcio-tools in 3.12 (the CI-gate, fleet, saturated-service and wheel tests; zig links
+#     the manylinux2014 wheel; protobuf reads pprof);
 #   - tmux (the live view's tests), chromium (the report.html tests), prometheus (the agent
 #     test) and debootstrap;
 #   - a Debian sid userland with CPython 3.13.18, 3.14 and 3.15 and uvloop, which pyenv cannot
@@ -36,9 +37,9 @@ for minor in 3.8 3.9 3.10 3.11 3.12 3.13; do
     die "could not install uvloop for $py; run: $py -m pip install uvloop"
 done
 py312=$(ls -d "$PYENV_ROOT"/versions/3.12.*/bin/python3.12 | sort -V | tail -n 1)
-"$py312" -c "import pytest, pytest_asyncio, uvicorn, maturin, ziglang, google.protobuf, grpc_tools" 2>/dev/null ||
-  "$py312" -m pip install --quiet --disable-pip-version-check pytest pytest-asyncio uvicorn 'maturin>=1.5,<2' ziglang protobuf grpcio-tools ||
-  die "could not install the 3.12 test packages; run: $py312 -m pip install pytest pytest-asyncio uvicorn 'maturin>=1.5,<2' ziglang protobuf grpcio-tools"
+"$py312" -c "import pytest, pytest_asyncio, uvicorn, uvloop, httptools, maturin, ziglang, google.protobuf, grpc_tools" 2>/dev/null ||
+  "$py312" -m pip install --quiet --disable-pip-version-check pytest pytest-asyncio 'uvicorn[standard]' 'maturin>=1.5,<2' ziglang protobuf grpcio-tools ||
+  die "could not install the 3.12 test packages; run: $py312 -m pip install pytest pytest-asyncio 'uvicorn[standard]' 'maturin>=1.5,<2' ziglang protobuf grpcio-tools"
 "$py312" -m ziglang version >/dev/null || die "zig (PyPI's ziglang) does not run; run: $py312 -m pip install --force-reinstall ziglang"
 
 # chromium: the report.html tests open the page in headless Chromium; prometheus: the agent test

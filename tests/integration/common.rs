@@ -365,3 +365,22 @@ pub fn start_until_ready(python: &Path, args: &[&str]) -> ChildGuard {
     assert_eq!(line.trim(), "ready", "{args:?} did not get ready");
     guard
 }
+
+/// Kills a whole process group on drop: uvicorn's workers must not outlive the test (they
+/// would hold the test harness's output pipes open).
+pub struct GroupGuard(pub std::process::Child);
+
+impl GroupGuard {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", "--", &format!("-{}", self.pid())])
+            .status();
+        let _ = self.0.wait();
+    }
+}

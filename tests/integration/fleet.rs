@@ -37,25 +37,6 @@ fn load_round(port: u16) {
     std::thread::sleep(Duration::from_millis(150));
 }
 
-/// Kills a whole process group on drop: uvicorn's workers must not outlive the test (they
-/// would hold the test harness's output pipes open).
-struct GroupGuard(std::process::Child);
-
-impl GroupGuard {
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", "--", &format!("-{}", self.pid())])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 fn truth(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

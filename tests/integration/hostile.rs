@@ -194,9 +194,13 @@ fn check_blocks(h: &Hostile, mode: &str) {
             )
         })
         .collect();
+    // The recording's own counts (reads skipped, ticks missed, sampling gaps) tell a miss
+    // from the sampler's side apart from one of the analyzer's.
     let context = format!(
-        "{mode}: incidents\n{}\nstderr\n{}",
+        "{mode}: incidents\n{}\nrecording {}\nstdout\n{}\nstderr\n{}",
         listing.join("\n"),
+        h.json["recording"],
+        h.run.stdout,
         h.run.stderr
     );
     let (mut found, mut misses) = (0, Vec::new());
