@@ -4,10 +4,9 @@
 //! On uvloop nothing in the frames marks where a callback or an iteration ends; the thread's
 //! callback clock does. Every block must be found (recall), nothing else reported (precision),
 //! with the right culprit and cause and the duration within a few milliseconds.
-//! Not here yet: asyncio's own loop on this fixture. Its ~1 ms iterations are rarely sampled
-//! between handle loops; `_run_once`'s handle index read with the callback clock tells them
-//! apart (exact in 9 of 9 versions in one pass), but 3 of 14 runs under the suite still had
-//! one false incident (a 59 ms `blocking` in `<module>`: issue #12, docs/how-it-works.md).
+//! asyncio's own loop runs the same fixture: its ~1 ms iterations are rarely sampled between
+//! handle loops; `_run_once`'s handle index read with the callback clock tells them apart.
+//! And a real `uvicorn[standard]` service saturated by keep-alive clients.
 
 use std::path::Path;
 use std::time::Duration;
@@ -222,6 +221,46 @@ fn saturated_uvloop_on_cpython_3_13() {
 #[test]
 fn saturated_uvloop_on_cpython_3_14() {
     saturated("3.14", true);
+}
+
+#[test]
+fn saturated_asyncio_on_cpython_3_8() {
+    saturated("3.8", false);
+}
+
+#[test]
+fn saturated_asyncio_on_cpython_3_9() {
+    saturated("3.9", false);
+}
+
+#[test]
+fn saturated_asyncio_on_cpython_3_10() {
+    saturated("3.10", false);
+}
+
+#[test]
+fn saturated_asyncio_on_cpython_3_11() {
+    saturated("3.11", false);
+}
+
+#[test]
+fn saturated_asyncio_on_cpython_3_12() {
+    saturated("3.12", false);
+}
+
+#[test]
+fn saturated_asyncio_on_cpython_3_13() {
+    saturated("3.13", false);
+}
+
+#[test]
+fn saturated_asyncio_on_cpython_3_14() {
+    saturated("3.14", false);
+}
+
+#[test]
+fn saturated_asyncio_on_cpython_3_15() {
+    saturated("3.15", false);
 }
 
 /// One keep-alive HTTP/1.1 request on `stream`: the response's status line, its body read by
