@@ -129,7 +129,7 @@ pub(crate) fn record_hostile(minor: &str, mode: &str) -> Option<Hostile> {
     }
     let truth = read_json(&truth).as_array().cloned().unwrap_or_default();
     assert!(
-        truth.len() >= 8,
+        truth.len() >= 10,
         "{mode}: the target ran {} blocks",
         truth.len()
     );
@@ -173,9 +173,9 @@ fn covers(reported: f64, truth: f64) -> bool {
     reported >= truth - 15.0 && reported <= truth + 50.0
 }
 
-/// At least 90% of the blocks found right: by an incident overlapping it with the right culprit
-/// function, file and thread and a duration that [`covers`] it; and no incident that overlaps
-/// no block.
+/// At least 90% of the blocks found right (9 of the fixture's 10: at 8 blocks "90%" meant
+/// all): by an incident overlapping it with the right culprit function, file and thread and a
+/// duration that [`covers`] it; and no incident that overlaps no block.
 fn check_blocks(h: &Hostile, mode: &str) {
     let incidents = h.json["incidents"].as_array().expect("incidents");
     let listing: Vec<String> = incidents
