@@ -143,6 +143,8 @@ pub struct Sample {
 pub enum SamplerMessage {
     /// A complete sample.
     Sample(Sample),
+    /// The target's pending asyncio tasks counted by coroutine (about once a second).
+    Census(TaskCensus),
     /// A read failed (torn state in non-blocking mode); counted and dropped.
     ReadError {
         /// The process whose read failed.
@@ -155,9 +157,39 @@ impl SamplerMessage {
     pub fn pid(&self) -> i32 {
         match self {
             SamplerMessage::Sample(sample) => sample.pid,
+            SamplerMessage::Census(census) => census.pid,
             SamplerMessage::ReadError { pid } => *pid,
         }
     }
+}
+
+/// The target's pending asyncio tasks at one moment, counted by the coroutine each runs (its
+/// outermost one: what `create_task` was given). What task-leak detection is fed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskCensus {
+    /// The process counted.
+    pub pid: i32,
+    /// When.
+    pub at: Instant,
+    /// Pending tasks per coroutine.
+    pub by_coroutine: Vec<CoroutineCount>,
+    /// Tasks not counted (past the reader's bound): the counts are a lower bound.
+    pub left_out: u64,
+}
+
+/// Pending tasks running one coroutine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoroutineCount {
+    /// The coroutine's (qualified) name.
+    pub coroutine: String,
+    /// Its source file.
+    pub file: String,
+    /// The first line of its code (0 when unknown).
+    pub line: u32,
+    /// Its pending tasks.
+    pub pending: u64,
+    /// The name of one of them.
+    pub example_task: Option<String>,
 }
 
 /// The system call a thread is blocked in, as `/proc/<pid>/task/<tid>/syscall` reports it.

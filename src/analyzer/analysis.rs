@@ -102,6 +102,8 @@ pub struct Analysis {
     pub clock_anchor: Option<(Instant, f64)>,
     /// Stretches without a sample (no busy run is stretched across one).
     pub gaps: Gaps,
+    /// Pending tasks by coroutine over the recording, and the leaks among them.
+    pub task_leaks: super::task_leaks::LeakWatch,
 }
 
 impl Analysis {

@@ -16,6 +16,7 @@ pub mod intern;
 pub mod loop_detect;
 pub mod loop_thread;
 pub mod sites;
+pub mod task_leaks;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -117,6 +118,7 @@ impl Analyzer {
     pub fn feed(&mut self, message: SamplerMessage) {
         match message {
             SamplerMessage::Sample(sample) => self.add_sample(&sample),
+            SamplerMessage::Census(census) => self.analysis.task_leaks.add(&census),
             SamplerMessage::ReadError { .. } => self.analysis.sample_errors += 1,
         }
     }

@@ -162,7 +162,49 @@ pub fn document(analysis: &Analysis, info: &RecordingInfo) -> Value {
         "loops": loops,
         "sites": sites,
         "incidents": incidents,
+        "tasks": tasks_json(analysis),
+        "task_leaks": task_leaks_json(analysis),
     })
+}
+
+/// The task census over the recording: how many were taken, the pending tasks at the last
+/// one, by coroutine (the largest 20).
+fn tasks_json(analysis: &Analysis) -> Value {
+    let watch = &analysis.task_leaks;
+    let by_coroutine: Vec<Value> = watch
+        .pending_by_coroutine(20)
+        .into_iter()
+        .map(|(site, pending)| {
+            json!({ "coroutine": site.coroutine, "file": site.file, "line": site.line, "pending": pending })
+        })
+        .collect();
+    json!({
+        "censuses": watch.censuses,
+        "partial_censuses": watch.partial_censuses,
+        "pending": watch.pending_now,
+        "pending_by_coroutine": by_coroutine,
+    })
+}
+
+/// Coroutines whose pending tasks kept growing (see `analyzer::task_leaks`).
+pub fn task_leaks_json(analysis: &Analysis) -> Value {
+    analysis
+        .task_leaks
+        .leaks()
+        .into_iter()
+        .map(|leak| {
+            json!({
+                "coroutine": leak.site.coroutine,
+                "file": leak.site.file,
+                "line": leak.site.line,
+                "pending_start": leak.pending_start,
+                "pending_end": leak.pending_end,
+                "growth_per_s": round(leak.growth_per_s, 2),
+                "example_task": leak.example_task,
+                "censuses": leak.censuses,
+            })
+        })
+        .collect()
 }
 
 /// Writes `incidents.json`.

@@ -236,6 +236,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
             );
         }
     }
+    write_task_leaks(&mut md, analysis);
     let _ = writeln!(
         md,
         "## Files\n\n- `report.html`: this report as one interactive page (timeline, incidents, flame graphs)\n- `flamegraph.svg`: every busy sample of the loop thread(s), weighted by time\n- `blocking.svg`: only the samples inside incidents\n- `incidents.json`: the same data for machines (schema {})",
@@ -245,6 +246,47 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo) -> String {
 }
 
 /// Writes `report.md`.
+/// The task-leak section: every coroutine whose pending tasks kept growing, with the rate and
+/// what to look for. Nothing when no task census was taken.
+fn write_task_leaks(md: &mut String, analysis: &Analysis) {
+    let watch = &analysis.task_leaks;
+    if watch.censuses == 0 {
+        return;
+    }
+    let leaks = watch.leaks();
+    let _ = writeln!(md, "## Task leaks\n");
+    if leaks.is_empty() {
+        let _ = writeln!(
+            md,
+            "None: no coroutine's pending tasks kept growing over {} task counts ({} pending at the last).\n",
+            watch.censuses, watch.pending_now
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Pending tasks that kept growing: tasks created and never awaited, cancelled or finished pile up until memory runs out. Keep a reference and await or cancel them (a `TaskGroup`, or a set the task removes itself from with `add_done_callback`).\n\n| coroutine | where | pending (first → last count) | growth | example task |\n|---|---|---|---|---|"
+    );
+    for leak in &leaks {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} → {} | {:.1}/s | {} |",
+            text::md_code(&leak.site.coroutine, text::NAME_CHARS),
+            text::md_code(
+                &format!("{}:{}", text::short_path(&leak.site.file), leak.site.line),
+                text::NAME_CHARS
+            ),
+            leak.pending_start,
+            leak.pending_end,
+            leak.growth_per_s,
+            leak.example_task
+                .as_deref()
+                .map_or_else(|| "?".to_string(), |n| text::md_code(n, text::NAME_CHARS)),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 pub fn write(path: &Path, analysis: &Analysis, info: &RecordingInfo) -> anyhow::Result<()> {
     std::fs::write(path, render(analysis, info))?;
     Ok(())

@@ -84,6 +84,18 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
             }
         }
     }
+    for leak in analysis.task_leaks.leaks().iter().take(TOP_SITES) {
+        let _ = writeln!(
+            out,
+            "Task leak: {} ({}:{}) pending tasks grew {} -> {} ({:+.1}/s): created and never awaited or finished",
+            crate::text::name(&leak.site.coroutine),
+            crate::text::name(crate::text::short_path(&leak.site.file)),
+            leak.site.line,
+            leak.pending_start,
+            leak.pending_end,
+            leak.growth_per_s
+        );
+    }
     if let Some(written) = written {
         let _ = writeln!(out, "Wrote {}:", written.dir.display());
         for file in &written.files {
