@@ -177,14 +177,14 @@ pub struct TaskCensus {
     pub left_out: u64,
 }
 
-/// Pending tasks running one coroutine.
+/// Pending tasks running one coroutine (by name and file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoroutineCount {
     /// The coroutine's (qualified) name.
     pub coroutine: String,
     /// Its source file.
     pub file: String,
-    /// The first line of its code (0 when unknown).
+    /// The line one of its tasks is suspended at, in the coroutine's own frame (0 when unknown).
     pub line: u32,
     /// Its pending tasks.
     pub pending: u64,

@@ -31,15 +31,13 @@ const MIN_CENSUSES: usize = 5;
 /// The least span of a judged series, seconds.
 const MIN_SPAN_S: f64 = 4.0;
 
-/// Where a coroutine is defined: what tasks are counted by.
+/// A coroutine, by name and file: what tasks are counted by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CoroutineSite {
     /// The coroutine's (qualified) name.
     pub coroutine: String,
     /// Its source file.
     pub file: String,
-    /// The line its code starts at (0 when unknown).
-    pub line: u32,
 }
 
 /// A coroutine whose pending tasks kept growing: a leak finding.
@@ -47,6 +45,8 @@ pub struct CoroutineSite {
 pub struct TaskLeak {
     /// The leaking coroutine.
     pub site: CoroutineSite,
+    /// The line its tasks were last seen suspended at (one of them; 0 when unknown).
+    pub line: u32,
     /// Pending tasks at its first and last census.
     pub pending_start: u64,
     /// See `pending_start`.
@@ -65,6 +65,7 @@ struct Series {
     /// (seconds since the first census, pending tasks).
     points: Vec<(f64, u64)>,
     example_task: Option<String>,
+    line: u32,
 }
 
 impl Series {
@@ -112,6 +113,7 @@ impl Series {
         }
         Some(TaskLeak {
             site: site.clone(),
+            line: self.line,
             pending_start: first.1,
             pending_end: last.1,
             growth_per_s: slope(points),
@@ -166,7 +168,6 @@ impl LeakWatch {
             let site = CoroutineSite {
                 coroutine: count.coroutine.clone(),
                 file: count.file.clone(),
-                line: count.line,
             };
             if !self.series.contains_key(&site) && self.series.len() >= MAX_COROUTINES {
                 let smallest = self
@@ -183,6 +184,7 @@ impl LeakWatch {
             }
             let series = self.series.entry(site.clone()).or_default();
             series.push(at_s, count.pending);
+            series.line = count.line;
             if count.example_task.is_some() {
                 series.example_task.clone_from(&count.example_task);
             }
@@ -210,15 +212,16 @@ impl LeakWatch {
         leaks
     }
 
-    /// Pending tasks by coroutine at the latest census, most first (at most `limit`).
-    pub fn pending_by_coroutine(&self, limit: usize) -> Vec<(CoroutineSite, u64)> {
-        let mut now: Vec<(CoroutineSite, u64)> = self
+    /// Pending tasks by coroutine at the latest census, most first (at most `limit`), with
+    /// the line one of them was suspended at.
+    pub fn pending_by_coroutine(&self, limit: usize) -> Vec<(CoroutineSite, u32, u64)> {
+        let mut now: Vec<(CoroutineSite, u32, u64)> = self
             .series
             .iter()
-            .map(|(site, s)| (site.clone(), s.last_pending()))
-            .filter(|(_, n)| *n > 0)
+            .map(|(site, s)| (site.clone(), s.line, s.last_pending()))
+            .filter(|(_, _, n)| *n > 0)
             .collect();
-        now.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        now.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
         now.truncate(limit);
         now
     }

@@ -174,8 +174,8 @@ fn tasks_json(analysis: &Analysis) -> Value {
     let by_coroutine: Vec<Value> = watch
         .pending_by_coroutine(20)
         .into_iter()
-        .map(|(site, pending)| {
-            json!({ "coroutine": site.coroutine, "file": site.file, "line": site.line, "pending": pending })
+        .map(|(site, line, pending)| {
+            json!({ "coroutine": site.coroutine, "file": site.file, "line": line, "pending": pending })
         })
         .collect();
     json!({
@@ -196,7 +196,7 @@ pub fn task_leaks_json(analysis: &Analysis) -> Value {
             json!({
                 "coroutine": leak.site.coroutine,
                 "file": leak.site.file,
-                "line": leak.site.line,
+                "line": leak.line,
                 "pending_start": leak.pending_start,
                 "pending_end": leak.pending_end,
                 "growth_per_s": round(leak.growth_per_s, 2),

@@ -273,7 +273,7 @@ fn write_task_leaks(md: &mut String, analysis: &Analysis) {
             "| {} | {} | {} → {} | {:.1}/s | {} |",
             text::md_code(&leak.site.coroutine, text::NAME_CHARS),
             text::md_code(
-                &format!("{}:{}", text::short_path(&leak.site.file), leak.site.line),
+                &format!("{}:{}", text::short_path(&leak.site.file), leak.line),
                 text::NAME_CHARS
             ),
             leak.pending_start,

@@ -90,7 +90,7 @@ pub fn render(analysis: &Analysis, info: &RecordingInfo, written: Option<&Writte
             "Task leak: {} ({}:{}) pending tasks grew {} -> {} ({:+.1}/s): created and never awaited or finished",
             crate::text::name(&leak.site.coroutine),
             crate::text::name(crate::text::short_path(&leak.site.file)),
-            leak.site.line,
+            leak.line,
             leak.pending_start,
             leak.pending_end,
             leak.growth_per_s
