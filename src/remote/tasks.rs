@@ -396,26 +396,35 @@ impl<M: RemoteMemory> TaskReader<M> {
     }
 
 
-    /// The key objects of a shared ("split") keys table (3.11 layout), in entry order: the
-    /// order of the values of every instance sharing it.
+    /// The key objects of a shared ("split") keys table, in entry order: the order of the
+    /// values of every instance (or split dict) sharing it.
     pub(super) fn split_keys(&self, keys: u64) -> Option<Vec<u64>> {
-        let header = DictTable {
-            header: vec![0u8; 48],
+        let table = DictTable {
+            header: Vec::new(),
             keys,
             keys_header: self.read_vec(keys, 40)?,
         };
-        if self.offsets.dict.keys_layout != "3.11" {
+        let count = self.entry_count(&table);
+        if count > 256 {
             return None;
         }
-        let count = self.entry_count(&header);
-        let log2_index_bytes = header.keys_header[9] as u32;
-        let kind = header.keys_header[10];
-        if count > 256 || log2_index_bytes > 20 || kind == 0 {
-            return None;
-        }
-        let entries = keys.wrapping_add(32 + (1u64 << log2_index_bytes));
-        let raw = self.read_vec(entries, count as usize * 16)?;
-        Some(raw.chunks_exact(16).map(|e| word_at(e, 0)).collect())
+        let (entries, size, key_at) = if self.offsets.dict.keys_layout == "3.11" {
+            let log2_index_bytes = table.keys_header[9] as u32;
+            if log2_index_bytes > 20 || table.keys_header[10] == 0 {
+                return None;
+            }
+            (keys.wrapping_add(32 + (1u64 << log2_index_bytes)), 16, 0)
+        } else {
+            // dk_size, indices as wide as the size needs, 24-byte {hash, key, value} entries.
+            let dk_size = word_at(&table.keys_header, 8);
+            if dk_size > 1 << 16 {
+                return None;
+            }
+            let width = if dk_size <= 0xff { 1 } else { 2 };
+            (keys.wrapping_add(40 + dk_size * width), 24, 8)
+        };
+        let raw = self.read_vec(entries, count as usize * size)?;
+        Some(raw.chunks_exact(size).map(|e| word_at(e, key_at)).collect())
     }
 
     pub(super) fn dict_get(&mut self, dict: u64, key: &str) -> Option<u64> {
