@@ -658,6 +658,220 @@ def measure_context_ver(found):
     found["thread_context_ver"] = ver
 
 
+# ---------------------------------------------------------------------------------------------
+# Every task and what it awaits (the `tasks` command, src/remote/all_tasks.rs).
+
+V313 = sys.version_info >= (3, 13)
+
+
+def heap_type_cached_keys(tp, key):
+    """3.11+: the offset in a heap type of ht_cached_keys, the shared keys object of its
+    instances' attribute values: the one word pointing at a keys object (3.11 layout, str
+    keys) whose first entry is `key`."""
+    size = type.__basicsize__
+    blob = read(id(tp), size)
+    hits = []
+    for o in range(0, size - PTR + 1, PTR):
+        keys = word_at(blob, o)
+        if keys < 4096 or keys % PTR or readable_len(keys, 48) < 48:
+            continue
+        hdr = read(keys, 32)
+        log2_index_bytes, kind = hdr[9], hdr[10]
+        if kind not in (1, 2) or log2_index_bytes > 20:
+            continue
+        first = keys + 32 + (1 << log2_index_bytes)
+        if readable_len(first, 16) == 16 and u64(first) == id(key):
+            hits.append(o)
+    return unique(hits, "heap type ht_cached_keys")
+
+
+async def measure_task_graph(found):
+    import functools
+    import weakref
+    loop = asyncio.get_running_loop()
+
+    # Futures: fut_state (pending 0, cancelled 1, finished 2), fut_callback0 (the first done
+    # callback), fut_callbacks (a list of (callback, context) tuples for the others).
+    pending, cancelled, finished = loop.create_future(), loop.create_future(), loop.create_future()
+    cancelled.cancel()
+    finished.set_result(None)
+    size = type(pending).__basicsize__
+    blobs = [read(id(f), size) for f in (pending, cancelled, finished)]
+    found["fut_state"] = unique(common(int_offsets(blobs[0], 0), int_offsets(blobs[1], 1),
+                                       int_offsets(blobs[2], 2)), "future fut_state")
+
+    def first_callback(fut):
+        pass
+
+    def second_callback(fut):
+        pass
+
+    pending.add_done_callback(first_callback)
+    pending.add_done_callback(second_callback)
+    found["fut_callback0"] = offset_of(pending, first_callback, size)
+    blob = read(id(pending), size)
+    lists = []
+    for o in range(0, size - PTR + 1, PTR):
+        ptr = word_at(blob, o)
+        if ptr and readable_len(ptr, 32) == 32 and u64(ptr + 8) == id(list) and u64(ptr + 16) == 1:
+            tup = u64(u64(ptr + 24))  # ob_item[0], the (callback, context) tuple
+            if u64(tup + 24) == id(second_callback):
+                lists.append(o)
+    found["fut_callbacks"] = unique(lists, "future fut_callbacks")
+
+    # A task suspended on a future: task_fut_waiter.
+    waited = loop.create_future()
+
+    async def loopspy_probe_inner(arg):
+        await waited
+
+    async def loopspy_probe_outer(arg):
+        await inner_coro
+
+    async def loopspy_probe_deep(arg, awaited):
+        return [arg, await awaited]
+
+    inner_coro = loopspy_probe_inner(1)
+    outer_coro = loopspy_probe_outer(2)
+    task = loop.create_task(outer_coro)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    found["task_fut_waiter"] = offset_of(task, waited, type(task).__basicsize__)
+
+    # The coroutine's frame: gi_frame (a frame object, 3.8-3.10) or gi_iframe (the
+    # _PyInterpreterFrame inside the coroutine, 3.11+), and the top of its value stack, which
+    # holds the awaited object while suspended in an await (Objects/genobject.c _PyGen_yf).
+    frame = outer_coro.cr_frame
+    if V311:
+        iframe = iframe_of(frame)
+        found["gen_frame"] = iframe - id(outer_coro)
+        check(0 < found["gen_frame"] < type(outer_coro).__basicsize__ + 64, "gi_iframe inside the coroutine")
+        blob = read(iframe, FRAME_SCAN + 64)
+        locals_at = unique(word_offsets(blob, id(2)), "frame localsplus (first argument)")
+        slot = unique(word_offsets(blob, id(inner_coro)), "awaited coroutine on the value stack")
+        stacktop = (slot - locals_at) // PTR + 1
+        found["frame_localsplus"] = locals_at
+        found["frame_stack"] = unique([o for o in int_offsets(blob[:locals_at], stacktop)],
+                                      "frame stacktop")
+        found["frame_valuestack"] = None
+        found["stack_kind"] = "index"
+    else:
+        found["gen_frame"] = offset_of(outer_coro, frame, 64)
+        fsize = frame.__sizeof__()
+        blob = read(id(frame), fsize)
+        slot = unique(word_offsets(blob, id(inner_coro)), "awaited coroutine on the value stack")
+        slot_addr = id(frame) + slot
+        if sys.version_info >= (3, 10):
+            # A second sample, two deep on the value stack ([arg, awaited]).
+            deep_inner = loopspy_probe_inner(3)
+            deep = loopspy_probe_deep(4, deep_inner)
+            deep.send(None)
+            dframe = deep.cr_frame
+            dblob = read(id(dframe), dframe.__sizeof__())
+            # (the argument `awaited` is a fast local too: the value stack comes after the locals)
+            dslot = id(dframe) + max(word_offsets(dblob, id(deep_inner)))
+
+            def pairs_of(b, base, size, at):
+                return {(o, d) for o in word_offsets_into(b, base, size)
+                        for d in int_offsets(b[:120], (at - word_at(b, o)) // PTR + 1)
+                        if (at - word_at(b, o)) % PTR == 0}
+            both = pairs_of(blob, id(frame), fsize, slot_addr) & pairs_of(dblob, id(dframe), dframe.__sizeof__(), dslot)
+            vs, depth = unique(both, "frame f_valuestack, f_stackdepth")
+            check(int_at(dblob, depth) == 2, "f_stackdepth of the deep sample is 2")
+            deep.close()
+            found["frame_valuestack"], found["frame_stack"] = vs, depth
+            found["stack_kind"] = "depth"
+        else:
+            found["frame_valuestack"] = None
+            found["frame_stack"] = unique(word_offsets(blob[:120], slot_addr + PTR), "frame f_stacktop")
+            found["stack_kind"] = "pointer"
+        found["frame_localsplus"] = None
+    waited.set_result(None)
+    await task
+
+    # Types: tp_basicsize, tp_flags, tp_base, tp_dictoffset (as Python shows them).
+    class Probe:
+        pass
+
+    class ProbeSlots:
+        __slots__ = ("a",)
+
+    samples = [(t, read(id(t), type.__basicsize__)) for t in (Probe, ProbeSlots, weakref.WeakSet, int)]
+    found["type_basicsize"] = unique(common(*[word_offsets(b, t.__basicsize__) for t, b in samples]),
+                                     "type tp_basicsize")
+    found["type_flags"] = unique(common(*[word_offsets(b, t.__flags__) for t, b in samples]), "type tp_flags")
+    found["type_base"] = unique(common(*[word_offsets(b, id(t.__base__)) for t, b in samples[:2]]), "type tp_base")
+    dictoffsets = [word_offsets(b, t.__dictoffset__ % (1 << 64)) for t, b in samples]
+    found["type_dictoffset"] = unique(common(*dictoffsets), "type tp_dictoffset")
+
+    # Instance attributes (WeakSet.data, TaskGroup._parent_task...): where each version keeps
+    # them, checked on a fresh WeakSet, whose attributes are not materialised as a dict.
+    ws = weakref.WeakSet()
+    data = ws.data
+    if sys.version_info >= (3, 13):
+        layout = "3.13"
+        check(u64(id(ws) - 24) == 0, "3.13: no managed dict yet")
+        values = id(ws) + weakref.WeakSet.__basicsize__
+        check(read(values + 3, 1) == b"\x01", "3.13: inline values valid")
+        check(u64(values + 8) == id(data), "3.13: inline values[0] is data")
+    elif sys.version_info >= (3, 12):
+        layout = "3.12"
+        dorv = u64(id(ws) - 24)
+        check(dorv & 1 == 1 and u64(dorv + 1) == id(data), "3.12: tagged values pointer at -24")
+    elif V311:
+        layout = "3.11"
+        check(u64(id(ws) - 24) == 0, "3.11: no managed dict yet")
+        check(u64(u64(id(ws) - 32)) == id(data), "3.11: values pointer at -32")
+    else:
+        layout = "offset"
+        check(weakref.WeakSet.__dictoffset__ > 0, "WeakSet tp_dictoffset > 0")
+    found["instance_dict"] = layout
+    found["type_cached_keys"] = heap_type_cached_keys(weakref.WeakSet, "data") if V311 else None
+
+    # Sets: mask and table (setentry {key, hash}); weakrefs: wr_object.
+    target = Probe()
+    s = {target}
+    blob = read(id(s), type(s).__basicsize__)
+    table = unique([o for o in range(0, 64, PTR) if id(s) < word_at(blob, o) < id(s) + len(blob)],
+                   "set table (smalltable)")
+    found["set_table"] = table
+    found["set_mask"] = unique(word_offsets(blob[:table], 7), "set mask")
+    r = weakref.ref(target)
+    check(offset_of(r, target, 64) == 16, "weakref wr_object at 16")
+
+    # Done callbacks that link a child to what a parent awaits: a closure's cells (gather's
+    # _done_callback, shield's), a partial's args (wait_for up to 3.11), a bound method's self.
+    def outer_fn():
+        captured = target
+
+        def inner_fn():
+            return captured
+        return inner_fn
+    closure_fn = outer_fn()
+    found["func_closure"] = offset_of(closure_fn, closure_fn.__closure__, 128)
+    check(offset_of(closure_fn.__closure__[0], target, 32) == 16, "cell ob_ref at 16")
+    p = functools.partial(print, target)
+    check(offset_of(p, p.args, 64) == 24, "partial args at 24")
+    method = type("M", (), {"f": lambda self: None})().f
+    check(offset_of(method, method.__self__, 64) == 24, "method im_self at 24")
+
+    async def agen():
+        yield 1
+    g = agen()
+    asend = g.asend(None)
+    check(offset_of(asend, g, 64) == 16, "async_generator_asend ags_gen at 16")
+    asend.close()
+    fut = loop.create_future()
+    it = fut.__await__()
+    check(offset_of(it, fut, 64) == 16, "FutureIter future at 16")
+    fut.cancel()
+
+
+def word_offsets_into(blob, base, size):
+    """Offsets of words that point inside [base, base + size)."""
+    return [o for o in range(0, min(len(blob), 120) - PTR + 1, PTR) if base <= word_at(blob, o) < base + size]
+
+
 def main():
     if sys.argv[1:] == ["--context-ver"]:
         # The one field the debug offsets of 3.13+ do not carry (remote/debug_offsets.rs).
@@ -666,6 +880,7 @@ def main():
         print(json.dumps(found, sort_keys=True))
         return
     found = asyncio.run(probe())
+    asyncio.run(measure_task_graph(found))
     measure_objects(found)
     ns = probe_namespace()
     measure_code(found, ns)

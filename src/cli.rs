@@ -30,6 +30,9 @@ pub enum Command {
     /// Print every thread's stack once, which threads run event loops, and whether each loop
     /// is idle or inside a callback (and for how long).
     Dump(RawDumpArgs),
+    /// List every asyncio task of a running process once: a tree (each task, the coroutine
+    /// frames it is suspended in, the tasks it waits for) and a table, or --json.
+    Tasks(RawTasksArgs),
     /// Watch a running process live: loop health, incidents as they happen, and where time
     /// goes, in a full-screen terminal view (`?` shows the keys).
     Top(RawTopArgs),
@@ -323,6 +326,34 @@ impl RawDumpArgs {
             reader: self.reader.into(),
             show_offsets: self.show_offsets,
         }
+    }
+}
+
+/// `loopspy tasks` flags.
+#[derive(Debug, Args)]
+pub struct RawTasksArgs {
+    /// PID of a running Python process.
+    #[arg(short, long)]
+    pub pid: i32,
+    /// Print JSON instead of the tree and table.
+    #[arg(long)]
+    pub json: bool,
+    /// List at most this many tasks; the others are counted (`left_out`).
+    #[arg(long, default_value_t = crate::remote::all_tasks::DEFAULT_MAX_TASKS)]
+    pub max_tasks: usize,
+}
+
+impl RawTasksArgs {
+    /// Checks the flags and converts them to settings.
+    pub fn validate(self) -> Result<crate::tasks_cmd::TasksSettings, String> {
+        if self.max_tasks == 0 {
+            return Err("--max-tasks must be at least 1".into());
+        }
+        Ok(crate::tasks_cmd::TasksSettings {
+            pid: self.pid,
+            json: self.json,
+            max_tasks: self.max_tasks,
+        })
     }
 }
 

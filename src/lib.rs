@@ -19,6 +19,7 @@ pub mod sample;
 pub mod sampler;
 pub mod session;
 pub mod syscalls;
+pub mod tasks_cmd;
 pub mod text;
 pub mod view;
 

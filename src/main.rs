@@ -19,6 +19,13 @@ fn main() {
             Ok(settings) => loopspy::record::run(settings),
         },
         Command::Dump(raw) => loopspy::dump::run(raw.validate()),
+        Command::Tasks(raw) => match raw.validate() {
+            Err(message) => {
+                eprintln!("loopspy: error: {message}");
+                std::process::exit(exit_code::USAGE);
+            }
+            Ok(settings) => loopspy::tasks_cmd::run(settings),
+        },
         Command::Agent(raw) => match raw.validate() {
             Err(message) => {
                 eprintln!("loopspy: error: {message}");

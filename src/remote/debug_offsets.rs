@@ -494,6 +494,13 @@ impl DebugOffsets {
                 last_holder: Some(get(GilHolder) - get(GilRuntimeState)),
                 locked: Some(get(GilLocked) - get(GilRuntimeState)),
             },
+            // The debug offsets of 3.13 say nothing of futures, coroutine value stacks or
+            // instance attributes: `python_offsets/3.13.toml` does (3.13.x share one layout).
+            all_tasks: if minor == 13 {
+                super::offsets::for_minor(13).and_then(|t| t.all_tasks)
+            } else {
+                None
+            },
         }
     }
 }

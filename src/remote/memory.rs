@@ -45,6 +45,18 @@ pub trait RemoteMemory {
     }
 }
 
+/// A borrowed memory reads as the memory itself: several readers of one one-shot look (the
+/// task lister's task and stack readers) share one.
+impl<M: RemoteMemory + ?Sized> RemoteMemory for &M {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        (**self).read(addr, buf)
+    }
+
+    fn read_many(&self, ranges: &mut [(u64, &mut [u8])], filled: &mut Vec<bool>) {
+        (**self).read_many(ranges, filled)
+    }
+}
+
 /// The target process's memory, read with `process_vm_readv` (never written, never paused).
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessMemory {

@@ -3,6 +3,7 @@
 //! threads from `/proc`. Nothing here ever writes to the target or pauses it (py-spy's
 //! non-blocking mode) unless the user asked for `--blocking`.
 
+pub mod all_tasks;
 pub mod attach;
 pub mod confinement;
 pub mod cost;

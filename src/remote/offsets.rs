@@ -243,6 +243,82 @@ pub struct GilOffsets {
     pub locked: Option<usize>,
 }
 
+/// Where a suspended coroutine keeps the object it awaits (`_PyGen_yf` in
+/// `Objects/genobject.c`): the top of its frame's value stack, found three ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StackKind {
+    /// 3.8, 3.9: `f_stacktop` points past the top (NULL while the frame runs).
+    Pointer,
+    /// 3.10: `f_valuestack[f_stackdepth - 1]`.
+    Depth,
+    /// 3.11+: `localsplus[stacktop - 1]` of the `_PyInterpreterFrame` inside the coroutine.
+    Index,
+}
+
+/// How a version keeps a Python instance's attributes (`WeakSet.data`, a `TaskGroup`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum InstanceDict {
+    /// Up to 3.10: a dict pointer at the type's `tp_dictoffset`.
+    #[serde(rename = "offset")]
+    Offset,
+    /// 3.11: the dict at `obj - 24`, else the values at `obj - 32`.
+    #[serde(rename = "3.11")]
+    V311,
+    /// 3.12: `obj - 24` holds the dict, or the values pointer minus one (low bit set).
+    #[serde(rename = "3.12")]
+    V312,
+    /// 3.13: the dict at `obj - 24`, else inline values at `obj + tp_basicsize`.
+    #[serde(rename = "3.13")]
+    V313,
+}
+
+/// What `loopspy tasks` reads besides the running-task reader's fields: futures' state and
+/// done callbacks, what a task waits on, suspended coroutines' frames and value stacks, and
+/// the registries' types (sets, weak sets, instance attributes). Measured by `derive.py`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AllTasksOffsets {
+    /// `fut_state` (an int: 0 pending, 1 cancelled, 2 finished).
+    pub fut_state: usize,
+    /// `fut_callback0`, the first done callback.
+    pub fut_callback0: usize,
+    /// `fut_callbacks`, a list of `(callback, context)` tuples for the others.
+    pub fut_callbacks: usize,
+    /// `task_fut_waiter`, the future the task waits on.
+    pub task_fut_waiter: usize,
+    /// `gi_frame` (a pointer, 3.8–3.10) or `gi_iframe` (the frame inside the object, 3.11+).
+    pub gen_frame: usize,
+    /// How the value stack's top is found.
+    pub stack_kind: StackKind,
+    /// `f_stacktop` (pointer), `f_stackdepth` (depth, an int) or `stacktop` (index, an int).
+    pub frame_stack: usize,
+    /// `f_valuestack` (3.10).
+    #[serde(default)]
+    pub frame_valuestack: Option<usize>,
+    /// `localsplus` (3.11+).
+    #[serde(default)]
+    pub frame_localsplus: Option<usize>,
+    /// `tp_basicsize`.
+    pub type_basicsize: usize,
+    /// `tp_flags`.
+    pub type_flags: usize,
+    /// `tp_base`.
+    pub type_base: usize,
+    /// `tp_dictoffset`.
+    pub type_dictoffset: usize,
+    /// Where instance attributes are.
+    pub instance_dict: InstanceDict,
+    /// `ht_cached_keys` of a heap type (3.11+).
+    #[serde(default)]
+    pub type_cached_keys: Option<usize>,
+    /// `PySetObject.mask`.
+    pub set_mask: usize,
+    /// `PySetObject.table`.
+    pub set_table: usize,
+    /// `PyFunctionObject.func_closure`.
+    pub func_closure: usize,
+}
+
 /// One version's table.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PythonOffsets {
@@ -274,6 +350,9 @@ pub struct PythonOffsets {
     pub bytes: BytesOffsets,
     /// The GIL holder.
     pub gil: GilOffsets,
+    /// Every task and what it awaits (`loopspy tasks`); None where not known (3.14+).
+    #[serde(default)]
+    pub all_tasks: Option<AllTasksOffsets>,
 }
 
 const TABLES: &[(u64, &str)] = &[
@@ -301,6 +380,8 @@ mod tests {
             let table = for_minor(*minor).unwrap();
             assert_eq!(table.version, format!("3.{minor}"));
             assert!(table.task.task_name == table.task.task_coro + 8);
+            let all = table.all_tasks.expect("every table has [all_tasks]");
+            assert_eq!(all.task_fut_waiter + 8, table.task.task_coro);
         }
         assert!(for_minor(7).is_none());
     }

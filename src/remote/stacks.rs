@@ -499,22 +499,7 @@ impl<M: RemoteMemory> StackReader<M> {
             }
             let code = word(frame, f.code) & !f.code_tag_bits;
             let globals = f.globals.map_or(0, |at| word(frame, at));
-            let position = match f.layout {
-                FrameLayout::Object => {
-                    let lasti = int32(frame, f.lasti.unwrap_or(0)) as i64;
-                    match self.offsets.code.line_table {
-                        // 3.10 counts code units, earlier versions bytes.
-                        LineTableFormat::Linetable310 => lasti * 2,
-                        _ => lasti,
-                    }
-                }
-                FrameLayout::Interpreter => {
-                    let instr = word(frame, f.instr.unwrap_or(0)) as i64;
-                    let start = (code as i64)
-                        .wrapping_add(self.offsets.code.code_adaptive.unwrap_or(0) as i64);
-                    instr.wrapping_sub(start)
-                }
-            };
+            let position = self.position(frame, code);
             let want_index = self.index_slot.is_none();
             let info = self.code(code, position, globals)?;
             let index_slot = info.run_once_slot.filter(|_| want_index);
@@ -533,6 +518,53 @@ impl<M: RemoteMemory> StackReader<M> {
             addr = back;
         }
         Ok(Depth::Whole)
+    }
+
+    /// Where in its code object the frame in `frame` is: a byte offset into the bytecode.
+    fn position(&self, frame: &[u8], code: u64) -> i64 {
+        let f = &self.offsets.frame;
+        match f.layout {
+            FrameLayout::Object => {
+                let lasti = int32(frame, f.lasti.unwrap_or(0)) as i64;
+                match self.offsets.code.line_table {
+                    // 3.10 counts code units, earlier versions bytes.
+                    LineTableFormat::Linetable310 => lasti * 2,
+                    _ => lasti,
+                }
+            }
+            FrameLayout::Interpreter => {
+                let instr = word(frame, f.instr.unwrap_or(0)) as i64;
+                let start =
+                    (code as i64).wrapping_add(self.offsets.code.code_adaptive.unwrap_or(0) as i64);
+                instr.wrapping_sub(start)
+            }
+        }
+    }
+
+    /// Bytes of a frame's start that hold every field [`Self::frame_of`] reads.
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    /// The function, file and line of a frame read elsewhere — a suspended coroutine's (its
+    /// `_PyInterpreterFrame` inside the coroutine object, or its frame object) — from the
+    /// frame's first [`Self::frame_len`] bytes, through the same code cache as the stacks.
+    pub fn frame_of(&mut self, frame: &[u8]) -> Result<Frame, StackError> {
+        let f = &self.offsets.frame;
+        if frame.len() < self.frame_len {
+            return Err(StackError::Torn("short frame"));
+        }
+        let code = word(frame, f.code) & !f.code_tag_bits;
+        let globals = f.globals.map_or(0, |at| word(frame, at));
+        let position = self.position(frame, code);
+        let info = self.code(code, position, globals)?;
+        Ok(Frame {
+            function: info.function.clone(),
+            file: info.file.clone(),
+            line: info
+                .lines
+                .line_at(position.clamp(-2, i32::MAX as i64) as i32),
+        })
     }
 
     /// `_run_once`'s handle index, whose slot is at `slot`, and the callback clock at the

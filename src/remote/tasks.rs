@@ -33,7 +33,7 @@ struct DictTable {
 
 /// The types the reader tells apart, by their `tp_name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TypeName {
+pub(super) enum TypeName {
     Dict,
     Str,
     Int,
@@ -156,8 +156,14 @@ const NENTRIES_38: usize = 32;
 impl<M: RemoteMemory> TaskReader<M> {
     /// A reader of the process behind `mem`, whose `sys.modules` pointer lives at `modules_ptr`.
     pub fn new(mem: M, offsets: PythonOffsets, modules_ptr: usize) -> Self {
+        Self::with_cache(mem, offsets, modules_ptr, TICK_BLOCKS)
+    }
+
+    /// [`Self::new`] with a page cache of `blocks` blocks (a one-shot read of every task reads
+    /// far more than a tick).
+    pub fn with_cache(mem: M, offsets: PythonOffsets, modules_ptr: usize, blocks: usize) -> Self {
         TaskReader {
-            mem: PageCache::new(mem, TICK_BLOCKS),
+            mem: PageCache::new(mem, blocks),
             offsets,
             modules_ptr: modules_ptr as u64,
             current_tasks: None,
@@ -375,15 +381,53 @@ impl<M: RemoteMemory> TaskReader<M> {
     }
 
     fn find_current_tasks(&mut self) -> Option<u64> {
-        let modules = self.read_word(self.modules_ptr)?;
-        let module = self.dict_get(modules, "asyncio.tasks")?;
-        let md_dict = module.wrapping_add(self.offsets.module.md_dict as u64);
-        let module_dict = self.read_word(md_dict)?;
+        let module_dict = self.module_dict("asyncio.tasks")?;
         let current = self.dict_get(module_dict, "_current_tasks")?;
         (self.type_name(current)? == TypeName::Dict).then_some(current)
     }
 
-    fn dict_get(&mut self, dict: u64, key: &str) -> Option<u64> {
+    /// The `__dict__` of `sys.modules[name]`.
+    pub(super) fn module_dict(&mut self, name: &str) -> Option<u64> {
+        let modules = self.read_word(self.modules_ptr)?;
+        let module = self.dict_get(modules, name)?;
+        let md_dict = module.wrapping_add(self.offsets.module.md_dict as u64);
+        let module_dict = self.read_word(md_dict)?;
+        (self.type_name(module_dict)? == TypeName::Dict).then_some(module_dict)
+    }
+
+
+    /// The key objects of a shared ("split") keys table, in entry order: the order of the
+    /// values of every instance (or split dict) sharing it.
+    pub(super) fn split_keys(&self, keys: u64) -> Option<Vec<u64>> {
+        let table = DictTable {
+            header: Vec::new(),
+            keys,
+            keys_header: self.read_vec(keys, 40)?,
+        };
+        let count = self.entry_count(&table);
+        if count > 256 {
+            return None;
+        }
+        let (entries, size, key_at) = if self.offsets.dict.keys_layout == "3.11" {
+            let log2_index_bytes = table.keys_header[9] as u32;
+            if log2_index_bytes > 20 || table.keys_header[10] == 0 {
+                return None;
+            }
+            (keys.wrapping_add(32 + (1u64 << log2_index_bytes)), 16, 0)
+        } else {
+            // dk_size, indices as wide as the size needs, 24-byte {hash, key, value} entries.
+            let dk_size = word_at(&table.keys_header, 8);
+            if dk_size > 1 << 16 {
+                return None;
+            }
+            let width = if dk_size <= 0xff { 1 } else { 2 };
+            (keys.wrapping_add(40 + dk_size * width), 24, 8)
+        };
+        let raw = self.read_vec(entries, count as usize * size)?;
+        Some(raw.chunks_exact(size).map(|e| word_at(e, key_at)).collect())
+    }
+
+    pub(super) fn dict_get(&mut self, dict: u64, key: &str) -> Option<u64> {
         self.dict_entries(dict)?
             .into_iter()
             .find(|&(k, _)| self.str_equals(k, key))
@@ -391,7 +435,7 @@ impl<M: RemoteMemory> TaskReader<M> {
     }
 
     /// (key, value) of every live entry of a combined-table dict.
-    fn dict_entries(&self, dict: u64) -> Option<Vec<(u64, u64)>> {
+    pub(super) fn dict_entries(&self, dict: u64) -> Option<Vec<(u64, u64)>> {
         self.entries(&self.read_dict(dict)?)
     }
 
@@ -459,24 +503,12 @@ impl<M: RemoteMemory> TaskReader<M> {
 
     /// The task at `task`, filed under `event_loop`; None unless it is one.
     fn read_task(&mut self, event_loop: u64, task: u64) -> Option<RunningTask> {
-        let o = self.offsets.task.clone();
         if self.read_word(task.wrapping_add(TASK_LOOP))? != event_loop {
             return None;
         }
         let [coro, name_obj] = self.task_fields(task)?;
-        let name = match self.type_name(name_obj)? {
-            TypeName::Str => self.read_str(name_obj)?,
-            TypeName::Int if o.lazy_int_names => {
-                format!("Task-{}", self.read_small_int(name_obj)?)
-            }
-            _ => return None,
-        };
-        let qualname_at = coro.wrapping_add(self.offsets.coro.qualname as u64);
-        let coroutine = self
-            .read_word(qualname_at)
-            .filter(|&qualname| self.type_name(qualname) == Some(TypeName::Str))
-            .and_then(|qualname| self.read_str(qualname))
-            .unwrap_or_default();
+        let name = self.task_name(name_obj)?;
+        let coroutine = self.coroutine_qualname(coro);
         Some(RunningTask {
             address: task,
             name,
@@ -484,10 +516,30 @@ impl<M: RemoteMemory> TaskReader<M> {
         })
     }
 
+    /// A task's name from its `task_name` object: a str, or (3.12+) the int N of `Task-N`.
+    pub(super) fn task_name(&mut self, name_obj: u64) -> Option<String> {
+        match self.type_name(name_obj)? {
+            TypeName::Str => self.read_str(name_obj),
+            TypeName::Int if self.offsets.task.lazy_int_names => {
+                Some(format!("Task-{}", self.read_small_int(name_obj)?))
+            }
+            _ => None,
+        }
+    }
+
+    /// A coroutine's `__qualname__` ("" when it cannot be read).
+    pub(super) fn coroutine_qualname(&mut self, coro: u64) -> String {
+        let qualname_at = coro.wrapping_add(self.offsets.coro.qualname as u64);
+        self.read_word(qualname_at)
+            .filter(|&qualname| self.type_name(qualname) == Some(TypeName::Str))
+            .and_then(|qualname| self.read_str(qualname))
+            .unwrap_or_default()
+    }
+
     /// What the `tp_name` of an object's type is, of the names the reader tells apart; types
     /// live for the whole process, so cached. Only the bytes that tell them apart are read (a
     /// name in the last bytes of a mapping stays readable).
-    fn type_name(&mut self, obj: u64) -> Option<TypeName> {
+    pub(super) fn type_name(&mut self, obj: u64) -> Option<TypeName> {
         let ty = self.read_word(obj.wrapping_add(OB_TYPE))?;
         if let Some(&name) = self.type_names.get(&ty) {
             return Some(name);
@@ -532,7 +584,7 @@ impl<M: RemoteMemory> TaskReader<M> {
     }
 
     /// A compact str; None for anything else.
-    fn read_str(&self, obj: u64) -> Option<String> {
+    pub(super) fn read_str(&self, obj: u64) -> Option<String> {
         let (h, data) = self.str_shape(obj)?;
         let bytes = self.read_vec(data, h.chars * h.width())?;
         pystr::decode(bytes, h.width(), h.ascii).ok()
@@ -547,7 +599,7 @@ impl<M: RemoteMemory> TaskReader<M> {
     }
 
     /// A non-negative int of at most two 30-bit digits.
-    fn read_small_int(&self, obj: u64) -> Option<u64> {
+    pub(super) fn read_small_int(&self, obj: u64) -> Option<u64> {
         let o = &self.offsets.long;
         let raw = self.read_vec(obj, o.digits + 8)?;
         let tag = word_at(&raw, o.tag);
@@ -575,13 +627,13 @@ impl<M: RemoteMemory> TaskReader<M> {
     }
 
     /// Reads `len` bytes at `addr`, or `None`.
-    fn read_vec(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+    pub(super) fn read_vec(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; len];
         self.mem.read(addr, &mut buf).then_some(buf)
     }
 
     /// Reads a native-endian pointer-sized word at `addr`.
-    fn read_word(&self, addr: u64) -> Option<u64> {
+    pub(super) fn read_word(&self, addr: u64) -> Option<u64> {
         let mut buf = [0u8; 8];
         self.mem
             .read(addr, &mut buf)

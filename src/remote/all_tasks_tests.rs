@@ -1,0 +1,2 @@
+//! Tests of the task lister against made-up memory.
+use super::*;
