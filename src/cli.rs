@@ -92,6 +92,7 @@ impl RawSamplingArgs {
             reader: self.reader.into(),
             duration: None,
             runs_loop: crate::analyzer::loop_detect::runs_loop,
+            task_census: false,
         })
     }
 }

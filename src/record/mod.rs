@@ -377,6 +377,8 @@ impl Recording<'_> {
             target,
             SamplerSettings {
                 duration,
+                // Pending tasks counted about once a second: task leaks (`analyzer::task_leaks`).
+                task_census: true,
                 ..s.sampling.clone()
             },
             &AnalysisSettings {

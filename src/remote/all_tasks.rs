@@ -212,6 +212,7 @@ impl<'m, M: RemoteMemory> TaskLister<'m, M> {
     /// awaits it. `running`: the addresses of the tasks being stepped now.
     pub fn list(&mut self, max_tasks: usize, running: &[u64]) -> TaskListing {
         self.stacks.begin_tick(std::time::Instant::now());
+        self.tasks.begin_read();
         let Some(module) = self.tasks.module_dict("asyncio.tasks") else {
             return TaskListing::default();
         };

@@ -386,6 +386,12 @@ impl<M: RemoteMemory> TaskReader<M> {
         (self.type_name(current)? == TypeName::Dict).then_some(current)
     }
 
+    /// Starts a new read of the target: what the page cache holds from the last one is stale
+    /// (a reader kept across reads, e.g. the task census's, must not serve it again).
+    pub(super) fn begin_read(&mut self) {
+        self.mem.begin_tick();
+    }
+
     /// The `__dict__` of `sys.modules[name]`.
     pub(super) fn module_dict(&mut self, name: &str) -> Option<u64> {
         let modules = self.read_word(self.modules_ptr)?;

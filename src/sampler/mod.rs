@@ -5,6 +5,7 @@
 //! the sample is dropped and counted. A read that fails in non-blocking mode (the target changed
 //! its frames under us) is counted and dropped, never sent half-read.
 
+pub mod census;
 mod pyspy;
 mod reader;
 mod self_check;
@@ -106,6 +107,9 @@ pub struct SamplerSettings {
     /// `other_threads_hz`. The analyzer's knowledge, handed in by the command that wires the
     /// two (`analyzer::loop_detect::runs_loop`), so the sampler imports nothing above it.
     pub runs_loop: fn(&[Frame]) -> bool,
+    /// Count the target's pending tasks by coroutine about once a second, on a thread of its
+    /// own ([`census`]), for task-leak detection.
+    pub task_census: bool,
 }
 
 impl SamplerSettings {
@@ -121,6 +125,7 @@ impl SamplerSettings {
             reader: ReaderKind::Own,
             duration,
             runs_loop,
+            task_census: false,
         }
     }
 
@@ -157,8 +162,24 @@ pub fn spawn(
             unsafe {
                 libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64);
             }
+            // The census reads beside the sampler and stops with it.
+            let census_stop = Arc::new(AtomicBool::new(false));
+            let census = match &target.layout {
+                Some(layout) if settings.task_census => census::spawn(
+                    target.pid,
+                    layout.clone(),
+                    census_stop.clone(),
+                    tx.clone(),
+                ),
+                _ => None,
+            };
             let mut reader = TargetReader::new(target, &settings);
-            run(&mut reader, &settings, &stop, &tx)
+            let outcome = run(&mut reader, &settings, &stop, &tx);
+            census_stop.store(true, Ordering::SeqCst);
+            if let Some(census) = census {
+                let _ = census.join();
+            }
+            outcome
         })
         .expect("spawning the sampler thread")
 }
