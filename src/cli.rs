@@ -393,6 +393,11 @@ pub struct RawRecordArgs {
     /// code. Use with a command after `--`.
     #[arg(long, value_name = "LIMIT", allow_hyphen_values = true)]
     pub fail_on_block: Option<String>,
+    /// Exit with code 11 if a coroutine's pending tasks kept growing over the recording (a
+    /// task leak: tasks created and never awaited or finished); checked after
+    /// --fail-on-block.
+    #[arg(long)]
+    pub fail_on_leak: bool,
     /// Profile formats to write, comma-separated: svg (flamegraph.svg, blocking.svg),
     /// speedscope (profile.speedscope.json), collapsed (folded stacks), perfetto (trace.json),
     /// pprof (profile.pb.gz: go tool pprof, Pyroscope).
@@ -462,6 +467,7 @@ impl RawRecordArgs {
             // spawned service): the gate covers them too.
             subprocesses: self.subprocesses || fail_on_block.is_some(),
             fail_on_block,
+            fail_on_leak: self.fail_on_leak,
         })
     }
 }
@@ -581,6 +587,7 @@ mod tests {
             thread: None,
             format: vec![ProfileFormat::Svg],
             fail_on_block: None,
+            fail_on_leak: false,
             command: command.iter().map(|s| s.to_string()).collect(),
         }
     }

@@ -117,6 +117,9 @@ pub mod exit_code {
     pub const LAUNCH_FAILED: i32 = 9;
     /// `--fail-on-block`: an incident reached the limit (everything was still written).
     pub const BLOCKED: i32 = 10;
+    /// `--fail-on-leak`: a coroutine's pending tasks kept growing (everything was still
+    /// written).
+    pub const TASK_LEAK: i32 = 11;
 }
 
 impl LoopspyError {

@@ -47,6 +47,8 @@ pub struct RecordSettings {
     pub formats: Vec<ProfileFormat>,
     /// CI gate limit.
     pub fail_on_block: Option<Duration>,
+    /// Exit with [`exit_code::TASK_LEAK`] when a task leak was found.
+    pub fail_on_leak: bool,
     /// Follow child processes.
     pub subprocesses: bool,
 }
@@ -266,6 +268,31 @@ fn report(
             );
             return Ok(exit_code::BLOCKED);
         }
+    }
+    if settings.fail_on_leak {
+        let leaks: Vec<String> = analyses
+            .iter()
+            .flat_map(|(p, a)| {
+                a.task_leaks.leaks().into_iter().map(move |leak| {
+                    format!(
+                        "{} in pid {} ({:+.1}/s)",
+                        crate::text::name(&leak.site.coroutine),
+                        p.pid,
+                        leak.growth_per_s
+                    )
+                })
+            })
+            .collect();
+        if !leaks.is_empty() {
+            eprintln!(
+                "loopspy: pending tasks kept growing (task leak): {}; exiting with {}",
+                leaks.join(", "),
+                exit_code::TASK_LEAK
+            );
+            return Ok(exit_code::TASK_LEAK);
+        }
+    }
+    if settings.fail_on_block.is_some() {
         // Nothing blocked: the gated command's own verdict stands.
         return Ok(child_status.map(exit_code_of).unwrap_or(0));
     }

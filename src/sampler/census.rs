@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::remote::all_tasks::{TaskLister, TaskListing};
-use crate::remote::memory::ProcessMemory;
 use crate::remote::attach::ReaderLayout;
+use crate::remote::memory::ProcessMemory;
 use crate::sample::{CoroutineCount, SamplerMessage, TaskCensus};
 
 /// The shortest time between two censuses.
@@ -101,11 +101,7 @@ pub fn count(pid: i32, at: Instant, listing: &TaskListing) -> TaskCensus {
             .cmp(&a.pending)
             .then_with(|| a.coroutine.cmp(&b.coroutine))
     });
-    let dropped: u64 = counts
-        .iter()
-        .skip(MAX_COROUTINES)
-        .map(|c| c.pending)
-        .sum();
+    let dropped: u64 = counts.iter().skip(MAX_COROUTINES).map(|c| c.pending).sum();
     counts.truncate(MAX_COROUTINES);
     TaskCensus {
         pid,

@@ -165,12 +165,9 @@ pub fn spawn(
             // The census reads beside the sampler and stops with it.
             let census_stop = Arc::new(AtomicBool::new(false));
             let census = match &target.layout {
-                Some(layout) if settings.task_census => census::spawn(
-                    target.pid,
-                    layout.clone(),
-                    census_stop.clone(),
-                    tx.clone(),
-                ),
+                Some(layout) if settings.task_census => {
+                    census::spawn(target.pid, layout.clone(), census_stop.clone(), tx.clone())
+                }
                 _ => None,
             };
             let mut reader = TargetReader::new(target, &settings);

@@ -16,5 +16,6 @@ mod html;
 mod reader;
 mod record;
 mod saturated;
+mod task_leaks;
 mod top;
 mod wheel;
