@@ -175,6 +175,22 @@ pub struct TaskCensus {
     pub by_coroutine: Vec<CoroutineCount>,
     /// Tasks not counted (past the reader's bound): the counts are a lower bound.
     pub left_out: u64,
+    /// Who waits for whom: every task the census found awaited by another, and every task
+    /// awaiting one (bounded), so an incident can name the chain of tasks its task blocked.
+    pub links: Vec<TaskLink>,
+}
+
+/// One task of a census's await graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskLink {
+    /// Address of the task object.
+    pub address: u64,
+    /// `task.get_name()`.
+    pub name: String,
+    /// The coroutine's `__qualname__`.
+    pub coroutine: String,
+    /// Addresses of the tasks waiting for it.
+    pub awaited_by: Vec<u64>,
 }
 
 /// Pending tasks running one coroutine (by name and file).

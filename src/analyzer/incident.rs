@@ -47,6 +47,18 @@ pub struct TaskInfo {
     pub name: String,
     /// The coroutine's qualified name.
     pub coroutine: String,
+    /// The tasks waiting for it, outward: the one awaiting it, the one awaiting that, ... (as
+    /// the last task census found them; empty when none was, or none waits).
+    pub awaited_by_chain: Vec<TaskRef>,
+}
+
+/// A task named in another's await chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskRef {
+    /// `task.get_name()`.
+    pub name: String,
+    /// The coroutine's qualified name.
+    pub coroutine: String,
 }
 
 /// A stall of an event loop at least as long as the threshold.
@@ -446,6 +458,7 @@ impl BusyRun {
                         TaskInfo {
                             name: task.name.clone(),
                             coroutine: task.coroutine.clone(),
+                            awaited_by_chain: Vec::new(),
                         },
                     )
                 })
@@ -510,12 +523,17 @@ impl BusyRun {
     /// Most frequent task, when it ran in at least half the callback samples: a plain callback
     /// (no task) caught together with a sample of the task step before it is not that task's.
     pub fn top_task(&self) -> Option<TaskInfo> {
+        self.top_task_at().map(|(_, info)| info)
+    }
+
+    /// [`Self::top_task`] and the task object's address.
+    pub fn top_task_at(&self) -> Option<(u64, TaskInfo)> {
         let callback_samples: u32 = self.roots.values().sum();
         self.tasks
             .iter()
             .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.0.cmp(a.0)))
             .filter(|(_, (n, _))| 2 * n >= callback_samples)
-            .map(|(_, (_, info))| info.clone())
+            .map(|(address, (_, info))| (*address, info.clone()))
     }
 
     /// Most frequent stack.

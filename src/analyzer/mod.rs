@@ -118,7 +118,10 @@ impl Analyzer {
     pub fn feed(&mut self, message: SamplerMessage) {
         match message {
             SamplerMessage::Sample(sample) => self.add_sample(&sample),
-            SamplerMessage::Census(census) => self.analysis.task_leaks.add(&census),
+            SamplerMessage::Census(census) => {
+                self.analysis.task_leaks.add(&census);
+                self.analysis.await_graph.replace(&census.links);
+            }
             SamplerMessage::ReadError { .. } => self.analysis.sample_errors += 1,
         }
     }
@@ -659,7 +662,10 @@ impl Analyzer {
             culprit,
             callback,
             stack,
-            task: run.top_task(),
+            task: run.top_task_at().map(|(address, mut task)| {
+                task.awaited_by_chain = a.await_graph.chain(address, &task.name);
+                task
+            }),
             cause,
             culprit_source,
             culprit_context,

@@ -157,6 +157,7 @@ fn incident_value(
         "task": incident.task.as_ref().map(|t| json!({
             "name": human(&t.name, text::NAME_CHARS),
             "coroutine": human(&t.coroutine, text::NAME_CHARS),
+            "awaited_by": t.awaited_by_chain.iter().map(|a| human(&a.name, text::NAME_CHARS)).collect::<Vec<Value>>(),
         })),
         "cause": {
             "category": cause.category,
@@ -386,8 +387,15 @@ fn process_value(p: &Process, incident_budget: usize, flame_budget: usize) -> Va
             "blocking": flame_value(analysis, &analysis.blocking_profile, flame_budget),
             "all_is_active": analysis.loops.is_empty(),
         },
-        // Task leaks are not detected yet; the page shows this section when they are.
-        "task_leaks": Value::Null,
+        // Coroutines whose pending tasks kept growing; the page shows a card when there are.
+        "task_leaks": analysis.task_leaks.leaks().iter().map(|leak| json!({
+            "coroutine": human(&leak.site.coroutine, text::NAME_CHARS),
+            "where": human(&format!("{}:{}", text::short_path(&leak.site.file), leak.line), text::NAME_CHARS),
+            "pending_start": leak.pending_start,
+            "pending_end": leak.pending_end,
+            "growth_per_s": super::json::round(leak.growth_per_s, 1),
+            "example_task": leak.example_task.as_deref().map(|n| human(n, text::NAME_CHARS)),
+        })).collect::<Vec<Value>>(),
     })
 }
 

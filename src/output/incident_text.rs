@@ -60,12 +60,22 @@ pub fn write_details(out: &mut String, style: Style, prefix: &str, incident: &In
         );
     }
     if let Some(task) = &incident.task {
+        let awaited_by: Vec<String> = task
+            .awaited_by_chain
+            .iter()
+            .map(|a| style.code(&a.name, text::NAME_CHARS))
+            .collect();
         let _ = writeln!(
             out,
-            "{prefix}{}{} (coroutine {})",
+            "{prefix}{}{} (coroutine {}){}",
             style.label("task: ", "Task: "),
             style.code(&task.name, text::NAME_CHARS),
-            style.code(&task.coroutine, text::NAME_CHARS)
+            style.code(&task.coroutine, text::NAME_CHARS),
+            if awaited_by.is_empty() {
+                String::new()
+            } else {
+                format!(", awaited by {}", awaited_by.join(" <- "))
+            }
         );
     }
     let category = incident.cause.category;

@@ -19,7 +19,7 @@ use crossbeam_channel::Sender;
 use crate::remote::all_tasks::{TaskLister, TaskListing};
 use crate::remote::attach::ReaderLayout;
 use crate::remote::memory::ProcessMemory;
-use crate::sample::{CoroutineCount, SamplerMessage, TaskCensus};
+use crate::sample::{CoroutineCount, SamplerMessage, TaskCensus, TaskLink};
 
 /// The shortest time between two censuses.
 pub const CENSUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -29,6 +29,8 @@ const COST_FACTOR: u32 = 20;
 pub const MAX_CENSUS_TASKS: usize = 20_000;
 /// Coroutines one census reports at most (the most numerous).
 const MAX_COROUTINES: usize = 512;
+/// Tasks of the await graph one census sends at most.
+const MAX_LINKS: usize = 4096;
 /// How often the thread looks at its stop flag while it waits.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -108,5 +110,27 @@ pub fn count(pid: i32, at: Instant, listing: &TaskListing) -> TaskCensus {
         at,
         by_coroutine: counts,
         left_out: listing.left_out as u64 + dropped,
+        links: links(listing),
     }
+}
+
+/// The await graph's tasks: those awaited by another, and those awaiting one.
+fn links(listing: &TaskListing) -> Vec<TaskLink> {
+    let awaiting: std::collections::HashSet<u64> = listing
+        .tasks
+        .iter()
+        .flat_map(|t| t.awaited_by.iter().copied())
+        .collect();
+    listing
+        .tasks
+        .iter()
+        .filter(|t| !t.awaited_by.is_empty() || awaiting.contains(&t.address))
+        .take(MAX_LINKS)
+        .map(|t| TaskLink {
+            address: t.address,
+            name: t.name.clone(),
+            coroutine: t.coroutine.clone(),
+            awaited_by: t.awaited_by.clone(),
+        })
+        .collect()
 }

@@ -178,7 +178,14 @@ impl App {
                         .as_deref()
                         .map(|s| text::human(s, text::SOURCE_CHARS).into_owned()),
                     cause: i.cause.category,
-                    task: i.task.as_ref().map(|t| text::name(&t.name).into_owned()),
+                    task: i.task.as_ref().map(|t| {
+                        // The task, then who awaits it, outward.
+                        std::iter::once(&t.name)
+                            .chain(t.awaited_by_chain.iter().map(|a| &a.name))
+                            .map(|n| text::name(n).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(" <- ")
+                    }),
                 }
             })
             .collect();
@@ -237,6 +244,8 @@ pub fn run(settings: TopSettings) -> Result<i32, LoopspyError> {
         target,
         SamplerSettings {
             duration: None,
+            // Await chains of incidents (and pending tasks) from the task census.
+            task_census: true,
             ..settings.sampling.clone()
         },
         &session::AnalysisSettings {

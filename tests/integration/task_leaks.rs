@@ -2,7 +2,9 @@
 //! tasks at a known rate beside a fixed worker pool, a burst of 5 000 tasks that drains and a
 //! long-lived server task. Only the leak may be named — with its file, a growth rate near the
 //! one the target created it at, in incidents.json, report.md and the summary — and
-//! `--fail-on-leak` turns it into exit code 11.
+//! `--fail-on-leak` turns it into exit code 11. Its long-lived task chain (`server` awaits
+//! `batch` awaits `order-7`, which blocks the loop every second) must be every such incident's
+//! await chain.
 
 use std::time::Duration;
 
@@ -90,24 +92,51 @@ fn record_leaks(minor: &str, uvloop: bool) {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Task leaks"), "{report}");
     assert!(report.contains("`notify_subscribers`"), "{report}");
+
+    // The blocked task's await chain, outward, on every incident in load_customer.
+    let chain = &truth["chain"];
+    let blocks: Vec<&Value> = json["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["culprit"]["function"] == chain["culprit"])
+        .collect();
+    assert!(blocks.len() >= 6, "{:#?}", json["incidents"]);
+    for incident in &blocks {
+        let task = &incident["task"];
+        assert_eq!(task["name"], chain["task"], "{incident}");
+        let awaited_by: Vec<&Value> = task["awaited_by_chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| &t["name"])
+            .collect();
+        let expected: Vec<&Value> = chain["awaited_by"].as_array().unwrap().iter().collect();
+        assert_eq!(awaited_by, expected, "{incident}");
+    }
+    assert!(
+        report
+            .contains("Task: `order-7` (coroutine `handle_order`), awaited by `batch` <- `server`"),
+        "{report}"
+    );
 }
 
 #[test]
-fn task_leak_is_named_and_fails_the_gate_on_cpython_3_8() {
+fn task_leaks_and_await_chains_on_cpython_3_8() {
     record_leaks("3.8", false);
 }
 
 #[test]
-fn task_leak_is_named_and_fails_the_gate_on_cpython_3_11() {
+fn task_leaks_and_await_chains_on_cpython_3_11() {
     record_leaks("3.11", false);
 }
 
 #[test]
-fn task_leak_is_named_and_fails_the_gate_on_cpython_3_13() {
+fn task_leaks_and_await_chains_on_cpython_3_13() {
     record_leaks("3.13", false);
 }
 
 #[test]
-fn task_leak_is_named_and_fails_the_gate_under_uvloop() {
+fn task_leaks_and_await_chains_under_uvloop() {
     record_leaks("3.12", true);
 }
