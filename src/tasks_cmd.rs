@@ -36,7 +36,9 @@ pub fn run(settings: TasksSettings) -> Result<i32, LoopspyError> {
         detail: detail.to_string(),
     };
     let Some(layout) = target.layout.as_ref() else {
-        return Err(unsupported(": `loopspy tasks` reads CPython 3.8 to 3.13 so far"));
+        return Err(unsupported(
+            ": `loopspy tasks` reads CPython 3.8 to 3.13 so far",
+        ));
     };
     let mem = ProcessMemory { pid: target.pid };
     let started = Instant::now();
@@ -54,7 +56,9 @@ pub fn run(settings: TasksSettings) -> Result<i32, LoopspyError> {
         layout.modules_ptr,
         layout.interpreter,
     ) else {
-        return Err(unsupported(": `loopspy tasks` reads CPython 3.8 to 3.13 so far"));
+        return Err(unsupported(
+            ": `loopspy tasks` reads CPython 3.8 to 3.13 so far",
+        ));
     };
     let listing = lister.list(settings.max_tasks, &running);
     // Kernel thread ids (3.11+ record them) by `threading.get_ident()`.
@@ -72,7 +76,13 @@ pub fn run(settings: TasksSettings) -> Result<i32, LoopspyError> {
     } else {
         print!(
             "{}",
-            render_text(&target.python_version, &target.command, target.pid, &listing, &native)
+            render_text(
+                &target.python_version,
+                &target.command,
+                target.pid,
+                &listing,
+                &native
+            )
         );
     }
     Ok(0)
@@ -141,7 +151,11 @@ fn render_text(
     let tasks = &listing.tasks;
     let _ = write!(out, "{} pending task(s)", tasks.len());
     if listing.left_out > 0 {
-        let _ = write!(out, ", {} more left out (raise --max-tasks)", listing.left_out);
+        let _ = write!(
+            out,
+            ", {} more left out (raise --max-tasks)",
+            listing.left_out
+        );
     }
     let _ = writeln!(out, "\n");
     if tasks.is_empty() {
@@ -197,7 +211,11 @@ fn render_text(
         let waiters: Vec<String> = t
             .awaited_by
             .iter()
-            .filter_map(|w| by_address.get(w).map(|&i| text::name(&tasks[i].name).into_owned()))
+            .filter_map(|w| {
+                by_address
+                    .get(w)
+                    .map(|&i| text::name(&tasks[i].name).into_owned())
+            })
             .collect();
         let awaited = match waiters.len() {
             0 => "-".to_string(),
@@ -230,10 +248,22 @@ struct Tree<'a> {
 
 impl Tree<'_> {
     /// One task, its frames, and the tasks it waits for beneath it, `pstree`-style.
-    fn node(&self, out: &mut String, i: usize, first: &str, rest: &str, shown: &mut HashSet<usize>) {
+    fn node(
+        &self,
+        out: &mut String,
+        i: usize,
+        first: &str,
+        rest: &str,
+        shown: &mut HashSet<usize>,
+    ) {
         let t = &self.tasks[i];
         if !shown.insert(i) {
-            let _ = writeln!(out, "{first}{} (task {:#x}, shown above)", text::name(&t.name), t.address);
+            let _ = writeln!(
+                out,
+                "{first}{} (task {:#x}, shown above)",
+                text::name(&t.name),
+                t.address
+            );
             return;
         }
         let _ = writeln!(
@@ -244,7 +274,11 @@ impl Tree<'_> {
             state(t),
             text::name(&t.coroutine)
         );
-        let children = self.awaits.get(&t.address).map(Vec::as_slice).unwrap_or(&[]);
+        let children = self
+            .awaits
+            .get(&t.address)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let bar = if children.is_empty() { "  " } else { "│ " };
         for frame in &t.stack {
             let _ = writeln!(out, "{rest}{bar}  {}", text::frame_label(frame, true));
@@ -254,7 +288,11 @@ impl Tree<'_> {
         }
         for (k, &child) in children.iter().enumerate() {
             let last = k + 1 == children.len();
-            let (head, tail) = if last { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+            let (head, tail) = if last {
+                ("└─ ", "   ")
+            } else {
+                ("├─ ", "│  ")
+            };
             self.node(
                 out,
                 child,

@@ -404,8 +404,9 @@ impl<'m, M: RemoteMemory> TaskLister<'m, M> {
                     instr
                 };
                 let unit = self.tasks.read_vec(resume, 2)?;
-                let depth = i32::from_ne_bytes(raw[a.frame_stack..a.frame_stack + 4].try_into().ok()?)
-                    as i64;
+                let depth =
+                    i32::from_ne_bytes(raw[a.frame_stack..a.frame_stack + 4].try_into().ok()?)
+                        as i64;
                 if unit[1] & 3 < 2 || !(1..=MAX_STACK).contains(&depth) {
                     None
                 } else {
@@ -737,7 +738,10 @@ fn link_waiters(tasks: &mut [ListedTask], links: &HashMap<u64, Vec<u64>>) {
     let mut by_waited: HashMap<u64, Vec<u64>> = HashMap::new();
     for task in tasks.iter() {
         if task.waits_on != 0 {
-            by_waited.entry(task.waits_on).or_default().push(task.address);
+            by_waited
+                .entry(task.waits_on)
+                .or_default()
+                .push(task.address);
         }
     }
     for task in tasks.iter_mut() {

@@ -395,7 +395,6 @@ impl<M: RemoteMemory> TaskReader<M> {
         (self.type_name(module_dict)? == TypeName::Dict).then_some(module_dict)
     }
 
-
     /// The key objects of a shared ("split") keys table, in entry order: the order of the
     /// values of every instance (or split dict) sharing it.
     pub(super) fn split_keys(&self, keys: u64) -> Option<Vec<u64>> {

@@ -16,5 +16,6 @@ mod html;
 mod reader;
 mod record;
 mod saturated;
+mod tasks;
 mod top;
 mod wheel;
