@@ -17,5 +17,6 @@ mod reader;
 mod record;
 mod saturated;
 mod task_leaks;
+mod tasks;
 mod top;
 mod wheel;
