@@ -141,6 +141,21 @@ fn slope(points: &[(f64, u64)]) -> f64 {
     }
 }
 
+/// A coroutine's pending tasks now, and where they are going.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoroutineTrend {
+    /// The coroutine.
+    pub site: CoroutineSite,
+    /// Where one of its tasks is suspended.
+    pub line: u32,
+    /// Its pending tasks at the last census.
+    pub pending: u64,
+    /// Its growth lately, tasks a second.
+    pub growth_per_s: f64,
+    /// Whether its series is a leak.
+    pub leak: bool,
+}
+
 /// The last census's await graph: who waits for whom, by task address.
 #[derive(Debug, Default)]
 pub struct AwaitGraph {
@@ -257,6 +272,33 @@ impl LeakWatch {
         leaks
     }
 
+    /// Pending tasks by coroutine at the latest census, most first (at most `limit`), each with
+    /// its growth over the last `window_s` seconds (tasks a second, least squares) and whether
+    /// it is a leak.
+    pub fn pending_with_trend(&self, limit: usize, window_s: f64) -> Vec<CoroutineTrend> {
+        let leaks: HashSet<CoroutineSite> = self.leaks().into_iter().map(|l| l.site).collect();
+        self.pending_by_coroutine(limit)
+            .into_iter()
+            .map(|(site, line, pending)| {
+                let points = &self.series[&site].points;
+                let end = points.last().map_or(0.0, |p| p.0);
+                let from = points.partition_point(|p| p.0 < end - window_s);
+                let recent = &points[from..];
+                CoroutineTrend {
+                    leak: leaks.contains(&site),
+                    growth_per_s: if recent.len() >= 2 {
+                        slope(recent)
+                    } else {
+                        0.0
+                    },
+                    site,
+                    line,
+                    pending,
+                }
+            })
+            .collect()
+    }
+
     /// Pending tasks by coroutine at the latest census, most first (at most `limit`), with
     /// the line one of them was suspended at.
     pub fn pending_by_coroutine(&self, limit: usize) -> Vec<(CoroutineSite, u32, u64)> {
@@ -361,6 +403,23 @@ mod tests {
     fn too_short_or_too_small_is_not_judged() {
         assert_eq!(watch(3, |s| vec![("fast", 100 * s)]).leaks(), vec![]);
         assert_eq!(watch(10, |s| vec![("slow", 1 + s)]).leaks(), vec![]);
+    }
+
+    #[test]
+    fn trends_say_which_coroutine_grows_lately_and_which_leaks() {
+        let w = watch(20, |s| {
+            vec![
+                ("leaky", 5 * s),
+                ("pool", 16),
+                ("late", if s < 15 { 0 } else { 3 * (s - 14) }),
+            ]
+        });
+        let trends = w.pending_with_trend(10, 5.0);
+        let of = |name: &str| trends.iter().find(|t| t.site.coroutine == name).unwrap();
+        assert!(of("leaky").leak && (of("leaky").growth_per_s - 5.0).abs() < 0.01);
+        assert!(!of("pool").leak && of("pool").growth_per_s == 0.0);
+        assert!(of("late").growth_per_s > 2.0, "{trends:?}");
+        assert_eq!(trends[0].site.coroutine, "leaky");
     }
 
     #[test]

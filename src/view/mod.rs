@@ -28,7 +28,7 @@ use crate::sampler::SamplerSettings;
 use crate::session;
 use crate::text::{self, frame_label};
 use input::Action;
-use render::{FeedLine, LoopHealth, Snapshot, STALL_MIN_MS};
+use render::{FeedLine, LoopHealth, Snapshot, TasksLine, STALL_MIN_MS};
 use state::{FunctionTable, ThreadFilter, ViewState};
 
 /// Settings for `loopspy top`.
@@ -50,6 +50,8 @@ pub struct TopSettings {
 
 const REFRESH: Duration = Duration::from_secs(1);
 const FEED_LINES: usize = 20;
+/// The window of the tasks line's growth figures, seconds.
+const TASK_TREND_S: f64 = 10.0;
 
 /// Everything the view knows.
 struct App {
@@ -211,6 +213,22 @@ impl App {
             loops,
             feed,
             incident_count: self.feed_count,
+            tasks: (analysis.task_leaks.censuses > 0).then(|| TasksLine {
+                pending: analysis.task_leaks.pending_now,
+                top: analysis
+                    .task_leaks
+                    .pending_with_trend(4, TASK_TREND_S)
+                    .into_iter()
+                    .map(|t| {
+                        (
+                            text::name(&t.site.coroutine).into_owned(),
+                            t.pending,
+                            t.growth_per_s,
+                            t.leak,
+                        )
+                    })
+                    .collect(),
+            }),
             functions,
             functions_total_us,
             functions_scope: scope,

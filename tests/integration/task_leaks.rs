@@ -140,3 +140,53 @@ fn task_leaks_and_await_chains_on_cpython_3_13() {
 fn task_leaks_and_await_chains_under_uvloop() {
     record_leaks("3.12", true);
 }
+
+/// `top`'s tasks line: pending tasks, the most numerous coroutines with their recent growth,
+/// the leak marked; and the feed's incidents with their await chain.
+#[test]
+fn top_shows_pending_tasks_the_leak_and_await_chains() {
+    let Some(python) = require_python("3.12") else {
+        return;
+    };
+    let _serial = timing_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth.json");
+    let script = fixture("task_leak.py");
+    let target = start_until_ready(
+        &python,
+        &[
+            script.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--seconds",
+            "30",
+        ],
+    );
+    let mut cmd = loopspy();
+    cmd.args([
+        "top",
+        "--pid",
+        &target.pid().to_string(),
+        "--once-after",
+        "7s",
+    ]);
+    let run = Running::start(cmd).finish(Duration::from_secs(60));
+    drop(target);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let tasks = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Tasks: "))
+        .unwrap_or_else(|| panic!("no tasks line:\n{}", run.stdout));
+    assert!(tasks.contains(" pending — notify_subscribers "), "{tasks}");
+    assert!(tasks.contains("/s LEAK)"), "{tasks}");
+    assert!(tasks.contains("worker 16"), "{tasks}");
+    let chained = run
+        .stdout
+        .lines()
+        .filter(|l| {
+            l.contains("load_customer (task_leak.py:") && l.contains("[order-7 <- batch <- server]")
+        })
+        .count();
+    assert!(chained >= 4, "{}", run.stdout);
+}
