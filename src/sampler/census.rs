@@ -6,7 +6,12 @@
 //! loop thread's reads. Its cost is bounded by time, not by count: the next census waits at
 //! least [`COST_FACTOR`] times as long as the last one took (a 100 ms census of 10 000 tasks is
 //! taken every 2 s: 5 % of a core), and each lists at most [`MAX_CENSUS_TASKS`] tasks (the
-//! rest counted as left out). Like every read of the target, it never pauses it.
+//! rest counted as left out). A callback that holds its loop past 30 ms asks for a census at
+//! once: the blocked task may be younger than the last census, and while the loop is stuck its
+//! tasks cannot change, so the census reads the await chain the incident will name. Such a
+//! census follows the last one after 50 ms at the soonest, and after [`ASKED_COST_FACTOR`]
+//! times as long as it took (a storm of blocks costs at most 1/5 of a core in censuses). Like
+//! every read of the target, it never pauses it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::remote::all_tasks::{TaskLister, TaskListing};
 use crate::remote::attach::ReaderLayout;
@@ -31,25 +36,37 @@ pub const MAX_CENSUS_TASKS: usize = 20_000;
 const MAX_COROUTINES: usize = 512;
 /// Tasks of the await graph one census sends at most.
 const MAX_LINKS: usize = 4096;
-/// How often the thread looks at its stop flag while it waits.
-const POLL: Duration = Duration::from_millis(50);
+/// The soonest a census asked for by a long callback follows the last one.
+const SOONEST: Duration = Duration::from_millis(50);
+/// A census asked for waits at least this many times as long as the last one took.
+const ASKED_COST_FACTOR: u32 = 5;
+
+/// What the sampler tells the census thread.
+pub struct Signals {
+    /// Set when the sampler stops: the census thread ends.
+    pub stop: Arc<AtomicBool>,
+    /// Sent by the sampler when a callback has held its loop a while: a census is wanted now.
+    /// The sampler dropping its end wakes the census thread to end too.
+    pub wanted: Receiver<()>,
+}
 
 /// Starts the census thread of the target `pid`, which `layout` reads; None when this version
 /// has no task registry the lister knows (3.14+ so far).
 pub fn spawn(
     pid: i32,
     layout: ReaderLayout,
-    stop: Arc<AtomicBool>,
+    signals: Signals,
     tx: Sender<SamplerMessage>,
 ) -> Option<JoinHandle<()>> {
     layout.offsets.all_tasks.as_ref()?;
     std::thread::Builder::new()
         .name("loopspy-census".into())
-        .spawn(move || run(pid, &layout, &stop, &tx))
+        .spawn(move || run(pid, &layout, &signals, &tx))
         .ok()
 }
 
-fn run(pid: i32, layout: &ReaderLayout, stop: &AtomicBool, tx: &Sender<SamplerMessage>) {
+fn run(pid: i32, layout: &ReaderLayout, signals: &Signals, tx: &Sender<SamplerMessage>) {
+    let stop = &*signals.stop;
     let mem = ProcessMemory { pid };
     let Some(mut lister) = TaskLister::new(
         &mem,
@@ -60,15 +77,27 @@ fn run(pid: i32, layout: &ReaderLayout, stop: &AtomicBool, tx: &Sender<SamplerMe
         return;
     };
     let mut next = Instant::now();
+    // The soonest an asked-for census may start: the cost bound without the 1 s interval.
+    let mut soonest = next;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now < next {
-            std::thread::sleep((next - now).min(POLL));
-            continue;
+            match signals.wanted.recv_timeout(next - now) {
+                // Asked too soon after the last: at the soonest, then (the callback that
+                // asked is likely still running; if not, the census is merely early).
+                Ok(()) => std::thread::sleep(soonest.saturating_duration_since(Instant::now())),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
         }
+        let now = Instant::now();
         let listing = lister.list(MAX_CENSUS_TASKS, &[]);
         let took = now.elapsed();
         next = now + CENSUS_INTERVAL.max(took * COST_FACTOR);
+        soonest = now + SOONEST.max(took * ASKED_COST_FACTOR);
         if !listing.asyncio {
             continue;
         }

@@ -164,14 +164,23 @@ pub fn spawn(
             }
             // The census reads beside the sampler and stops with it.
             let census_stop = Arc::new(AtomicBool::new(false));
+            let (census_wanted, wanted) = crossbeam_channel::bounded(1);
             let census = match &target.layout {
-                Some(layout) if settings.task_census => {
-                    census::spawn(target.pid, layout.clone(), census_stop.clone(), tx.clone())
-                }
+                Some(layout) if settings.task_census => census::spawn(
+                    target.pid,
+                    layout.clone(),
+                    census::Signals {
+                        stop: census_stop.clone(),
+                        wanted,
+                    },
+                    tx.clone(),
+                ),
                 _ => None,
             };
+            let census_wanted = census.as_ref().map(|_| census_wanted);
             let mut reader = TargetReader::new(target, &settings);
-            let outcome = run(&mut reader, &settings, &stop, &tx);
+            let outcome = run(&mut reader, &settings, &stop, &tx, census_wanted.as_ref());
+            drop(census_wanted);
             census_stop.store(true, Ordering::SeqCst);
             if let Some(census) = census {
                 let _ = census.join();
@@ -181,11 +190,16 @@ pub fn spawn(
         .expect("spawning the sampler thread")
 }
 
+/// A callback holding its loop this long asks for a task census at once: its task may be
+/// newer than the last census, and its await chain is read while the loop cannot change it.
+const CENSUS_CALLBACK: Duration = Duration::from_millis(30);
+
 fn run(
     reader: &mut TargetReader,
     settings: &SamplerSettings,
     stop: &AtomicBool,
     tx: &Sender<SamplerMessage>,
+    census_wanted: Option<&Sender<()>>,
 ) -> SamplerOutcome {
     let pid = reader.pid();
     let interval = Duration::from_secs_f64(1.0 / settings.rate_hz.max(1) as f64);
@@ -239,6 +253,14 @@ fn run(
                 let mut threads = threads;
                 let (running_tasks, task_generation) = reader.running_tasks();
                 reader.confirm_reads(&mut threads, &running_tasks, read_at);
+                if let Some(wanted) = census_wanted {
+                    if reader
+                        .callback_running_for(&threads, read_at)
+                        .is_some_and(|d| d >= CENSUS_CALLBACK)
+                    {
+                        let _ = wanted.try_send(());
+                    }
+                }
                 let sample = Sample {
                     pid,
                     at: read_at,

@@ -215,6 +215,27 @@ impl TargetReader {
         }
     }
 
+    /// How long the longest callback now running on a loop thread has held it: its callback
+    /// clock unchanged since, and the thread neither in its selector (by the frames) nor
+    /// waiting in epoll (uvloop's idle wait, by the kernel). None when no loop is in one.
+    pub(super) fn callback_running_for(
+        &self,
+        threads: &[ThreadSample],
+        now: Instant,
+    ) -> Option<Duration> {
+        threads
+            .iter()
+            .filter(|t| !selects_by_frames(&t.frames))
+            .filter(|t| {
+                !matches!(&t.os_state, OsState::Waiting { syscall: Some(s), .. } if syscalls::is_epoll_wait(s.nr))
+            })
+            .filter_map(|t| {
+                let (clock, since) = self.loop_clocks.get(&t.os_tid)?;
+                (t.context_ver == Some(*clock)).then(|| now.saturating_duration_since(*since))
+            })
+            .max()
+    }
+
     /// Notes loop thread `tid`'s callback clock at `now`: whether it just moved on from a
     /// value that held the loop for 2 × [`COUNTER_INTERVAL`] (a long callback ended).
     fn long_callback_ended(&mut self, tid: u64, clock: u64, now: Instant) -> bool {

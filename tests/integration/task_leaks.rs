@@ -2,9 +2,10 @@
 //! tasks at a known rate beside a fixed worker pool, a burst of 5 000 tasks that drains and a
 //! long-lived server task. Only the leak may be named — with its file, a growth rate near the
 //! one the target created it at, in incidents.json, report.md and the summary — and
-//! `--fail-on-leak` turns it into exit code 11. Its long-lived task chain (`server` awaits
-//! `batch` awaits `order-7`, which blocks the loop every second) must be every such incident's
-//! await chain.
+//! `--fail-on-leak` turns it into exit code 11. Its task chain (`server` awaits `batch` awaits
+//! `order-7`, which every second starts and awaits a new task that blocks the loop at once)
+//! must be every such incident's await chain: the new task is younger than the periodic task
+//! census, so only the census a long callback asks for can know it.
 
 use std::time::Duration;
 
@@ -102,9 +103,17 @@ fn record_leaks(minor: &str, uvloop: bool) {
         .filter(|i| i["culprit"]["function"] == chain["culprit"])
         .collect();
     assert!(blocks.len() >= 6, "{:#?}", json["incidents"]);
+    // Each block's task is new; the census a long callback asks for reads it while the loop
+    // is stuck — unless the last census was too recent (the cost bound): then the chain is
+    // unknown (empty), never a wrong one.
+    let mut chained = 0;
     for incident in &blocks {
         let task = &incident["task"];
-        assert_eq!(task["name"], chain["task"], "{incident}");
+        let prefix = chain["task_prefix"].as_str().unwrap();
+        assert!(
+            task["name"].as_str().is_some_and(|n| n.starts_with(prefix)),
+            "{incident}"
+        );
         let awaited_by: Vec<&Value> = task["awaited_by_chain"]
             .as_array()
             .unwrap()
@@ -112,11 +121,20 @@ fn record_leaks(minor: &str, uvloop: bool) {
             .map(|t| &t["name"])
             .collect();
         let expected: Vec<&Value> = chain["awaited_by"].as_array().unwrap().iter().collect();
-        assert_eq!(awaited_by, expected, "{incident}");
+        if !awaited_by.is_empty() {
+            assert_eq!(awaited_by, expected, "{incident}");
+            chained += 1;
+        }
     }
     assert!(
+        chained * 4 >= blocks.len() * 3,
+        "{chained} of {} incidents with their await chain\n{:#?}",
+        blocks.len(),
+        blocks
+    );
+    assert!(
         report
-            .contains("Task: `order-7` (coroutine `handle_order`), awaited by `batch` <- `server`"),
+            .contains("(coroutine `fetch_customer`), awaited by `order-7` <- `batch` <- `server`"),
         "{report}"
     );
 }
@@ -185,8 +203,9 @@ fn top_shows_pending_tasks_the_leak_and_await_chains() {
         .stdout
         .lines()
         .filter(|l| {
-            l.contains("load_customer (task_leak.py:") && l.contains("[order-7 <- batch <- server]")
+            l.contains("load_customer (task_leak.py:")
+                && l.contains(" <- order-7 <- batch <- server]")
         })
         .count();
-    assert!(chained >= 4, "{}", run.stdout);
+    assert!(chained >= 3, "{}", run.stdout);
 }
