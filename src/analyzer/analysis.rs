@@ -105,7 +105,7 @@ pub struct Analysis {
     /// Pending tasks by coroutine over the recording, and the leaks among them.
     pub task_leaks: super::task_leaks::LeakWatch,
     /// Who waited for whom at the last task census (an incident's await chain).
-    pub await_graph: super::task_leaks::AwaitGraph,
+    pub await_graph: super::await_graph::AwaitGraph,
 }
 
 impl Analysis {

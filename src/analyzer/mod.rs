@@ -7,6 +7,7 @@
 //! `remote::source` (bounded, inside the target's root), when the incident closes.
 
 pub mod analysis;
+pub mod await_graph;
 pub mod busy_bins;
 pub mod cause;
 pub mod culprit;

@@ -16,8 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use super::incident::TaskRef;
-use crate::sample::{TaskCensus, TaskLink};
+use crate::sample::TaskCensus;
 
 /// Coroutines followed at once; past this, a new one replaces the one with the fewest pending
 /// tasks (a leak is never the smallest series for long).
@@ -154,50 +153,6 @@ pub struct CoroutineTrend {
     pub growth_per_s: f64,
     /// Whether its series is a leak.
     pub leak: bool,
-}
-
-/// The last census's await graph: who waits for whom, by task address.
-#[derive(Debug, Default)]
-pub struct AwaitGraph {
-    tasks: HashMap<u64, TaskLink>,
-}
-
-/// Tasks followed outward at most in one chain.
-const MAX_CHAIN: usize = 16;
-
-impl AwaitGraph {
-    /// Takes the graph of a new census (the old one is stale: tasks come and go).
-    pub fn replace(&mut self, links: &[TaskLink]) {
-        self.tasks.clear();
-        for link in links {
-            self.tasks.insert(link.address, link.clone());
-        }
-    }
-
-    /// The tasks waiting for the task at `address` named `name`, outward: its first awaiter,
-    /// that one's, ... Empty when the graph does not know it under that name (a task newer
-    /// than the census, or its address reused since).
-    pub fn chain(&self, address: u64, name: &str) -> Vec<TaskRef> {
-        let mut chain = Vec::new();
-        let Some(mut task) = self.tasks.get(&address).filter(|t| t.name == name) else {
-            return chain;
-        };
-        let mut seen = HashSet::from([address]);
-        while let Some(&next) = task.awaited_by.first() {
-            if chain.len() >= MAX_CHAIN || !seen.insert(next) {
-                break;
-            }
-            let Some(awaiter) = self.tasks.get(&next) else {
-                break;
-            };
-            chain.push(TaskRef {
-                name: awaiter.name.clone(),
-                coroutine: awaiter.coroutine.clone(),
-            });
-            task = awaiter;
-        }
-        chain
-    }
 }
 
 /// Every coroutine's pending-task series over a recording.
@@ -427,32 +382,6 @@ mod tests {
         let w = watch(6, |s| if s < 3 { vec![("gone", 50)] } else { vec![] });
         assert_eq!(w.pending_by_coroutine(10), vec![]);
         assert_eq!(w.pending_now, 0);
-    }
-
-    #[test]
-    fn an_await_chain_is_followed_outward_and_only_for_the_task_it_names() {
-        let link = |address, name: &str, awaited_by: Vec<u64>| TaskLink {
-            address,
-            name: name.into(),
-            coroutine: format!("{name}_coro"),
-            awaited_by,
-        };
-        let mut graph = AwaitGraph::default();
-        graph.replace(&[
-            link(1, "order-7", vec![2]),
-            link(2, "batch", vec![3]),
-            link(3, "server", vec![]),
-            link(8, "loop-a", vec![9]),
-            link(9, "loop-b", vec![8]),
-        ]);
-        let names = |chain: Vec<TaskRef>| chain.into_iter().map(|t| t.name).collect::<Vec<_>>();
-        assert_eq!(names(graph.chain(1, "order-7")), ["batch", "server"]);
-        assert_eq!(graph.chain(1, "order-7")[0].coroutine, "batch_coro");
-        // The address reused by another task since the census: no chain, not a wrong one.
-        assert_eq!(names(graph.chain(1, "order-8")), Vec::<String>::new());
-        assert_eq!(names(graph.chain(3, "server")), Vec::<String>::new());
-        // A cycle (a torn read) ends.
-        assert_eq!(names(graph.chain(8, "loop-a")), ["loop-b"]);
     }
 
     #[test]
