@@ -384,3 +384,37 @@ impl Drop for GroupGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A uvicorn serving `app` (`module:attribute` in the fixtures folder) on `port`, with `args`
+/// (workers, loop, http), its blocks logged to `truth`; returned once it listens. Its whole
+/// process group is killed on drop.
+pub fn start_uvicorn(
+    python: &Path,
+    app: &str,
+    port: u16,
+    truth: &Path,
+    args: &[&str],
+) -> GroupGuard {
+    use std::os::unix::process::CommandExt;
+    let server = GroupGuard(
+        Command::new(python)
+            .args(["-m", "uvicorn", app, "--app-dir"])
+            .arg(fixture(""))
+            .args(["--port", &port.to_string(), "--log-level", "warning"])
+            .args(args)
+            .env("LOOPSPY_TRUTH", truth)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uvicorn never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}

@@ -4,9 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -58,30 +57,13 @@ fn uvicorn_workers_are_followed_and_incidents_attributed_to_the_right_pid() {
     let truth_file = dir.path().join("truth.jsonl");
     let out = dir.path().join("out");
     let port = free_port();
-    let master = GroupGuard(
-        Command::new(&python)
-            .args(["-m", "uvicorn", "asgi_app:app", "--app-dir"])
-            .arg(fixture(""))
-            .args(["--workers", "2", "--port", &port.to_string()])
-            .args([
-                "--loop",
-                "asyncio",
-                "--http",
-                "h11",
-                "--log-level",
-                "warning",
-            ])
-            .env("LOOPSPY_TRUTH", &truth_file)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap(),
+    let master = start_uvicorn(
+        &python,
+        "asgi_app:app",
+        port,
+        &truth_file,
+        &["--workers", "2", "--loop", "asyncio", "--http", "h11"],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "uvicorn never listened");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     std::thread::sleep(Duration::from_millis(500));
 
     let mut running = Running::start(record_pid(master.pid(), &out, &["--subprocesses"]));
