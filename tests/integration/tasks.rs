@@ -160,23 +160,21 @@ fn listing_matches_the_truth(minor: &str, uvloop: bool) {
         assert!(innermost.ends_with("get"), "{consumer:#}");
     }
 
-    // The loop's thread: asyncio's loops record it (uvloop keeps it in C).
+    // The loop's thread: the thread state files its running loop (3.8–3.12, uvloop too),
+    // asyncio's loops record it as `_thread_id` (3.13).
     let main_ident = truth["main_thread_ident"].as_u64().unwrap();
     let side_ident = truth["side_thread_ident"].as_u64().unwrap();
     let side = listed.values().find(|t| t["name"] == "side-task").unwrap();
     assert_eq!(side["thread_ident"].as_u64(), Some(side_ident), "{side:#}");
-    let main_thread = task(server)["thread_ident"].as_u64();
-    if uvloop {
-        assert_eq!(main_thread, None);
-    } else {
-        assert_eq!(main_thread, Some(main_ident));
-        if minor != "3.8" && minor != "3.9" && minor != "3.10" {
-            // 3.11+ record kernel thread ids: the main thread's is the pid.
-            assert_eq!(
-                task(server)["thread_id"].as_u64(),
-                Some(target.pid() as u64)
-            );
-        }
+    assert_eq!(task(server)["thread_ident"].as_u64(), Some(main_ident));
+    if !["3.8", "3.9", "3.10"].contains(&minor) {
+        // 3.11+ record kernel thread ids: the main thread's is the pid.
+        assert_eq!(
+            task(server)["thread_id"].as_u64(),
+            Some(target.pid() as u64)
+        );
+        assert_ne!(side["thread_id"].as_u64(), Some(target.pid() as u64));
+        assert!(side["thread_id"].as_u64().is_some());
     }
 
     // The tree: names, indentation, frames.
@@ -398,6 +396,7 @@ fn all_tasks_offsets_match_every_interpreter() {
             ("set_mask", Some(a.set_mask)),
             ("set_table", Some(a.set_table)),
             ("func_closure", Some(a.func_closure)),
+            ("thread_dict", a.thread_dict),
         ];
         for (key, want) in expect {
             assert_eq!(
@@ -419,5 +418,12 @@ fn all_tasks_offsets_match_every_interpreter() {
             InstanceDict::V313 => "3.13",
         };
         assert_eq!(measured["instance_dict"], dict, "{version}: instance_dict");
+        if a.thread_dict.is_some() {
+            assert_eq!(
+                measured["running_loop_holder"].as_bool(),
+                Some(a.running_loop_holder),
+                "{version}: running_loop_holder"
+            );
+        }
     }
 }
