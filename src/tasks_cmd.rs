@@ -29,15 +29,17 @@ pub struct TasksSettings {
 /// Runs the command, printing to stdout.
 pub fn run(settings: TasksSettings) -> Result<i32, LoopspyError> {
     let target = crate::remote::attach(settings.pid, false)?;
-    let unsupported = |detail: &str| LoopspyError::UnsupportedPython {
-        pid: target.pid,
-        version: target.python_version.clone(),
-        detail: detail.to_string(),
+    let unsupported = || -> LoopspyError {
+        anyhow::anyhow!(
+            "`loopspy tasks` reads CPython 3.8 to 3.13 so far, and process {} runs Python {} (`loopspy dump --pid {}` names the task each loop is running)",
+            target.pid,
+            target.python_version,
+            target.pid
+        )
+        .into()
     };
     let Some(layout) = target.layout.as_ref() else {
-        return Err(unsupported(
-            ": `loopspy tasks` reads CPython 3.8 to 3.13 so far",
-        ));
+        return Err(unsupported());
     };
     let mem = ProcessMemory { pid: target.pid };
     let started = Instant::now();
@@ -55,9 +57,7 @@ pub fn run(settings: TasksSettings) -> Result<i32, LoopspyError> {
         layout.modules_ptr,
         layout.interpreter,
     ) else {
-        return Err(unsupported(
-            ": `loopspy tasks` reads CPython 3.8 to 3.13 so far",
-        ));
+        return Err(unsupported());
     };
     let listing = lister.list(settings.max_tasks, &running);
     let read_ms = started.elapsed().as_secs_f64() * 1000.0;

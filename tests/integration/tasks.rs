@@ -427,3 +427,25 @@ fn all_tasks_offsets_match_every_interpreter() {
         }
     }
 }
+
+/// 3.14 and 3.15 keep their tasks in per-thread lists the lister does not read yet: one line
+/// that says so, and a failing exit code.
+#[test]
+fn tasks_on_cpython_3_14_are_refused_clearly() {
+    let Some(python) = require_python("3.14") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (target, _truth) = start_tree(&python, dir.path(), false, 0);
+    let run = run_loopspy(
+        &["tasks", "--pid", &target.pid().to_string()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reads CPython 3.8 to 3.13 so far") && run.stderr.contains("3.14"),
+        "{}",
+        run.stderr
+    );
+}
