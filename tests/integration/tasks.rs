@@ -57,6 +57,11 @@ fn listing_matches_the_truth(minor: &str, uvloop: bool) {
     let Some(python) = require_python(minor) else {
         return;
     };
+    listing_of(&python, minor, uvloop);
+}
+
+fn listing_of(python: &Path, minor: &str, uvloop: bool) {
+    let python = python.to_path_buf();
     if uvloop && !require_module(&python, "uvloop") {
         return;
     }
@@ -234,6 +239,17 @@ fn tasks_on_cpython_3_12() {
 #[test]
 fn tasks_on_cpython_3_13() {
     listing_matches_the_truth("3.13", false);
+}
+
+/// Debian's 3.13.18 (the sid userland, in a mount namespace of its own, as in a container),
+/// read through its own debug offsets and the 3.13 table's `[all_tasks]`.
+#[test]
+fn tasks_on_debian_cpython_3_13() {
+    let Some(python) = sid_python("3.13") else {
+        missing("Debian's CPython 3.13 (tests/setup.sh)");
+        return;
+    };
+    listing_of(&python, "3.13", false);
 }
 
 #[test]
