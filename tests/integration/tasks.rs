@@ -16,6 +16,17 @@ use crate::common::*;
 
 /// The fixture, started and ready, and the truth it wrote.
 fn start_tree(python: &Path, dir: &Path, uvloop: bool, many: usize) -> (ChildGuard, Value) {
+    start_tree_with(python, dir, uvloop, many, &[])
+}
+
+/// [`start_tree`] with more fixture flags.
+fn start_tree_with(
+    python: &Path,
+    dir: &Path,
+    uvloop: bool,
+    many: usize,
+    extra: &[&str],
+) -> (ChildGuard, Value) {
     let truth = dir.join("truth.json");
     let script = fixture("tasks_tree.py");
     let many = many.to_string();
@@ -28,6 +39,7 @@ fn start_tree(python: &Path, dir: &Path, uvloop: bool, many: usize) -> (ChildGua
     if uvloop {
         args.push("--uvloop");
     }
+    args.extend_from_slice(extra);
     let target = start_until_ready(python, &args);
     // The blocker task starts blocking its loop 0.5 s after it was made (before "ready").
     std::thread::sleep(Duration::from_millis(700));
@@ -319,6 +331,59 @@ fn ten_thousand_tasks_are_listed_within_two_seconds() {
             capped["left_out"].as_u64().unwrap() as usize,
             truth_tasks.len() - 100
         );
+    }
+}
+
+/// A loop making and finishing tasks without pause while it is read: every listing succeeds,
+/// lists the tasks that stay (the other loop is blocked) and nothing but real tasks' names.
+#[test]
+fn a_loop_churning_tasks_is_listed_without_harm() {
+    for minor in ["3.12", "3.9"] {
+        let Some(python) = require_python(minor) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (target, truth) = start_tree_with(&python, dir.path(), false, 0, &["--churn"]);
+        let stable: HashMap<u64, &Value> = truth["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["thread_ident"] == truth["main_thread_ident"])
+            .map(|t| (t["id"].as_u64().unwrap(), t))
+            .collect();
+        let mut churned = 0;
+        for _ in 0..10 {
+            let json = tasks_json(target.pid());
+            let listed: HashMap<u64, &Value> = json["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| (t["id"].as_u64().unwrap(), t))
+                .collect();
+            for (id, t) in &stable {
+                let got = listed
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{minor}: {} not listed", t["name"]));
+                assert_eq!(got["name"], t["name"]);
+            }
+            for t in listed.values() {
+                let name = t["name"].as_str().unwrap();
+                if name.starts_with("churn-") {
+                    churned += 1;
+                    assert_eq!(t["coroutine"], "side_loop.<locals>.short", "{t:#}");
+                } else {
+                    assert!(
+                        truth["tasks"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|k| k["name"] == name),
+                        "{minor}: unknown task {t:#}"
+                    );
+                }
+            }
+        }
+        assert!(churned > 0, "{minor}: the churning tasks were never seen");
     }
 }
 
