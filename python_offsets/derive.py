@@ -789,6 +789,30 @@ async def measure_task_graph(found):
     waited.set_result(None)
     await task
 
+    # The thread state's `dict` (PyThreadState_GetDict), where _asyncio files the running loop
+    # under "__asyncio_running_event_loop__": a holder {PyObject_HEAD, rl_loop} up to 3.11, the
+    # loop itself from 3.12.
+    get_dict = ctypes.pythonapi.PyThreadState_GetDict
+    # A borrowed reference: taken as an address, then made an object (which counts its own
+    # reference; a py_object restype would drop one reference too many at exit).
+    get_dict.restype = ctypes.c_void_p
+    ts_dict = ctypes.cast(get_dict(), ctypes.py_object).value
+    main_ts = API.PyThreadState_Get()
+    found["thread_dict"] = unique(word_offsets(read(main_ts, TSTATE_SCAN), id(ts_dict)), "thread dict")
+    check(sys.version_info >= (3, 13) or "__asyncio_running_event_loop__" in ts_dict,
+          "no running loop in the thread state's dict")
+    holder = ts_dict.get("__asyncio_running_event_loop__")
+    if sys.version_info >= (3, 13):
+        # 3.13 keeps the running loop in the thread state itself, not in its dict.
+        check(holder is None, "3.13: a running loop in the thread state's dict")
+        found["thread_dict"] = found["running_loop_holder"] = None
+    elif sys.version_info >= (3, 12):
+        check(holder is loop, "3.12+: the running loop itself in the thread state's dict")
+        found["running_loop_holder"] = False
+    else:
+        check(u64(id(holder) + 16) == id(loop), "up to 3.11: a holder whose rl_loop (16) is the loop")
+        found["running_loop_holder"] = True
+
     # Types: tp_basicsize, tp_flags, tp_base, tp_dictoffset (as Python shows them).
     class Probe:
         pass

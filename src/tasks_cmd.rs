@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use crate::error::LoopspyError;
 use crate::remote::all_tasks::{ListedTask, TaskLister, TaskListing};
 use crate::remote::memory::ProcessMemory;
-use crate::remote::stacks::StackReader;
 use crate::remote::tasks::TaskReader;
 use crate::text;
 
@@ -30,15 +29,17 @@ pub struct TasksSettings {
 /// Runs the command, printing to stdout.
 pub fn run(settings: TasksSettings) -> Result<i32, LoopspyError> {
     let target = crate::remote::attach(settings.pid, false)?;
-    let unsupported = |detail: &str| LoopspyError::UnsupportedPython {
-        pid: target.pid,
-        version: target.python_version.clone(),
-        detail: detail.to_string(),
+    let unsupported = || -> LoopspyError {
+        anyhow::anyhow!(
+            "`loopspy tasks` reads CPython 3.8 to 3.13 so far, and process {} runs Python {} (`loopspy dump --pid {}` names the task each loop is running)",
+            target.pid,
+            target.python_version,
+            target.pid
+        )
+        .into()
     };
     let Some(layout) = target.layout.as_ref() else {
-        return Err(unsupported(
-            ": `loopspy tasks` reads CPython 3.8 to 3.13 so far",
-        ));
+        return Err(unsupported());
     };
     let mem = ProcessMemory { pid: target.pid };
     let started = Instant::now();
@@ -56,22 +57,12 @@ pub fn run(settings: TasksSettings) -> Result<i32, LoopspyError> {
         layout.modules_ptr,
         layout.interpreter,
     ) else {
-        return Err(unsupported(
-            ": `loopspy tasks` reads CPython 3.8 to 3.13 so far",
-        ));
+        return Err(unsupported());
     };
     let listing = lister.list(settings.max_tasks, &running);
-    // Kernel thread ids (3.11+ record them) by `threading.get_ident()`.
-    let mut stacks = StackReader::new(mem, layout.offsets.clone(), layout.interpreter, 0);
-    let native: HashMap<u64, u64> = stacks
-        .threads()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|h| Some((h.python_tid, h.native_tid?)))
-        .collect();
     let read_ms = started.elapsed().as_secs_f64() * 1000.0;
     if settings.json {
-        let doc = listing_json(&target, &listing, &native, read_ms);
+        let doc = listing_json(&target, &listing, read_ms);
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         print!(
@@ -80,8 +71,7 @@ pub fn run(settings: TasksSettings) -> Result<i32, LoopspyError> {
                 &target.python_version,
                 &target.command,
                 target.pid,
-                &listing,
-                &native
+                &listing
             )
         );
     }
@@ -99,7 +89,6 @@ fn state(task: &ListedTask) -> &'static str {
 fn listing_json(
     target: &crate::remote::AttachedTarget,
     listing: &TaskListing,
-    native: &HashMap<u64, u64>,
     read_ms: f64,
 ) -> Value {
     let tasks: Vec<Value> = listing
@@ -111,7 +100,7 @@ fn listing_json(
                 "name": t.name,
                 "state": state(t),
                 // The kernel's thread id (3.11+), and Python's `threading.get_ident()`.
-                "thread_id": t.thread_ident.and_then(|i| native.get(&i)),
+                "thread_id": t.thread_native,
                 "thread_ident": t.thread_ident,
                 "loop": t.event_loop,
                 "coroutine": t.coroutine,
@@ -135,13 +124,7 @@ fn listing_json(
 }
 
 /// The tree, then the table.
-fn render_text(
-    version: &str,
-    command: &str,
-    pid: i32,
-    listing: &TaskListing,
-    native: &HashMap<u64, u64>,
-) -> String {
+fn render_text(version: &str, command: &str, pid: i32, listing: &TaskListing) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Process {pid}: {command}\nPython v{version}");
     if !listing.asyncio {
@@ -205,8 +188,7 @@ fn render_text(
     );
     for t in tasks {
         let thread = t
-            .thread_ident
-            .and_then(|i| native.get(&i))
+            .thread_native
             .map_or("-".to_string(), |tid| tid.to_string());
         let waiters: Vec<String> = t
             .awaited_by

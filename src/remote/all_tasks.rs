@@ -96,9 +96,11 @@ pub struct ListedTask {
     pub running: bool,
     /// Address of its loop.
     pub event_loop: u64,
-    /// `threading.get_ident()` of the thread running its loop (asyncio's loops record it as
-    /// `_thread_id`; None for uvloop, which keeps it in C).
+    /// `threading.get_ident()` of the thread running its loop: the thread whose state files
+    /// the loop as running (3.8–3.12, uvloop too), else the loop's `_thread_id` (asyncio's loops).
     pub thread_ident: Option<u64>,
+    /// That thread's kernel id (3.11+ record it).
+    pub thread_native: Option<u64>,
     /// The coroutine frames it is suspended in, innermost first.
     pub stack: Vec<Frame>,
     /// The await chain went on past [`MAX_AWAIT_DEPTH`] or could not be read to its end.
@@ -256,7 +258,12 @@ impl<'m, M: RemoteMemory> TaskLister<'m, M> {
             }
             heads.push(head);
         }
-        let mut threads: HashMap<u64, Option<u64>> = HashMap::new();
+        let thread_heads = self.stacks.threads().unwrap_or_default();
+        let native: HashMap<u64, u64> = thread_heads
+            .iter()
+            .filter_map(|h| Some((h.python_tid, h.native_tid?)))
+            .collect();
+        let mut threads = self.running_loops(&thread_heads);
         let mut links: Vec<Vec<u64>> = Vec::with_capacity(heads.len());
         for head in &heads {
             let Some(name) = self.tasks.task_name(head.name_obj) else {
@@ -265,9 +272,14 @@ impl<'m, M: RemoteMemory> TaskLister<'m, M> {
             };
             let is_running = running.contains(&head.address);
             let (stack, stack_cut) = self.await_chain(head.coro, is_running);
-            let thread_ident = *threads
-                .entry(head.event_loop)
-                .or_insert_with(|| self.loop_thread(head.event_loop));
+            let thread_ident = match threads.get(&head.event_loop) {
+                Some(&ident) => ident,
+                None => {
+                    let ident = self.loop_thread(head.event_loop);
+                    threads.insert(head.event_loop, ident);
+                    ident
+                }
+            };
             listing.tasks.push(ListedTask {
                 address: head.address,
                 name,
@@ -275,6 +287,7 @@ impl<'m, M: RemoteMemory> TaskLister<'m, M> {
                 running: is_running,
                 event_loop: head.event_loop,
                 thread_ident,
+                thread_native: thread_ident.and_then(|i| native.get(&i).copied()),
                 stack,
                 stack_cut,
                 waits_on: head.waits_on,
@@ -501,6 +514,35 @@ impl<'m, M: RemoteMemory> TaskLister<'m, M> {
         }
         links.retain(|&l| l != 0 && l != head.address);
         links
+    }
+
+    /// The loop each thread runs, as `_asyncio` files it in the thread state's dict
+    /// (`__asyncio_running_event_loop__`; 3.8–3.12): loop address -> `threading.get_ident()`.
+    fn running_loops(&mut self, heads: &[super::stacks::ThreadHead]) -> HashMap<u64, Option<u64>> {
+        let mut loops = HashMap::new();
+        let Some(dict_at) = self.all.thread_dict else {
+            return loops;
+        };
+        for head in heads {
+            let Some(dict) = self.word(head.tstate.wrapping_add(dict_at as u64)) else {
+                continue;
+            };
+            if dict == 0 {
+                continue;
+            }
+            let Some(filed) = self.tasks.dict_get(dict, "__asyncio_running_event_loop__") else {
+                continue;
+            };
+            let event_loop = if self.all.running_loop_holder {
+                self.word(filed.wrapping_add(FIRST_FIELD)).unwrap_or(0)
+            } else {
+                filed
+            };
+            if event_loop != 0 {
+                loops.insert(event_loop, Some(head.python_tid));
+            }
+        }
+        loops
     }
 
     /// `threading.get_ident()` of the thread running the loop at `event_loop`: its

@@ -317,6 +317,13 @@ pub struct AllTasksOffsets {
     pub set_table: usize,
     /// `PyFunctionObject.func_closure`.
     pub func_closure: usize,
+    /// The thread state's `dict`, where `_asyncio` files the thread's running loop (3.8–3.12;
+    /// 3.13 keeps it elsewhere).
+    #[serde(default)]
+    pub thread_dict: Option<usize>,
+    /// The running loop is filed in a holder whose `rl_loop` (16) is the loop (up to 3.11).
+    #[serde(default)]
+    pub running_loop_holder: bool,
 }
 
 /// One version's table.

@@ -16,6 +16,17 @@ use crate::common::*;
 
 /// The fixture, started and ready, and the truth it wrote.
 fn start_tree(python: &Path, dir: &Path, uvloop: bool, many: usize) -> (ChildGuard, Value) {
+    start_tree_with(python, dir, uvloop, many, &[])
+}
+
+/// [`start_tree`] with more fixture flags.
+fn start_tree_with(
+    python: &Path,
+    dir: &Path,
+    uvloop: bool,
+    many: usize,
+    extra: &[&str],
+) -> (ChildGuard, Value) {
     let truth = dir.join("truth.json");
     let script = fixture("tasks_tree.py");
     let many = many.to_string();
@@ -28,6 +39,7 @@ fn start_tree(python: &Path, dir: &Path, uvloop: bool, many: usize) -> (ChildGua
     if uvloop {
         args.push("--uvloop");
     }
+    args.extend_from_slice(extra);
     let target = start_until_ready(python, &args);
     // The blocker task starts blocking its loop 0.5 s after it was made (before "ready").
     std::thread::sleep(Duration::from_millis(700));
@@ -57,6 +69,11 @@ fn listing_matches_the_truth(minor: &str, uvloop: bool) {
     let Some(python) = require_python(minor) else {
         return;
     };
+    listing_of(&python, minor, uvloop);
+}
+
+fn listing_of(python: &Path, minor: &str, uvloop: bool) {
+    let python = python.to_path_buf();
     if uvloop && !require_module(&python, "uvloop") {
         return;
     }
@@ -160,23 +177,21 @@ fn listing_matches_the_truth(minor: &str, uvloop: bool) {
         assert!(innermost.ends_with("get"), "{consumer:#}");
     }
 
-    // The loop's thread: asyncio's loops record it (uvloop keeps it in C).
+    // The loop's thread: the thread state files its running loop (3.8–3.12, uvloop too),
+    // asyncio's loops record it as `_thread_id` (3.13).
     let main_ident = truth["main_thread_ident"].as_u64().unwrap();
     let side_ident = truth["side_thread_ident"].as_u64().unwrap();
     let side = listed.values().find(|t| t["name"] == "side-task").unwrap();
     assert_eq!(side["thread_ident"].as_u64(), Some(side_ident), "{side:#}");
-    let main_thread = task(server)["thread_ident"].as_u64();
-    if uvloop {
-        assert_eq!(main_thread, None);
-    } else {
-        assert_eq!(main_thread, Some(main_ident));
-        if minor != "3.8" && minor != "3.9" && minor != "3.10" {
-            // 3.11+ record kernel thread ids: the main thread's is the pid.
-            assert_eq!(
-                task(server)["thread_id"].as_u64(),
-                Some(target.pid() as u64)
-            );
-        }
+    assert_eq!(task(server)["thread_ident"].as_u64(), Some(main_ident));
+    if !["3.8", "3.9", "3.10"].contains(&minor) {
+        // 3.11+ record kernel thread ids: the main thread's is the pid.
+        assert_eq!(
+            task(server)["thread_id"].as_u64(),
+            Some(target.pid() as u64)
+        );
+        assert_ne!(side["thread_id"].as_u64(), Some(target.pid() as u64));
+        assert!(side["thread_id"].as_u64().is_some());
     }
 
     // The tree: names, indentation, frames.
@@ -236,6 +251,17 @@ fn tasks_on_cpython_3_12() {
 #[test]
 fn tasks_on_cpython_3_13() {
     listing_matches_the_truth("3.13", false);
+}
+
+/// Debian's 3.13.18 (the sid userland, in a mount namespace of its own, as in a container),
+/// read through its own debug offsets and the 3.13 table's `[all_tasks]`.
+#[test]
+fn tasks_on_debian_cpython_3_13() {
+    let Some(python) = sid_python("3.13") else {
+        missing("Debian's CPython 3.13 (tests/setup.sh)");
+        return;
+    };
+    listing_of(&python, "3.13", false);
 }
 
 #[test]
@@ -305,6 +331,59 @@ fn ten_thousand_tasks_are_listed_within_two_seconds() {
             capped["left_out"].as_u64().unwrap() as usize,
             truth_tasks.len() - 100
         );
+    }
+}
+
+/// A loop making and finishing tasks without pause while it is read: every listing succeeds,
+/// lists the tasks that stay (the other loop is blocked) and nothing but real tasks' names.
+#[test]
+fn a_loop_churning_tasks_is_listed_without_harm() {
+    for minor in ["3.12", "3.9"] {
+        let Some(python) = require_python(minor) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (target, truth) = start_tree_with(&python, dir.path(), false, 0, &["--churn"]);
+        let stable: HashMap<u64, &Value> = truth["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["thread_ident"] == truth["main_thread_ident"])
+            .map(|t| (t["id"].as_u64().unwrap(), t))
+            .collect();
+        let mut churned = 0;
+        for _ in 0..10 {
+            let json = tasks_json(target.pid());
+            let listed: HashMap<u64, &Value> = json["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| (t["id"].as_u64().unwrap(), t))
+                .collect();
+            for (id, t) in &stable {
+                let got = listed
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{minor}: {} not listed", t["name"]));
+                assert_eq!(got["name"], t["name"]);
+            }
+            for t in listed.values() {
+                let name = t["name"].as_str().unwrap();
+                if name.starts_with("churn-") {
+                    churned += 1;
+                    assert_eq!(t["coroutine"], "side_loop.<locals>.short", "{t:#}");
+                } else {
+                    assert!(
+                        truth["tasks"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|k| k["name"] == name),
+                        "{minor}: unknown task {t:#}"
+                    );
+                }
+            }
+        }
+        assert!(churned > 0, "{minor}: the churning tasks were never seen");
     }
 }
 
@@ -398,6 +477,7 @@ fn all_tasks_offsets_match_every_interpreter() {
             ("set_mask", Some(a.set_mask)),
             ("set_table", Some(a.set_table)),
             ("func_closure", Some(a.func_closure)),
+            ("thread_dict", a.thread_dict),
         ];
         for (key, want) in expect {
             assert_eq!(
@@ -419,5 +499,34 @@ fn all_tasks_offsets_match_every_interpreter() {
             InstanceDict::V313 => "3.13",
         };
         assert_eq!(measured["instance_dict"], dict, "{version}: instance_dict");
+        if a.thread_dict.is_some() {
+            assert_eq!(
+                measured["running_loop_holder"].as_bool(),
+                Some(a.running_loop_holder),
+                "{version}: running_loop_holder"
+            );
+        }
     }
+}
+
+/// 3.14 and 3.15 keep their tasks in per-thread lists the lister does not read yet: one line
+/// that says so, and a failing exit code.
+#[test]
+fn tasks_on_cpython_3_14_are_refused_clearly() {
+    let Some(python) = require_python("3.14") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (target, _truth) = start_tree(&python, dir.path(), false, 0);
+    let run = run_loopspy(
+        &["tasks", "--pid", &target.pid().to_string()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reads CPython 3.8 to 3.13 so far") && run.stderr.contains("3.14"),
+        "{}",
+        run.stderr
+    );
 }
